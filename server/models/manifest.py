@@ -1,0 +1,129 @@
+"""The manifest next to each model's ONNX file: everything needed to feed the model and read its outputs.
+
+A model version lives at `<repository>/<name>/<version>/` and holds `manifest.json` plus the ONNX file it
+names. Example manifest for a YOLOv8 export:
+
+    {
+      "task": "detection",
+      "decoder": "yolov8",
+      "onnx_file": "model.onnx",
+      "input_width": 640, "input_height": 640,
+      "channel_order": "rgb", "resize": "letterbox",
+      "scale": 0.00392156862745098, "mean": [0, 0, 0], "std": [1, 1, 1],
+      "class_names": ["person", "bicycle", ...]
+    }
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..domain import ChannelOrder, Task
+
+__all__ = ["MANIFEST_FILE", "Decoder", "ModelManifest", "ResizeMode"]
+
+MANIFEST_FILE = "manifest.json"
+
+
+class Decoder(enum.Enum):
+    """How the raw output tensors are read."""
+
+    YOLOV5 = "yolov5"  # [N, boxes, 5 + C]: cx, cy, w, h (input pixels), objectness, class scores
+    YOLOV8 = "yolov8"  # [N, 4 + C, boxes]: cx, cy, w, h (input pixels), class scores; no objectness
+    CLASSIFICATION = "classification"  # [N, C] logits (or probabilities, see `outputs_are_probabilities`)
+    CENTERFACE = "centerface"  # heatmap, scale, offset, landmarks at stride 4
+
+
+class ResizeMode(enum.Enum):
+    LETTERBOX = "letterbox"  # keep aspect ratio, pad with `pad_value`
+    STRETCH = "stretch"  # resize to the input size ignoring aspect ratio
+
+
+@dataclass(frozen=True, slots=True)
+class ModelManifest:
+    task: Task
+    decoder: Decoder
+    input_width: int
+    input_height: int
+    class_names: tuple[str, ...]
+    onnx_file: str = "model.onnx"
+    channel_order: ChannelOrder = ChannelOrder.RGB
+    resize: ResizeMode = ResizeMode.LETTERBOX
+    pad_value: int = 114
+    # The model sees (pixel * scale - mean) / std, per channel in `channel_order`.
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    keypoint_names: tuple[str, ...] = ()
+    outputs_are_probabilities: bool = False
+    default_confidence: float = 0.25
+    default_iou: float = 0.45
+    default_max_detections: int = 300
+    default_top_k: int = 5
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.input_width <= 0 or self.input_height <= 0:
+            raise ValueError(f"expected a positive input size, got {self.input_width}x{self.input_height}")
+        if self.channel_order not in (ChannelOrder.RGB, ChannelOrder.BGR):
+            raise ValueError(f"expected channel_order rgb or bgr, got {self.channel_order.value}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise ValueError(f"expected three means and three non-zero stds, got {self.mean} and {self.std}")
+        if "/" in self.onnx_file or self.onnx_file.startswith("."):
+            raise ValueError(f"expected a plain file name for onnx_file, got {self.onnx_file!r}")
+        for name in ("default_confidence", "default_iou"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"expected {name} in [0, 1], got {value}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown manifest keys {unknown}; expected a subset of {sorted(known)}")
+        if "task" not in data or "decoder" not in data:
+            raise ValueError("a manifest needs at least 'task', 'decoder', 'input_width' and 'input_height'")
+        values = dict(data)
+        values["task"] = Task(values["task"])
+        values["decoder"] = Decoder(values["decoder"])
+        if "channel_order" in values:
+            values["channel_order"] = ChannelOrder(values["channel_order"])
+        if "resize" in values:
+            values["resize"] = ResizeMode(values["resize"])
+        for key in ("class_names", "keypoint_names", "mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        values.setdefault("class_names", ())
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, enum.Enum):
+                data[key] = value.value
+            elif isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    @classmethod
+    def read(cls, directory: Path) -> ModelManifest:
+        path = directory / MANIFEST_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path} is missing") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
