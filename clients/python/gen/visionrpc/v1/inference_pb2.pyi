@@ -1,0 +1,184 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from visionrpc.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FramePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAME_POLICY_UNSPECIFIED: _ClassVar[FramePolicy]
+    FRAME_POLICY_EVERY_FRAME: _ClassVar[FramePolicy]
+    FRAME_POLICY_NEWEST_FRAME: _ClassVar[FramePolicy]
+
+class Delivery(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_UNSPECIFIED: _ClassVar[Delivery]
+    DELIVERY_LOSSY: _ClassVar[Delivery]
+    DELIVERY_EVERY_FRAME: _ClassVar[Delivery]
+
+class FrameImage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAME_IMAGE_UNSPECIFIED: _ClassVar[FrameImage]
+    FRAME_IMAGE_NONE: _ClassVar[FrameImage]
+    FRAME_IMAGE_RAW: _ClassVar[FrameImage]
+    FRAME_IMAGE_ANNOTATED: _ClassVar[FrameImage]
+
+class StreamEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_EVENT_UNSPECIFIED: _ClassVar[StreamEvent]
+    STREAM_EVENT_STARTED: _ClassVar[StreamEvent]
+    STREAM_EVENT_RECONNECTING: _ClassVar[StreamEvent]
+    STREAM_EVENT_RECONNECTED: _ClassVar[StreamEvent]
+    STREAM_EVENT_SOURCE_ENDED: _ClassVar[StreamEvent]
+    STREAM_EVENT_ERROR: _ClassVar[StreamEvent]
+FRAME_POLICY_UNSPECIFIED: FramePolicy
+FRAME_POLICY_EVERY_FRAME: FramePolicy
+FRAME_POLICY_NEWEST_FRAME: FramePolicy
+DELIVERY_UNSPECIFIED: Delivery
+DELIVERY_LOSSY: Delivery
+DELIVERY_EVERY_FRAME: Delivery
+FRAME_IMAGE_UNSPECIFIED: FrameImage
+FRAME_IMAGE_NONE: FrameImage
+FRAME_IMAGE_RAW: FrameImage
+FRAME_IMAGE_ANNOTATED: FrameImage
+STREAM_EVENT_UNSPECIFIED: StreamEvent
+STREAM_EVENT_STARTED: StreamEvent
+STREAM_EVENT_RECONNECTING: StreamEvent
+STREAM_EVENT_RECONNECTED: StreamEvent
+STREAM_EVENT_SOURCE_ENDED: StreamEvent
+STREAM_EVENT_ERROR: StreamEvent
+
+class InferRequest(_message.Message):
+    __slots__ = ("model_id", "images", "options")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    images: _containers.RepeatedCompositeFieldContainer[_types_pb2.Image]
+    options: _types_pb2.InferOptions
+    def __init__(self, model_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_types_pb2.Image, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.InferOptions, _Mapping]] = ...) -> None: ...
+
+class InferResponse(_message.Message):
+    __slots__ = ("model_name", "model_version", "engine", "predictions")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    engine: _types_pb2.EngineInfo
+    predictions: _containers.RepeatedCompositeFieldContainer[_types_pb2.ImagePrediction]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[_Union[_types_pb2.EngineInfo, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[_types_pb2.ImagePrediction, _Mapping]]] = ...) -> None: ...
+
+class VideoSource(_message.Message):
+    __slots__ = ("path", "url", "device")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    url: str
+    device: int
+    def __init__(self, path: _Optional[str] = ..., url: _Optional[str] = ..., device: _Optional[int] = ...) -> None: ...
+
+class StreamOptions(_message.Message):
+    __slots__ = ("max_fps", "frame_policy", "delivery", "frame_image", "jpeg_quality")
+    MAX_FPS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_POLICY_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    FRAME_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    max_fps: float
+    frame_policy: FramePolicy
+    delivery: Delivery
+    frame_image: FrameImage
+    jpeg_quality: int
+    def __init__(self, max_fps: _Optional[float] = ..., frame_policy: _Optional[_Union[FramePolicy, str]] = ..., delivery: _Optional[_Union[Delivery, str]] = ..., frame_image: _Optional[_Union[FrameImage, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
+
+class StreamPredictionsRequest(_message.Message):
+    __slots__ = ("stream_id", "model_id", "sources", "options", "stream_options")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    model_id: str
+    sources: _containers.RepeatedCompositeFieldContainer[VideoSource]
+    options: _types_pb2.InferOptions
+    stream_options: StreamOptions
+    def __init__(self, stream_id: _Optional[str] = ..., model_id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[VideoSource, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.InferOptions, _Mapping]] = ..., stream_options: _Optional[_Union[StreamOptions, _Mapping]] = ...) -> None: ...
+
+class DropCounters(_message.Message):
+    __slots__ = ("frames_skipped", "results_dropped")
+    FRAMES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    frames_skipped: int
+    results_dropped: int
+    def __init__(self, frames_skipped: _Optional[int] = ..., results_dropped: _Optional[int] = ...) -> None: ...
+
+class FramePrediction(_message.Message):
+    __slots__ = ("source_index", "sequence_number", "source_timestamp_ms", "capture_time", "prediction", "drops", "frame_jpeg")
+    SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_JPEG_FIELD_NUMBER: _ClassVar[int]
+    source_index: int
+    sequence_number: int
+    source_timestamp_ms: float
+    capture_time: _timestamp_pb2.Timestamp
+    prediction: _types_pb2.ImagePrediction
+    drops: DropCounters
+    frame_jpeg: bytes
+    def __init__(self, source_index: _Optional[int] = ..., sequence_number: _Optional[int] = ..., source_timestamp_ms: _Optional[float] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.ImagePrediction, _Mapping]] = ..., drops: _Optional[_Union[DropCounters, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ...) -> None: ...
+
+class SourceInfo(_message.Message):
+    __slots__ = ("source_index", "width", "height", "fps", "frame_count")
+    SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    source_index: int
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    def __init__(self, source_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ...) -> None: ...
+
+class StreamStatus(_message.Message):
+    __slots__ = ("event", "source_index", "sources", "attempt", "reason")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    event: StreamEvent
+    source_index: int
+    sources: _containers.RepeatedCompositeFieldContainer[SourceInfo]
+    attempt: int
+    reason: str
+    def __init__(self, event: _Optional[_Union[StreamEvent, str]] = ..., source_index: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[SourceInfo, _Mapping]]] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StreamPredictionsResponse(_message.Message):
+    __slots__ = ("stream_id", "model_name", "model_version", "frame", "status")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    model_name: str
+    model_version: str
+    frame: FramePrediction
+    status: StreamStatus
+    def __init__(self, stream_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., frame: _Optional[_Union[FramePrediction, _Mapping]] = ..., status: _Optional[_Union[StreamStatus, _Mapping]] = ...) -> None: ...
