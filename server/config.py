@@ -1,0 +1,127 @@
+"""The server's one configuration object, read once at start-up from flags and environment.
+
+Every setting has a flag and an environment variable (`VISIONRPC_` + the flag in upper snake case); a flag
+wins over the environment, which wins over the default. Nothing else in the server reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["ServerConfig", "add_server_arguments", "default_cache_dir"]
+
+MIB = 1024 * 1024
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "visionrpc"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Settings of one server process. Example: `ServerConfig(port=0, model_repository=tmp_path)`."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # Models: the repository holds user models; built-ins are installed into it on first use.
+    model_repository: Path = default_cache_dir() / "models"
+    cache_dir: Path = default_cache_dir() / "downloads"
+    default_model: str = "yolov3-tiny-coco"
+    # Load and warm the default model at start-up; the inference health status is SERVING only after that.
+    preload_default_model: bool = True
+    max_loaded_models: int = 4
+    engine: str = "onnxruntime"
+    providers: tuple[str, ...] = ("cpu",)
+    intra_op_threads: int = 0  # 0: sized to the machine
+    # Requests.
+    max_message_bytes: int = 16 * MIB
+    max_images_per_request: int = 64
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_concurrent_rpcs: int = 256
+    worker_threads: int = 16
+    # Connections: pings keep idle connections through NATs and proxies alive; a bounded connection age
+    # makes clients reconnect now and then so L7 load balancers in a mesh can rebalance them.
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 30.0
+    # Shutdown: on SIGTERM health turns NOT_SERVING, then in-flight calls get this long to finish.
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"expected a port in [0, 65535], got {self.port}")
+        if self.max_message_bytes < 1024 or self.max_message_bytes > 1024 * MIB:
+            raise ValueError(f"expected max_message_bytes in [1 KiB, 1 GiB], got {self.max_message_bytes}")
+        for name in ("max_loaded_models", "max_images_per_request", "max_image_pixels", "worker_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
+        if self.engine not in ("onnxruntime", "auto", "tensorrt"):
+            raise ValueError(f"expected engine onnxruntime, tensorrt or auto, got {self.engine!r}")
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+        """Builds the config from parsed flags (None where not given) over environment over defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            flag_value = getattr(namespace, f.name, None)
+            env_value = env.get("VISIONRPC_" + f.name.upper())
+            if flag_value is not None:
+                values[f.name] = flag_value
+            elif env_value is not None:
+                values[f.name] = _parse(f.name, env_value, getattr(cls(), f.name))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, text: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(f"expected a boolean, got {text!r}")
+            return text.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, Path):
+            return Path(text)
+        if isinstance(default, tuple):
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return text
+    except ValueError as exc:
+        raise ValueError(f"VISIONRPC_{name.upper()}: {exc}") from None
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per ServerConfig field; unset flags stay None so the environment can fill them."""
+    defaults = ServerConfig()
+    for f in fields(ServerConfig):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        env = "VISIONRPC_" + f.name.upper()
+        help_text = f"(env {env}; default {_show(default)})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(
+                flag, dest=f.name, default=None, help=help_text,
+                type=lambda s: tuple(p.strip() for p in s.split(",") if p.strip()),
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, type=type(default), help=help_text)
+
+
+def _show(value: object) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)

@@ -1,0 +1,69 @@
+"""Fixtures shared by every suite: a real visionrpc server on an ephemeral loopback port, and the caches.
+
+The model cache ($VISIONRPC_CACHE, default ~/.cache/visionrpc) is shared across runs so the built-in models
+are downloaded from the package registry once per machine; every test server gets its own empty model
+repository so tests never see each other's user models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from visionrpc.server.app import VisionRpcServer, create_server
+from visionrpc.server.config import ServerConfig
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VISIONRPC_CACHE", Path.home() / ".cache" / "visionrpc"))
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    server: VisionRpcServer
+    config: ServerConfig
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    server, port = create_server(config)
+    server.start()
+    return RunningServer(server=server, config=config, port=port)
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        model_repository=tmp_path_factory.mktemp("models"),
+        cache_dir=cache_root() / "downloads",
+        intra_op_threads=2,
+        shutdown_grace_s=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def server(base_config: ServerConfig) -> Iterator[RunningServer]:
+    """One real server for the session, default model preloaded; tests must leave it serving."""
+    running = start_server(base_config)
+    running.server.wait_until_ready(timeout_s=300)
+    yield running
+    running.server.stop(grace_s=1.0)
+
+
+@pytest.fixture
+def fresh_server(base_config: ServerConfig, tmp_path: Path) -> Iterator[RunningServer]:
+    """A private server for tests that change server state (unload, LRU, shutdown); no preload."""
+    config = replace(base_config, model_repository=tmp_path / "models", preload_default_model=False)
+    running = start_server(config)
+    yield running
+    running.server.stop(grace_s=0.5)
