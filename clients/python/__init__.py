@@ -1,0 +1,91 @@
+"""visionrpc.client — the Python SDK of the visionrpc inference server.
+
+    from visionrpc.client import Client, NotFoundError
+
+    with Client("127.0.0.1:50051") as client:
+        result = client.infer(["coffee.png", "motorcycle_left.png"], confidence=0.5)
+        for prediction in result.predictions:
+            for det in prediction.detections:
+                print(det.class_name, f"{det.confidence:.2f}", det.box.as_tuple())
+
+The SDK depends on grpcio, grpcio-status, grpcio-health-checking, protobuf, numpy and the generated
+`visionrpc.v1` messages only; it never imports the server.
+"""
+
+from ._client import DEFAULT_ADDRESS, USE_CLIENT_DEFAULT, Client, UseClientDefault
+from ._convert import ImageInput
+from ._exceptions import (
+    CancelledError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+    UnexpectedStatusError,
+    VisionRpcError,
+    from_rpc_error,
+)
+from ._types import (
+    BoundingBox,
+    ChannelOrder,
+    Classification,
+    Detection,
+    EngineInfo,
+    ImagePrediction,
+    ImageSize,
+    InferResult,
+    Keypoint,
+    ModelDefaults,
+    ModelInfo,
+    ModelInput,
+    ModelState,
+    ModelTask,
+    Timings,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "USE_CLIENT_DEFAULT",
+    "BoundingBox",
+    "CancelledError",
+    "ChannelOrder",
+    "Classification",
+    "Client",
+    "DeadlineExceededError",
+    "Detection",
+    "EngineInfo",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "ImageInput",
+    "ImagePrediction",
+    "ImageSize",
+    "InferResult",
+    "InternalError",
+    "InvalidArgumentError",
+    "Keypoint",
+    "ModelDefaults",
+    "ModelInfo",
+    "ModelInput",
+    "ModelState",
+    "ModelTask",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "Timings",
+    "UnavailableError",
+    "UnexpectedStatusError",
+    "UseClientDefault",
+    "VisionRpcError",
+    "from_rpc_error",
+]
+
+# Objects report the public module, so tracebacks and reprs read `visionrpc.client.NotFoundError`.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,263 @@
+"""The synchronous client: one gRPC channel, typed methods, errors mapped to the `VisionRpcError` family.
+
+Example:
+    from visionrpc.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        result = client.infer("coffee.png", confidence=0.4)
+        for det in result.predictions[0].detections:
+            print(det.class_name, round(det.confidence, 2), det.box.as_tuple())
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2 as _health_pb2
+from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
+from visionrpc.v1 import inference_pb2_grpc, models_pb2, models_pb2_grpc
+
+from ._convert import (
+    ImageInput,
+    build_infer_request,
+    image_list,
+    image_to_proto,
+    infer_result_from_proto,
+    model_info_from_proto,
+    options_to_proto,
+)
+from ._exceptions import map_rpc_errors
+from ._types import InferResult, ModelInfo
+
+__all__ = ["DEFAULT_ADDRESS", "USE_CLIENT_DEFAULT", "Client", "UseClientDefault"]
+
+DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
+MIB: Final = 1024 * 1024
+
+_Response = TypeVar("_Response")
+
+
+class UseClientDefault:
+    """Type of `USE_CLIENT_DEFAULT`: "take the client's setting", distinct from None ("no deadline")."""
+
+    def __repr__(self) -> str:
+        return "USE_CLIENT_DEFAULT"
+
+
+USE_CLIENT_DEFAULT: Final = UseClientDefault()
+
+Timeout: TypeAlias = float | UseClientDefault | None
+
+
+class Client:
+    """A connection to one visionrpc server (or a load balancer in front of several).
+
+    The channel connects lazily on the first call and reconnects on its own; one client is safe to share
+    between threads. Use it as a context manager, or call `close()`.
+
+    Args:
+        address: "host:port" or any gRPC target ("dns:///svc:50051", "unix:///run/visionrpc.sock").
+        timeout_s: deadline of each call in seconds unless the call gives its own; None waits forever.
+        credentials: TLS (or other) channel credentials, e.g. `grpc.ssl_channel_credentials()`; None means a
+            plaintext channel, as on loopback or inside a service mesh that does mTLS for us.
+        max_message_bytes: limit on request and response size, set explicitly both ways
+            (`grpc.max_send_message_length`, `grpc.max_receive_message_length`) instead of gRPC's 4 MiB
+            receive default; keep it equal to the server's `--max-message-bytes` (16 MiB by default).
+        keepalive_time_s: interval of HTTP/2 keepalive pings during calls (`grpc.keepalive_time_ms`, gRPC's
+            default is 2 hours) so a dead connection through a NAT or proxy is noticed within
+            keepalive_time_s + 10 s (`grpc.keepalive_timeout_ms` = 10000). Pings are only sent while a call
+            is in flight (`grpc.keepalive_permit_without_calls` = 0): servers with gRPC's default ping policy
+            answer pings on idle connections with GOAWAY "too_many_pings". None leaves keepalive off.
+        options: extra channel options as (key, value) pairs; they override the ones above by key.
+
+    Raises (from every RPC method): a `VisionRpcError` subclass, see `visionrpc.client._exceptions`.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout_s: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 16 * MIB,
+        keepalive_time_s: float | None = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"expected timeout_s > 0 or None, got {timeout_s}")
+        if max_message_bytes < 1:
+            raise ValueError(f"expected max_message_bytes >= 1, got {max_message_bytes}")
+        self.address = address
+        self.timeout_s = timeout_s
+        merged = dict(channel_options(max_message_bytes, keepalive_time_s))
+        merged.update(options)
+        channel_args = list(merged.items())
+        self._channel = (
+            grpc.secure_channel(address, credentials, options=channel_args)
+            if credentials is not None
+            else grpc.insecure_channel(address, options=channel_args)
+        )
+        self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
+        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self._health = _health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel, cancelling calls in flight. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._channel.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Client(address={self.address!r}, {state})"
+
+    # -------------------------------------------------------------------------------------- inference
+
+    def infer(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        model: str | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_detections: int | None = None,
+        classes: Iterable[str | int] | None = None,
+        top_k: int | None = None,
+        channel_order: Literal["bgr", "rgb"] = "bgr",
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> InferResult:
+        """Runs a model on one or more images in one request.
+
+        Args:
+            images: one image or an iterable of them. Each is encoded bytes (JPEG, PNG, BMP, WebP), a path
+                to such a file (sent encoded; the server decodes), or a uint8 numpy array HxW / HxWx3 / HxWx4
+                sent as raw pixels (no encoding cost on either side).
+            model: "name" or "name/version"; None uses the server's default model.
+            confidence: minimum detection confidence in [0, 1]; None uses the model's default.
+            iou: NMS IoU threshold in [0, 1]; None uses the model's default.
+            max_detections: at most this many detections per image.
+            classes: keep only these classes, given by name ("cup") or id (41), mixed freely.
+            top_k: classifiers: how many top classes to return.
+            channel_order: channel order of numpy arrays: "bgr" (the default, OpenCV's `cv2.imread` order) or
+                "rgb" (PIL / imageio). 4-channel arrays are BGRA / RGBA; 2-D arrays are grayscale.
+            timeout_s: this call's deadline; the client's `timeout_s` when not given.
+
+        Returns:
+            InferResult with one ImagePrediction per image, in order.
+
+        Raises:
+            InvalidArgumentError: an undecodable image or an option out of range (see `field_violations`).
+            NotFoundError: unknown model.
+            OSError: an image path cannot be read (before any RPC).
+            TypeError, ValueError: an image or option of the wrong kind (before any RPC).
+        """
+        response = self._infer_response(
+            images,
+            model=model,
+            options=options_to_proto(
+                confidence=confidence, iou=iou, max_detections=max_detections, classes=classes, top_k=top_k
+            ),
+            channel_order=channel_order,
+            timeout_s=timeout_s,
+        )
+        return infer_result_from_proto(response)
+
+    def _infer_response(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        model: str | None,
+        options: Any,
+        channel_order: Literal["bgr", "rgb"],
+        timeout_s: Timeout,
+    ) -> Any:
+        """The raw InferResponse; `infer` wraps it (and keeps it as `InferResult.response`)."""
+        request = build_infer_request(
+            model or "", [image_to_proto(image, channel_order) for image in image_list(images)], options
+        )
+        return self._unary(self._inference.Infer, request, timeout_s)
+
+    # ----------------------------------------------------------------------------------------- models
+
+    def list_models(self, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> list[ModelInfo]:
+        """Every model of the server's repository, built-ins included."""
+        response = self._unary(self._models.ListModels, models_pb2.ListModelsRequest(), timeout_s)
+        return [model_info_from_proto(m) for m in response.models]
+
+    def get_model(self, model_id: str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> ModelInfo:
+        """One model by "name" (newest version) or "name/version". Raises NotFoundError when unknown."""
+        response = self._unary(
+            self._models.GetModel, models_pb2.GetModelRequest(model_id=model_id), timeout_s
+        )
+        return model_info_from_proto(response.model)
+
+    def load_model(self, model_id: str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> ModelInfo:
+        """Loads and warms a model now rather than on its first request; idempotent.
+
+        A first load of a built-in may download and convert it: give a generous `timeout_s` (or None).
+        """
+        response = self._unary(
+            self._models.LoadModel, models_pb2.LoadModelRequest(model_id=model_id), timeout_s
+        )
+        return model_info_from_proto(response.model)
+
+    def unload_model(self, model_id: str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> ModelInfo:
+        """Releases a loaded model (it loads again on demand); idempotent."""
+        response = self._unary(
+            self._models.UnloadModel, models_pb2.UnloadModelRequest(model_id=model_id), timeout_s
+        )
+        return model_info_from_proto(response.model)
+
+    # ----------------------------------------------------------------------------------------- health
+
+    def health(self, service: str = "", *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> str:
+        """The grpc.health.v1 status of `service`: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN".
+
+        "" is the whole server (liveness); "visionrpc.v1.InferenceService" turns SERVING only once the default
+        model is warm (readiness). Raises NotFoundError for a service the server does not know.
+        """
+        response = self._unary(self._health.Check, _health_pb2.HealthCheckRequest(service=service), timeout_s)
+        name: str = _health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return name
+
+    # ---------------------------------------------------------------------------------------- plumbing
+
+    def _unary(self, method: Callable[..., _Response], request: Any, timeout_s: Timeout) -> _Response:
+        """Every RPC goes through here: one deadline rule, one error mapping."""
+        if self._closed:
+            # grpc's own message for this ("Cannot invoke RPC on closed channel!") is a bare ValueError.
+            raise RuntimeError("the client is closed")
+        timeout = self.timeout_s if isinstance(timeout_s, UseClientDefault) else timeout_s
+        with map_rpc_errors():
+            return method(request, timeout=timeout)
+
+
+def channel_options(max_message_bytes: int, keepalive_time_s: float | None) -> list[tuple[str, Any]]:
+    """The channel options a Client sets, documented in `Client`."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.primary_user_agent", "visionrpc-python"),
+    ]
+    if keepalive_time_s is not None:
+        options += [
+            ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ]
+    return options

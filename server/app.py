@@ -1,0 +1,186 @@
+"""Assembling and running the gRPC server: servicers, health, reflection, start-up and graceful shutdown.
+
+`create_server(config)` builds a server bound to its port without starting it (tests bind port 0 and read
+the real port back); `serve(config)` is the process entry point that adds signal handling.
+
+Health: "" (liveness) is SERVING as soon as the server starts; "visionrpc.v1.InferenceService" turns SERVING
+only once the default model is loaded and warm, so a mesh or Kubernetes readiness probe keeps traffic away
+until the first request can be answered at full speed. On SIGTERM every status turns NOT_SERVING first, then
+in-flight calls get `shutdown_grace_s` to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from visionrpc.engines import Engine, OnnxRuntimeEngine
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+
+from .config import ServerConfig
+from .errors import VisionRpcError
+from .models.manager import ModelManager
+from .models.repository import ModelRepository, ResolvedModel
+from .servicers.inference import InferenceServicer
+from .servicers.models import ModelServicer
+
+__all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "serve"]
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_SERVICE: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+MODEL_SERVICE: str = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Channel arguments of the server; each one is set on purpose rather than left to gRPC's defaults."""
+    return [
+        # Explicit limits: big enough for several full-size photos, never "unlimited".
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept client pings as often as every 10 s (clients default to 30 s); more often is abuse.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Bounded connection age: clients reconnect now and then, so L7 load balancers can rebalance them.
+        ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
+        # Two servers must never silently share a port.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def onnxruntime_engine_factory(config: ServerConfig) -> OnnxRuntimeEngineFactory:
+    return OnnxRuntimeEngineFactory(config.providers, config.intra_op_threads or None)
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxRuntimeEngineFactory:
+    providers: tuple[str, ...]
+    intra_op_threads: int | None
+
+    def __call__(self, model: ResolvedModel) -> Engine:
+        return OnnxRuntimeEngine.load(
+            model.onnx_path, providers=self.providers, intra_op_threads=self.intra_op_threads
+        )
+
+
+class VisionRpcServer:
+    """A created server: start it, wait until the default model is warm, stop it gracefully."""
+
+    def __init__(
+        self, config: ServerConfig, server: grpc.Server, health_servicer: health.HealthServicer, models: ModelManager
+    ) -> None:
+        self.config = config
+        self.models = models
+        self._server = server
+        self._health = health_servicer
+        self._ready = threading.Event()
+        self._preload_error: str | None = None
+
+    def start(self) -> None:
+        self._server.start()
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health.set(MODEL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.preload_default_model:
+            self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            threading.Thread(target=self._preload, name="visionrpc-preload", daemon=True).start()
+        else:
+            self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            self._ready.set()
+
+    def _preload(self) -> None:
+        model = self.config.default_model
+        try:
+            self.models.load(model)
+        except VisionRpcError as exc:
+            # The server keeps serving other models; the inference service stays NOT_SERVING so probes say why.
+            self._preload_error = exc.message
+            logger.error("default model %s did not load: %s", model, exc.message)
+            self._ready.set()
+            return
+        self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("default model %s is warm; %s is SERVING", model, INFERENCE_SERVICE)
+        self._ready.set()
+
+    def wait_until_ready(self, timeout_s: float | None = None) -> None:
+        """Blocks until the default model is warm. Raises RuntimeError when it failed or took too long."""
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the default model was not ready within {timeout_s} s")
+        if self._preload_error is not None:
+            raise RuntimeError(f"the default model failed to load: {self._preload_error}")
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Turns every health status NOT_SERVING, lets in-flight calls finish within the grace, then closes."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self._health.enter_graceful_shutdown()
+        logger.info("shutting down: draining in-flight calls for up to %.1f s", grace)
+        self._server.stop(grace).wait()
+        self.models.close()
+        logger.info("stopped")
+
+    def wait_for_termination(self, timeout_s: float | None = None) -> bool:
+        return bool(self._server.wait_for_termination(timeout_s))
+
+
+def build_model_manager(config: ServerConfig) -> ModelManager:
+    repository = ModelRepository(
+        user_root=config.model_repository,
+        builtin_root=config.cache_dir / "builtin-models",
+        download_dir=config.cache_dir,
+    )
+    return ModelManager(repository, onnxruntime_engine_factory(config), max_loaded=config.max_loaded_models)
+
+
+def create_server(config: ServerConfig) -> tuple[VisionRpcServer, int]:
+    """Builds the server and binds its port (port 0 picks a free one); returns it unstarted with the port."""
+    models = build_model_manager(config)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="visionrpc-rpc"),
+        options=grpc_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models, config), server)
+    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise OSError(f"could not bind {config.address}")
+    return VisionRpcServer(config, server, health_servicer, models), port
+
+
+def serve(config: ServerConfig) -> int:
+    """Runs the server until SIGTERM or SIGINT, then shuts down gracefully. Returns the exit code."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    server, port = create_server(config)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    logger.info("visionrpc listening on %s:%d (pid %d)", config.host, port, os.getpid())
+    while not stop_requested.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+        pass
+    server.stop()
+    return 0

@@ -1,0 +1,478 @@
+"""The `visionrpc` command: run the server, or talk to one through the Python SDK.
+
+    visionrpc serve [--port 50051 --model-repository DIR ...]     run the server (flags over VISIONRPC_* env)
+    visionrpc infer IMAGE... [--model ID] [--json] [--annotate OUT.jpg] [--confidence F] ...
+    visionrpc models list | get ID | load ID | unload ID [--json]
+    visionrpc models pull NAME... [--cache-dir DIR]                install built-ins offline, no server needed
+    visionrpc health [--service NAME]                              exit 0 only when SERVING
+
+Client commands reach the server at --address (env VISIONRPC_ADDRESS, default 127.0.0.1:50051). Exit codes:
+0 success, 1 failure, 2 a bad request (INVALID_ARGUMENT, NOT_FOUND, a missing image file or a usage error),
+130 interrupted. Server modules are imported only by the commands that need them, so client commands start
+fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import json_format
+from visionrpc.client import (
+    DEFAULT_ADDRESS,
+    Client,
+    Detection,
+    ImagePrediction,
+    InferResult,
+    ModelInfo,
+    VisionRpcError,
+)
+
+from .config import ServerConfig, add_server_arguments
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["builtin_repository", "main"]
+
+logger = logging.getLogger(__name__)
+
+# Deadlines when --timeout is not given: a first `models load` of a built-in may download and convert it.
+_DEFAULT_TIMEOUT_S = 30.0
+_LOAD_TIMEOUT_S = 600.0
+_HEALTH_TIMEOUT_S = 5.0
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_REQUEST, EXIT_INTERRUPTED = 0, 1, 2, 130
+_BAD_REQUEST_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+
+
+class UsageError(Exception):
+    """A problem with the command line found before any RPC (a missing file, an unknown built-in)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `visionrpc` console script; returns the process exit code."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command != "serve":
+        # `serve` configures logging itself from the server's --log-level.
+        logging.basicConfig(
+            level=logging.WARNING - 10 * min(ns.verbose, 2),
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    handler: Callable[[argparse.Namespace], int] = ns.handler
+    try:
+        return handler(ns)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_BAD_REQUEST
+    except VisionRpcError as exc:
+        _error(f"{exc.code.name}: {exc.message}")
+        for violation in exc.field_violations:
+            sys.stderr.write(f"  {violation.field or '<request>'}: {violation.description}\n")
+        return EXIT_BAD_REQUEST if exc.code in _BAD_REQUEST_CODES else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionrpc", description="gRPC computer-vision inference server")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server", description="Run the server until SIGTERM.")
+    add_server_arguments(serve)
+    serve.set_defaults(handler=_cmd_serve)
+
+    # Shared by the commands that talk to a server.
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--address",
+        default=os.environ.get("VISIONRPC_ADDRESS", DEFAULT_ADDRESS),
+        help=f"server HOST:PORT or gRPC target (env VISIONRPC_ADDRESS; default {DEFAULT_ADDRESS})",
+    )
+    client.add_argument(
+        "--timeout", type=_positive_float, metavar="S", help="deadline of the call in seconds (default 30)"
+    )
+    client.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print the response as protobuf JSON")
+
+    infer = commands.add_parser(
+        "infer",
+        parents=[client, json_flag],
+        help="run a model on image files",
+        description="Run a model on one or more image files (JPEG, PNG, BMP, WebP; '-' reads stdin).",
+    )
+    infer.add_argument("images", nargs="+", metavar="IMAGE")
+    infer.add_argument("--model", metavar="ID", help="'name' or 'name/version' (default: the server's)")
+    infer.add_argument("--confidence", type=float, metavar="F", help="minimum confidence in [0, 1]")
+    infer.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold in [0, 1]")
+    infer.add_argument("--max-detections", type=int, metavar="N", help="at most N detections per image")
+    infer.add_argument("--classes", metavar="A,B", help="keep only these classes, by name or id (cup,41)")
+    infer.add_argument("--top-k", type=int, metavar="N", help="classifiers: the N best classes")
+    infer.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="OUT.jpg",
+        help="draw the predictions and write the image (OUT-<i>.jpg for each of several images)",
+    )
+    infer.set_defaults(handler=_cmd_infer)
+
+    models = commands.add_parser("models", help="list, inspect, load, unload or pull models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", parents=[client, json_flag], help="list the server's models")
+    listing.set_defaults(handler=_cmd_models_list)
+    for action, help_text in (
+        ("get", "show one model"),
+        ("load", "load and warm a model now"),
+        ("unload", "release a loaded model"),
+    ):
+        sub = model_commands.add_parser(action, parents=[client, json_flag], help=help_text)
+        sub.add_argument("model_id", metavar="ID", help="'name' or 'name/version'")
+        sub.set_defaults(handler=_cmd_models_action, action=action)
+    pull = model_commands.add_parser(
+        "pull",
+        help="install built-in models into the local cache (no server)",
+        description="Download and convert built-in models into the local cache so a server works offline.",
+    )
+    pull.add_argument("names", nargs="+", metavar="NAME")
+    pull.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"download cache (env VISIONRPC_CACHE_DIR; default {ServerConfig().cache_dir})",
+    )
+    pull.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    pull.set_defaults(handler=_cmd_models_pull)
+
+    health = commands.add_parser(
+        "health", parents=[client], help="check the server's health (exit 0: SERVING)"
+    )
+    health.add_argument("--service", default="", help="service name; '' (default) is the whole server")
+    health.set_defaults(handler=_cmd_health)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from .app import serve  # lazy: client commands must not pay for engine and model imports
+
+    return serve(ServerConfig.from_namespace(ns))
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _client(ns: argparse.Namespace, default_timeout_s: float = _DEFAULT_TIMEOUT_S) -> Client:
+    return Client(ns.address, timeout_s=ns.timeout if ns.timeout is not None else default_timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _InputImage:
+    name: str
+    data: bytes
+
+
+def _read_images(names: Sequence[str]) -> list[_InputImage]:
+    """Reads every image before any RPC, so a typo fails fast and clearly."""
+    images = []
+    for name in names:
+        if name == "-":
+            images.append(_InputImage("<stdin>", sys.stdin.buffer.read()))
+            continue
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"no such image file: {name}")
+        try:
+            images.append(_InputImage(name, path.read_bytes()))
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror}") from exc
+    return images
+
+
+def _parse_classes(text: str | None) -> list[str | int] | None:
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return [int(item) if item.isdigit() else item for item in items]
+
+
+def _cmd_infer(ns: argparse.Namespace) -> int:
+    images = _read_images(ns.images)
+    with _client(ns) as client:
+        result = client.infer(
+            [image.data for image in images],
+            model=ns.model,
+            confidence=ns.confidence,
+            iou=ns.iou,
+            max_detections=ns.max_detections,
+            classes=_parse_classes(ns.classes),
+            top_k=ns.top_k,
+        )
+    if ns.json:
+        _write_json(result.response)
+    else:
+        _write_infer_result(result, [image.name for image in images])
+    if ns.annotate is not None:
+        for index, (image, prediction) in enumerate(zip(images, result.predictions, strict=True)):
+            out = ns.annotate if len(images) == 1 else _numbered(ns.annotate, index)
+            _write_annotated(image, prediction, out)
+            logger.info("wrote %s", out)
+    return EXIT_OK
+
+
+def _cmd_models_list(ns: argparse.Namespace) -> int:
+    with _client(ns) as client:
+        models = client.list_models()
+    if ns.json:
+        from visionrpc.v1 import models_pb2
+
+        _write_json(models_pb2.ListModelsResponse(models=[m.proto for m in models]))
+        return EXIT_OK
+    rows = [["NAME", "VERSION", "TASK", "DECODER", "STATE", "ENGINE", "INPUT", "BUILTIN"]]
+    for m in models:
+        rows.append(
+            [
+                m.name,
+                m.version or "-",
+                m.task.value,
+                m.decoder or "-",
+                m.state.value,
+                _engine_text(m) or "-",
+                f"{m.input.width}x{m.input.height}" if m.input else "-",
+                "yes" if m.builtin else "no",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        sys.stdout.write(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
+    return EXIT_OK
+
+
+def _cmd_models_action(ns: argparse.Namespace) -> int:
+    with _client(ns, _LOAD_TIMEOUT_S if ns.action == "load" else _DEFAULT_TIMEOUT_S) as client:
+        method = {"get": client.get_model, "load": client.load_model, "unload": client.unload_model}[
+            ns.action
+        ]
+        model = method(ns.model_id)
+    if ns.json:
+        _write_json(model.proto)
+    else:
+        _write_model(model)
+    return EXIT_OK
+
+
+def builtin_repository(config: ServerConfig) -> Path:
+    """Where built-in models are installed; must match the server's repository layout (server/app.py)."""
+    return config.cache_dir / "builtin-models"
+
+
+def _cmd_models_pull(ns: argparse.Namespace) -> int:
+    # Lazy: the converters pull in onnx; the other commands never need them.
+    from .models.builtins import BUILTIN_MODELS, install_builtin, is_builtin
+
+    config = ServerConfig.from_namespace(argparse.Namespace(cache_dir=ns.cache_dir))
+    unknown = [name for name in ns.names if not is_builtin(name)]
+    if unknown:
+        known = ", ".join(sorted(BUILTIN_MODELS))
+        raise UsageError(f"not a built-in model: {', '.join(unknown)} (built-ins: {known})")
+    for name in ns.names:
+        try:
+            path = install_builtin(name, builtin_repository(config), config.cache_dir)
+        except Exception as exc:
+            _error(f"could not install {name}: {exc}")
+            return EXIT_FAILURE
+        sys.stdout.write(f"{name}: {path}\n")
+    return EXIT_OK
+
+
+def _cmd_health(ns: argparse.Namespace) -> int:
+    with _client(ns, _HEALTH_TIMEOUT_S) as client:
+        status = client.health(ns.service)
+    sys.stdout.write(status + "\n")
+    return EXIT_OK if status == "SERVING" else EXIT_FAILURE
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+
+
+def _write_json(message: Any) -> None:
+    # Proto field names (snake_case) and zero values included: `class_id: 0` is a real class, not "absent".
+    text = json_format.MessageToJson(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    sys.stdout.write(text + "\n")
+
+
+def _engine_text(model: ModelInfo | InferResult) -> str:
+    e = model.engine
+    return " ".join(part for part in (e.engine, e.provider, e.device, e.precision) if part) if e else ""
+
+
+def _write_infer_result(result: InferResult, names: Sequence[str]) -> None:
+    out = sys.stdout
+    out.write(f"model {result.model_name}/{result.model_version}  {_engine_text(result)}".rstrip() + "\n")
+    for name, prediction in zip(names, result.predictions, strict=True):
+        t = prediction.timings
+        size = prediction.image_size
+        out.write(
+            f"{name}  {size.width}x{size.height}  total {t.total_ms:.1f} ms (decode {t.decode_ms:.1f}, "
+            f"queue {t.queue_ms:.1f}, preprocess {t.preprocess_ms:.1f}, inference {t.inference_ms:.1f}, "
+            f"postprocess {t.postprocess_ms:.1f})\n"
+        )
+        for det in prediction.detections:
+            box = ", ".join(f"{v:.0f}" for v in det.box.as_tuple())
+            out.write(f"  {_label(det)} {det.confidence:.2f} [{box}]\n")
+            if det.keypoints:
+                points = " ".join(
+                    f"{k.name or i} ({k.x:.0f}, {k.y:.0f})" for i, k in enumerate(det.keypoints)
+                )
+                out.write(f"    landmarks: {points}\n")
+        for c in prediction.classifications:
+            out.write(f"  {c.class_name or f'class {c.class_id}'} {c.confidence:.2f}\n")
+        if not prediction.detections and not prediction.classifications:
+            out.write("  (nothing found)\n")
+
+
+def _label(det: Detection) -> str:
+    return det.class_name or f"class {det.class_id}"
+
+
+def _write_model(m: ModelInfo) -> None:
+    lines = [
+        ("name", m.name),
+        ("version", m.version),
+        ("versions", ", ".join(m.versions)),
+        ("task", m.task.value),
+        ("decoder", m.decoder),
+        ("state", m.state.value + (f" ({m.state_reason})" if m.state_reason else "")),
+        ("engine", _engine_text(m) or "-"),
+        (
+            "input",
+            f"{m.input.width}x{m.input.height} {m.input.channel_order.value} {m.input.resize}"
+            if m.input
+            else "-",
+        ),
+        (
+            "defaults",
+            f"confidence {m.defaults.confidence_threshold:g}, iou {m.defaults.iou_threshold:g}, "
+            f"max_detections {m.defaults.max_detections}, top_k {m.defaults.top_k}"
+            if m.defaults
+            else "-",
+        ),
+        ("classes", _preview(m.class_names)),
+        ("keypoints", _preview(m.keypoint_names)),
+        ("builtin", "yes" if m.builtin else "no"),
+        ("description", m.description),
+    ]
+    for key, value in lines:
+        sys.stdout.write(f"{key + ':':<13}{value}".rstrip() + "\n")
+
+
+def _preview(names: Sequence[str], limit: int = 8) -> str:
+    if not names:
+        return "-"
+    shown = ", ".join(names[:limit])
+    return f"{len(names)}: {shown}" + (", ..." if len(names) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------- annotation
+
+
+def _numbered(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+# Distinct BGR colours, picked by class id so a class keeps its colour across images.
+_PALETTE = [
+    (56, 56, 255),
+    (151, 157, 255),
+    (31, 112, 255),
+    (29, 178, 255),
+    (49, 210, 207),
+    (10, 249, 72),
+    (23, 204, 146),
+    (134, 219, 61),
+    (52, 147, 26),
+    (187, 212, 0),
+    (168, 153, 44),
+    (255, 194, 0),
+    (147, 69, 52),
+    (255, 115, 100),
+    (236, 24, 0),
+    (255, 56, 132),
+    (133, 0, 82),
+    (255, 56, 203),
+]
+
+
+def _write_annotated(image: _InputImage, prediction: ImagePrediction, out: Path) -> None:
+    import cv2  # lazy: only --annotate needs OpenCV
+    import numpy as np
+
+    pixels = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise UsageError(f"OpenCV cannot decode {image.name} to annotate it")
+    drawn = annotate(pixels, prediction)
+    ok, encoded = cv2.imencode(out.suffix or ".jpg", drawn)
+    if not ok:
+        raise UsageError(f"cannot encode an image as {out.suffix!r} for {out}")
+    try:
+        out.write_bytes(encoded.tobytes())
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror}") from exc
+
+
+def annotate(pixels: npt.NDArray[np.uint8], prediction: ImagePrediction) -> npt.NDArray[np.uint8]:
+    """Returns a copy of a BGR image with boxes, labels, keypoints and classifications drawn on it."""
+    import cv2
+
+    out = pixels.copy()
+    height, width = out.shape[:2]
+    # Line width and text size grow with the image so labels stay legible on large photos.
+    thickness = max(1, round(min(height, width) / 300))
+    scale = max(0.4, min(height, width) / 900)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for det in prediction.detections:
+        color = _PALETTE[det.class_id % len(_PALETTE)]
+        x1, y1, x2, y2 = (round(v) for v in det.box.as_tuple())
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
+        label = f"{_label(det)} {det.confidence:.2f}"
+        (tw, th), baseline = cv2.getTextSize(label, font, scale, 1)
+        # Above the box when there is room, otherwise just inside its top edge.
+        top = y1 - th - baseline if y1 - th - baseline >= 0 else y1
+        cv2.rectangle(out, (x1, top), (x1 + tw, top + th + baseline), color, -1)
+        cv2.putText(out, label, (x1, top + th), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        for k in det.keypoints:
+            cv2.circle(out, (round(k.x), round(k.y)), thickness + 2, (0, 255, 255), -1, cv2.LINE_AA)
+    for row, c in enumerate(prediction.classifications):
+        text = f"{c.class_name or f'class {c.class_id}'} {c.confidence:.2f}"
+        y = int((row + 1) * 30 * scale) + 5
+        cv2.putText(out, text, (5, y), font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(out, text, (5, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Turning the image payloads of requests into pixels, safely.
+
+Two doors, both returning a `DecodedImage`:
+
+- `decode_image` for encoded JPEG, PNG, BMP, WebP and GIF files. The width and height are read from the
+  container header by the small pure-Python parsers below and checked against `max_pixels` *before* any codec
+  runs: a 50 KB PNG can claim 20000x20000 pixels and would make the decoder allocate 1.2 GB (a decompression
+  bomb). Other formats are refused by signature rather than handed to OpenCV, whose many codecs (TIFF,
+  JPEG 2000, AVIF, HDR, PNM, ...) are attack surface we do not need.
+- `raw_image` for raw 8-bit pixels, which become a zero-copy view on the request's bytes.
+
+EXIF orientation: decoded images are returned *as displayed*, i.e. with the EXIF orientation applied, which
+is what `cv2.IMREAD_COLOR` does by default for JPEG, PNG and WebP. Browsers, phone galleries and image viewers
+show photos that way, so boxes come back in the coordinates of the image the user actually looks at (and
+detectors see people upright rather than lying on their side). `DecodedImage.size` is that displayed size,
+which is the transpose of the header's size for orientations 5-8. Clients that want stored-pixel coordinates
+send raw pixels.
+
+Pixels are read-only in both cases: raw images are views on the immutable request bytes, and decoded ones are
+frozen the same way so code downstream cannot tell them apart (it makes new arrays when it resizes anyway).
+
+Example:
+    >>> image = decode_image(Path("coffee.png").read_bytes(), max_pixels=40_000_000)
+    >>> image.size, image.order
+    (ImageSize(width=600, height=400), <ChannelOrder.BGR: 'bgr'>)
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .domain import ChannelOrder, ImageArray, ImageSize
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "DecodedImage",
+    "ImageHeader",
+    "decode_image",
+    "raw_image",
+    "read_image_header",
+]
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WebP", "GIF")
+_SUPPORTED_TEXT = "JPEG, PNG, BMP, WebP or GIF"
+
+# Fields, relative to the request's image message (the servicer prefixes "images[i]").
+_ENCODED = "encoded"
+_RAW = "raw"
+_RAW_DATA = "raw.data"
+_RAW_WIDTH = "raw.width"
+_RAW_HEIGHT = "raw.height"
+_RAW_ORDER = "raw.channel_order"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """Pixels ready for pre-processing: HxWxC uint8 (C = `order.channels`), read-only."""
+
+    pixels: ImageArray
+    order: ChannelOrder
+    size: ImageSize
+    decode_ms: float
+
+    def __post_init__(self) -> None:
+        expected = (self.size.height, self.size.width, self.order.channels)
+        if self.pixels.dtype != np.uint8 or self.pixels.shape != expected:
+            raise ValueError(
+                f"expected uint8 pixels of shape {expected}, got {self.pixels.dtype} {self.pixels.shape}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What the container header of an encoded image says: its format and its stored size."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+class _MalformedHeaderError(Exception):
+    """A recognised format whose header is broken; becomes UNDECODABLE_IMAGE."""
+
+
+def read_image_header(data: bytes) -> ImageHeader:
+    """Reads format and stored size from an encoded image's header, without decoding any pixels.
+
+    Raises:
+        InvalidArgumentError: EMPTY_IMAGE, UNSUPPORTED_IMAGE_FORMAT, or UNDECODABLE_IMAGE for a broken header.
+    """
+    if not data:
+        raise InvalidArgumentError.for_field(_ENCODED, "image is empty (0 bytes)", reason="EMPTY_IMAGE")
+    for name, signature, parse in _PARSERS:
+        if data.startswith(signature) and (name != "WebP" or data[8:12] == b"WEBP"):
+            try:
+                width, height = parse(data)
+            except (_MalformedHeaderError, struct.error, IndexError) as exc:
+                detail = str(exc) if isinstance(exc, _MalformedHeaderError) else "header is truncated"
+                raise InvalidArgumentError.for_field(
+                    _ENCODED, f"not a valid {name} image: {detail}", reason="UNDECODABLE_IMAGE"
+                ) from None
+            return ImageHeader(name, width, height)
+    raise InvalidArgumentError.for_field(
+        _ENCODED,
+        f"expected a {_SUPPORTED_TEXT} image, got {_describe_unsupported(data)}",
+        reason="UNSUPPORTED_IMAGE_FORMAT",
+    )
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+    """Decodes an encoded image to BGR pixels, refusing oversized images before the codec runs.
+
+    The pixel limit is checked against the header's size; OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS,
+    2**30 by default) still applies on top, so a larger `max_pixels` does not raise it.
+
+    Raises:
+        InvalidArgumentError: EMPTY_IMAGE, UNSUPPORTED_IMAGE_FORMAT, UNDECODABLE_IMAGE or IMAGE_TOO_LARGE
+            (metadata: width, height, max_pixels), all on field "encoded".
+    """
+    _check_limit(max_pixels)
+    started = time.perf_counter()
+    header = read_image_header(data)
+    if header.pixels > max_pixels:
+        raise _too_large(_ENCODED, header.format, header.width, header.height, max_pixels)
+    if header.format == "JPEG":
+        _require_jpeg_end(data)
+    # Straight from the request's bytes: frombuffer shares the buffer, imdecode reads it in place.
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None or pixels.size == 0:
+        raise InvalidArgumentError.for_field(
+            _ENCODED,
+            f"could not decode the {header.format} image ({header.width}x{header.height}, "
+            f"{len(data)} bytes): the data is truncated or corrupt",
+            reason="UNDECODABLE_IMAGE",
+        )
+    height, width = int(pixels.shape[0]), int(pixels.shape[1])
+    # The guard above is only sound if the codec decoded the image the header described. Orientations 5-8
+    # of EXIF transpose the image, which leaves the pixel count (all the guard cares about) unchanged.
+    if (width, height) not in ((header.width, header.height), (header.height, header.width)):
+        raise InvalidArgumentError.for_field(
+            _ENCODED,
+            f"the {header.format} header says {header.width}x{header.height} but the image decodes to "
+            f"{width}x{height}",
+            reason="UNDECODABLE_IMAGE",
+        )
+    pixels.flags.writeable = False
+    decode_ms = (time.perf_counter() - started) * 1000.0
+    return DecodedImage(pixels, ChannelOrder.BGR, ImageSize(width, height), decode_ms)
+
+
+def raw_image(
+    data: bytes, width: int, height: int, order: ChannelOrder | None, *, max_pixels: int
+) -> DecodedImage:
+    """Wraps raw 8-bit pixels (rows top to bottom, channels interleaved) as a zero-copy HxWxC view.
+
+    `order` None stands for a request that left the channel order unspecified.
+
+    Raises:
+        InvalidArgumentError: INVALID_CHANNEL_ORDER (raw.channel_order), INVALID_DIMENSIONS (raw.width,
+            raw.height), IMAGE_TOO_LARGE (raw), EMPTY_IMAGE or RAW_SIZE_MISMATCH (raw.data).
+    """
+    _check_limit(max_pixels)
+    started = time.perf_counter()
+    if order is None:
+        choices = ", ".join(o.value for o in ChannelOrder)
+        raise InvalidArgumentError.for_field(
+            _RAW_ORDER, f"expected a channel order ({choices}), got none", reason="INVALID_CHANNEL_ORDER"
+        )
+    for field_name, value in ((_RAW_WIDTH, width), (_RAW_HEIGHT, height)):
+        if value <= 0:
+            raise InvalidArgumentError.for_field(
+                field_name, f"expected a positive {field_name[4:]}, got {value}", reason="INVALID_DIMENSIONS"
+            )
+    if width * height > max_pixels:
+        raise _too_large(_RAW, "raw", width, height, max_pixels)
+    if not data:
+        raise InvalidArgumentError.for_field(
+            _RAW_DATA, "raw pixel data is empty (0 bytes)", reason="EMPTY_IMAGE"
+        )
+    channels = order.channels
+    expected = width * height * channels
+    if len(data) != expected:
+        raise InvalidArgumentError.for_field(
+            _RAW_DATA,
+            f"expected {expected} bytes ({width}x{height}x{channels} for {order.value}), got {len(data)}",
+            reason="RAW_SIZE_MISMATCH",
+        )
+    # frombuffer on bytes gives a read-only view: no copy of what may be tens of megabytes.
+    pixels = np.frombuffer(data, np.uint8).reshape(height, width, channels)
+    decode_ms = (time.perf_counter() - started) * 1000.0
+    return DecodedImage(pixels, order, ImageSize(width, height), decode_ms)
+
+
+def _check_limit(max_pixels: int) -> None:
+    if max_pixels < 1:
+        raise ValueError(f"expected max_pixels >= 1, got {max_pixels}")
+
+
+def _too_large(field_name: str, kind: str, width: int, height: int, max_pixels: int) -> InvalidArgumentError:
+    error = InvalidArgumentError.for_field(
+        field_name,
+        f"{kind} image of {width}x{height} = {width * height} pixels exceeds the limit of "
+        f"{max_pixels} pixels",
+        reason="IMAGE_TOO_LARGE",
+    )
+    error.metadata.update(width=str(width), height=str(height), max_pixels=str(max_pixels))
+    return error
+
+
+def _require_jpeg_end(data: bytes) -> None:
+    # Older OpenCV builds decode a truncated JPEG with a libjpeg *warning* and grey-fill the missing rows;
+    # a JPEG whose image data never reaches its end-of-image marker is refused here whatever OpenCV does.
+    # Entropy-coded data cannot contain FF D9 (FF is always stuffed), so an EOI after the first scan header
+    # is a cheap, format-correct test. We start from the real first scan, found by walking the segments,
+    # because an EXIF thumbnail in APP1 carries a complete JPEG of its own. Bytes after the EOI (padding some
+    # cameras add) are fine.
+    scan = -1
+    try:
+        for marker, pos in _jpeg_segments(data):
+            if marker == 0xDA:
+                scan = pos
+    except _MalformedHeaderError:
+        pass  # a broken segment after the frame header: no usable scan, reported below
+    if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+        raise InvalidArgumentError.for_field(
+            _ENCODED,
+            "the JPEG image is truncated: its image data does not reach an end-of-image marker",
+            reason="UNDECODABLE_IMAGE",
+        )
+
+
+# --- header parsers: each returns (width, height) as stored, or raises _MalformedHeaderError ---------------
+
+
+def _positive(fmt: str, width: int, height: int) -> tuple[int, int]:
+    if width <= 0 or height <= 0:
+        raise _MalformedHeaderError(f"{fmt} header gives a size of {width}x{height}")
+    return width, height
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    # The PNG spec requires IHDR to be the first chunk, right after the 8-byte signature.
+    if len(data) < 24:
+        raise _MalformedHeaderError("header is truncated")
+    if data[12:16] != b"IHDR":
+        raise _MalformedHeaderError("the first chunk is not IHDR")
+    width, height = struct.unpack_from(">II", data, 16)
+    if width > 2**31 - 1 or height > 2**31 - 1:
+        raise _MalformedHeaderError(f"IHDR size {width}x{height} is out of range")
+    return _positive("PNG", width, height)
+
+
+# Start-of-frame markers SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and RST0-7 (SOI is only valid first, EOI only last).
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """Yields (marker, offset of its length field) for each marker segment after SOI, up to the first SOS.
+
+    Walks the segments (APPn with EXIF/ICC/XMP, COM, DQT, DHT, SOFn, ...) the way libjpeg's next_marker()
+    does: bytes before a marker are skipped, as are 0xFF fill bytes, so we see the markers the decoder sees.
+    Stops early, silently, where the data ends; callers say what was missing.
+    """
+    pos, end = 2, len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0:
+            return
+        while pos < end and data[pos] == 0xFF:
+            pos += 1
+        if pos + 2 >= end:
+            return
+        marker = data[pos]
+        pos += 1
+        if marker == 0x00 or marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD8, 0xD9):
+            raise _MalformedHeaderError(f"unexpected marker {marker:02X} before the image data")
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2:
+            raise _MalformedHeaderError(f"marker {marker:02X} has an invalid segment length {length}")
+        yield marker, pos
+        if marker == 0xDA:
+            return
+        pos += length
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    # libjpeg refuses a second SOF, so the first one is the frame the decoder will allocate for.
+    for marker, pos in _jpeg_segments(data):
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack_from(">HH", data, pos + 3)
+            if height == 0:
+                # Height 0 defers the height to a DNL marker after the first scan; libjpeg does not support it
+                # and we could not bound the image anyway.
+                raise _MalformedHeaderError(
+                    "the image height is deferred to a DNL marker, which is not supported"
+                )
+            return _positive("JPEG", width, height)
+    raise _MalformedHeaderError("no frame header (SOFn marker) before the image data")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    (dib_size,) = struct.unpack_from("<I", data, 14)
+    if dib_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit dimensions
+        width, height = struct.unpack_from("<HH", data, 18)
+    elif dib_size >= 40:  # BITMAPINFOHEADER and its extensions (V4, V5, OS/2 2.x)
+        width, height = struct.unpack_from("<ii", data, 18)
+        height = abs(height)  # negative height marks a top-down bitmap
+    else:
+        raise _MalformedHeaderError(f"unknown DIB header size {dib_size}")
+    return _positive("BMP", width, height)
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: key-frame header after a 3-byte frame tag
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise _MalformedHeaderError("VP8 key-frame start code missing")
+        width, height = struct.unpack_from("<HH", data, 26)
+        return _positive("WebP", width & 0x3FFF, height & 0x3FFF)  # the top 2 bits are a scaling hint
+    if chunk == b"VP8L":  # lossless: signature byte 0x2F, then 14-bit width-1 and height-1
+        if data[20] != 0x2F:
+            raise _MalformedHeaderError("VP8L signature byte missing")
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: the canvas size as 24-bit width-1 and height-1
+        if len(data) < 30:
+            raise _MalformedHeaderError("header is truncated")
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    raise _MalformedHeaderError(f"unknown first chunk {chunk!r}")
+
+
+def _gif_size(data: bytes) -> tuple[int, int]:
+    # The logical screen: OpenCV decodes GIF frames onto a canvas of this size, and frames must fit inside it.
+    width, height = struct.unpack_from("<HH", data, 6)
+    return _positive("GIF", width, height)
+
+
+_PARSERS: tuple[tuple[str, bytes, Callable[[bytes], tuple[int, int]]], ...] = (
+    ("JPEG", b"\xff\xd8\xff", _jpeg_size),
+    ("PNG", b"\x89PNG\r\n\x1a\n", _png_size),
+    ("BMP", b"BM", _bmp_size),
+    ("WebP", b"RIFF", _webp_size),  # plus "WEBP" at offset 8, checked by the caller
+    ("GIF", b"GIF87a", _gif_size),
+    ("GIF", b"GIF89a", _gif_size),
+)
+
+# Formats people send by mistake, named in the error so the client knows what it sent.
+_UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"%PDF", "PDF"),
+    (b"8BPS", "Photoshop"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"#?RADIANCE", "Radiance HDR"),
+)
+
+
+def _describe_unsupported(data: bytes) -> str:
+    for signature, name in _UNSUPPORTED_SIGNATURES:
+        if data.startswith(signature):
+            return f"a {name} image, which is not supported"
+    if data[4:8] == b"ftyp":  # ISO-BMFF: AVIF, HEIC, and MP4 video
+        brand = data[8:12].decode("ascii", "replace").strip()
+        return f"an ISO media file (brand {brand!r}: AVIF, HEIF or video), which is not supported"
+    if len(data) >= 2 and data[:1] == b"P" and data[1:2] in b"1234567":
+        return "a PNM image, which is not supported"
+    head = data[:8].hex(" ")
+    return f"{len(data)} bytes of an unknown format (starting {head})"

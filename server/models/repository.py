@@ -1,0 +1,135 @@
+"""The model repository on disk: `<root>/<name>/<version>/{manifest.json, model.onnx}`.
+
+Model ids are `name` (newest version) or `name/version`. Ids come from the network, so they are validated
+against a strict grammar and never joined to a path before that: no `..`, no separators, no absolute paths.
+Built-in models live in their own repository inside the cache and are installed there on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from .builtins import BUILTIN_MODELS, install_builtin, is_builtin
+from .manifest import ModelManifest
+
+__all__ = ["ModelId", "ModelRepository", "ResolvedModel"]
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_VERSION = re.compile(r"[0-9]{1,9}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelId:
+    name: str
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, field: str = "model_id") -> ModelId:
+        """Parses "name" or "name/version"; anything else is INVALID_ARGUMENT naming `field`."""
+        name, sep, version = text.partition("/")
+        expected = "expected 'name' or 'name/version' (name: letters, digits, '.', '_', '-'; version: digits)"
+        if not _NAME.fullmatch(name) or name.endswith(".") or ".." in name:
+            raise InvalidArgumentError.for_field(field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID")
+        if sep and not _VERSION.fullmatch(version):
+            raise InvalidArgumentError.for_field(field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID")
+        return cls(name, version if sep else None)
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A concrete model version on disk."""
+
+    name: str
+    version: str
+    directory: Path
+    manifest: ModelManifest
+    builtin: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / self.manifest.onnx_file
+
+
+class ModelRepository:
+    """Looks models up in the user repository first, then among the built-ins (installed on demand)."""
+
+    def __init__(self, user_root: Path, builtin_root: Path, download_dir: Path) -> None:
+        self._user_root = user_root
+        self._builtin_root = builtin_root
+        self._download_dir = download_dir
+
+    def names(self) -> list[str]:
+        """Every model name: user models, then built-ins (whether installed yet or not)."""
+        user = [n for n in self._user_names() if n not in BUILTIN_MODELS]
+        return sorted(user) + sorted(BUILTIN_MODELS)
+
+    def versions(self, name: str) -> list[str]:
+        """Versions on disk, oldest first (a built-in not installed yet reports none)."""
+        directory = self._root_for(name) / name
+        if not directory.is_dir():
+            return []
+        found = [p.name for p in directory.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
+        return sorted(found, key=int)
+
+    def is_builtin(self, name: str) -> bool:
+        return self._root_for(name) == self._builtin_root
+
+    def resolve(self, model_id: ModelId, *, install: bool = True) -> ResolvedModel:
+        """Finds the model version on disk, installing a built-in first if `install` allows.
+
+        Raises:
+            NotFoundError: no such model or version.
+            FailedPreconditionError: the version's manifest is unreadable (reported with its path), or
+                a built-in cannot be installed (no cache, no registry).
+        """
+        builtin = self.is_builtin(model_id.name)
+        if builtin and install:
+            install_builtin(model_id.name, self._builtin_root, self._download_dir)
+        versions = self.versions(model_id.name)
+        if not versions:
+            raise NotFoundError(
+                f"model {model_id.name!r} not found; known models: {', '.join(self.names()) or 'none'}",
+                reason="MODEL_NOT_FOUND",
+                metadata={"model_id": str(model_id)},
+            )
+        version = model_id.version or versions[-1]
+        if version not in versions:
+            raise NotFoundError(
+                f"model {model_id.name!r} has no version {version}; versions: {', '.join(versions)}",
+                reason="MODEL_VERSION_NOT_FOUND",
+                metadata={"model_id": str(model_id)},
+            )
+        directory = self._root_for(model_id.name) / model_id.name / version
+        try:
+            manifest = ModelManifest.read(directory)
+        except ValueError as exc:
+            raise FailedPreconditionError(
+                f"model {model_id.name}/{version} has an invalid manifest: {exc}",
+                reason="INVALID_MANIFEST",
+                metadata={"model_id": f"{model_id.name}/{version}"},
+            ) from exc
+        return ResolvedModel(model_id.name, version, directory, manifest, builtin)
+
+    def _root_for(self, name: str) -> Path:
+        # A user model of the same name shadows a built-in: users can pin their own copy.
+        if (self._user_root / name).is_dir() or not is_builtin(name):
+            return self._user_root
+        return self._builtin_root
+
+    def _user_names(self) -> list[str]:
+        if not self._user_root.is_dir():
+            return []
+        return [p.name for p in self._user_root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]

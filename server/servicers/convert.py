@@ -1,0 +1,180 @@
+"""Protobuf <-> domain conversion: the only code besides the servicers that touches generated messages.
+
+Request fields are validated here, each problem reported as a field violation with the field's path in the
+request (e.g. "images[2].raw.width"), so a client can point at exactly what it sent wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from visionrpc.engines import EngineInfo
+from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
+
+from ..domain import ChannelOrder, InferOptions, Prediction, Task
+from ..errors import FieldViolation, InvalidArgumentError
+from ..imaging import DecodedImage, decode_image, raw_image
+from ..models.manager import ModelState, ModelStatus
+
+__all__ = [
+    "decode_request_image",
+    "infer_options_from_proto",
+    "infer_response",
+    "model_to_proto",
+    "prediction_to_proto",
+]
+
+_CHANNEL_ORDERS = {
+    types_pb2.CHANNEL_ORDER_RGB: ChannelOrder.RGB,
+    types_pb2.CHANNEL_ORDER_BGR: ChannelOrder.BGR,
+    types_pb2.CHANNEL_ORDER_GRAY: ChannelOrder.GRAY,
+    types_pb2.CHANNEL_ORDER_RGBA: ChannelOrder.RGBA,
+    types_pb2.CHANNEL_ORDER_BGRA: ChannelOrder.BGRA,
+}
+_CHANNEL_ORDER_TO_PROTO = {order: value for value, order in _CHANNEL_ORDERS.items()}
+_MODEL_STATES = {
+    ModelState.AVAILABLE: models_pb2.MODEL_STATE_AVAILABLE,
+    ModelState.LOADING: models_pb2.MODEL_STATE_LOADING,
+    ModelState.READY: models_pb2.MODEL_STATE_READY,
+    ModelState.FAILED: models_pb2.MODEL_STATE_FAILED,
+}
+_TASKS = {Task.DETECTION: models_pb2.MODEL_TASK_DETECTION, Task.CLASSIFICATION: models_pb2.MODEL_TASK_CLASSIFICATION}
+
+
+def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int) -> DecodedImage:
+    """Decodes `images[index]` of a request; errors name the field inside the request."""
+    prefix = f"images[{index}]"
+    try:
+        source = image.WhichOneof("source")
+        if source == "encoded":
+            return decode_image(image.encoded, max_pixels=max_pixels)
+        if source == "raw":
+            raw = image.raw
+            if raw.channel_order not in _CHANNEL_ORDERS:
+                raise InvalidArgumentError.for_field(
+                    "raw.channel_order",
+                    f"expected one of {', '.join(types_pb2.ChannelOrder.Name(v) for v in _CHANNEL_ORDERS)}, "
+                    f"got {types_pb2.ChannelOrder.Name(raw.channel_order) if raw.channel_order in types_pb2.ChannelOrder.values() else raw.channel_order}",
+                    reason="INVALID_CHANNEL_ORDER",
+                )
+            return raw_image(
+                raw.data, raw.width, raw.height, _CHANNEL_ORDERS[raw.channel_order], max_pixels=max_pixels
+            )
+        raise InvalidArgumentError.for_field("", "expected 'encoded' or 'raw' to be set", reason="EMPTY_IMAGE")
+    except InvalidArgumentError as exc:
+        raise exc.with_field_prefix(prefix) from None
+
+
+def infer_options_from_proto(options: types_pb2.InferOptions, field: str = "options") -> InferOptions:
+    violations: list[FieldViolation] = []
+    for name in ("confidence_threshold", "iou_threshold"):
+        if options.HasField(name):
+            value = getattr(options, name)
+            if math.isnan(value) or not 0.0 <= value <= 1.0:
+                violations.append(FieldViolation(f"{field}.{name}", f"expected a value in [0, 1], got {value}"))
+    if options.HasField("max_detections") and options.max_detections < 1:
+        violations.append(FieldViolation(f"{field}.max_detections", "expected at least 1, got 0"))
+    if options.HasField("top_k") and options.top_k < 1:
+        violations.append(FieldViolation(f"{field}.top_k", "expected at least 1, got 0"))
+    if violations:
+        raise InvalidArgumentError(
+            "; ".join(f"{v.field}: {v.description}" for v in violations),
+            reason="INVALID_OPTION",
+            violations=tuple(violations),
+        )
+    return InferOptions(
+        confidence_threshold=options.confidence_threshold if options.HasField("confidence_threshold") else None,
+        iou_threshold=options.iou_threshold if options.HasField("iou_threshold") else None,
+        max_detections=options.max_detections if options.HasField("max_detections") else None,
+        class_ids=frozenset(options.class_ids),
+        class_names=frozenset(options.class_names),
+        top_k=options.top_k if options.HasField("top_k") else None,
+    )
+
+
+def engine_to_proto(info: EngineInfo) -> types_pb2.EngineInfo:
+    return types_pb2.EngineInfo(
+        engine=info.engine, provider=info.provider, device=info.device, precision=info.precision
+    )
+
+
+def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
+    message = types_pb2.ImagePrediction(
+        image_size=types_pb2.ImageSize(width=prediction.image_size.width, height=prediction.image_size.height),
+        timings=types_pb2.Timings(
+            decode_ms=prediction.timings.decode_ms,
+            queue_ms=prediction.timings.queue_ms,
+            preprocess_ms=prediction.timings.preprocess_ms,
+            inference_ms=prediction.timings.inference_ms,
+            postprocess_ms=prediction.timings.postprocess_ms,
+            total_ms=prediction.timings.total_ms,
+        ),
+    )
+    for det in prediction.detections:
+        message.detections.append(
+            types_pb2.Detection(
+                box=types_pb2.BoundingBox(
+                    x_min=det.box.x_min, y_min=det.box.y_min, x_max=det.box.x_max, y_max=det.box.y_max
+                ),
+                class_id=det.class_id,
+                class_name=det.class_name,
+                confidence=det.confidence,
+                keypoints=[
+                    types_pb2.Keypoint(x=k.x, y=k.y, confidence=k.confidence, name=k.name) for k in det.keypoints
+                ],
+            )
+        )
+    for cls in prediction.classifications:
+        message.classifications.append(
+            types_pb2.Classification(class_id=cls.class_id, class_name=cls.class_name, confidence=cls.confidence)
+        )
+    return message
+
+
+def infer_response(
+    name: str, version: str, engine: EngineInfo, predictions: Sequence[Prediction]
+) -> inference_pb2.InferResponse:
+    return inference_pb2.InferResponse(
+        model_name=name,
+        model_version=version,
+        engine=engine_to_proto(engine),
+        predictions=[prediction_to_proto(p) for p in predictions],
+    )
+
+
+def model_to_proto(status: ModelStatus) -> models_pb2.Model:
+    message = models_pb2.Model(
+        name=status.name,
+        version=status.version,
+        versions=status.versions,
+        state=_MODEL_STATES[status.state],
+        state_reason=status.reason,
+        builtin=status.builtin,
+    )
+    if status.engine is not None:
+        message.engine.CopyFrom(engine_to_proto(status.engine))
+    manifest = status.manifest
+    if manifest is not None:
+        message.task = _TASKS[manifest.task]
+        message.decoder = manifest.decoder.value
+        message.description = manifest.description
+        message.input.CopyFrom(
+            models_pb2.ModelInput(
+                width=manifest.input_width,
+                height=manifest.input_height,
+                channel_order=_CHANNEL_ORDER_TO_PROTO[manifest.channel_order],
+                resize=manifest.resize.value,
+            )
+        )
+        message.defaults.CopyFrom(
+            models_pb2.ModelDefaults(
+                confidence_threshold=manifest.default_confidence,
+                iou_threshold=manifest.default_iou,
+                max_detections=manifest.default_max_detections,
+                top_k=manifest.default_top_k,
+            )
+        )
+        message.class_names.extend(manifest.class_names)
+        message.keypoint_names.extend(manifest.keypoint_names)
+    return message
