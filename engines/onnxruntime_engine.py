@@ -85,6 +85,7 @@ class OnnxRuntimeEngine:
         Raises:
             EngineError: an unknown provider name, a missing or invalid model file, or a failed session.
         """
+        path = Path(path)  # tolerate a str from callers that are not type-checked
         if not path.is_file():
             raise EngineError(
                 f"model file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
@@ -233,7 +234,7 @@ class OnnxRuntimeEngine:
                 want is None or want == got for want, got in zip(spec.shape, array.shape, strict=False)
             )
             if not fits:
-                shown = tuple("?" if d is None else d for d in spec.shape)
+                shown = "(" + ", ".join("?" if d is None else str(d) for d in spec.shape) + ")"
                 raise EngineError(f"input {spec.name!r}: expected shape {shown}, got {array.shape}")
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
@@ -125,6 +126,9 @@ class VisionRpcServer:
         """Turns every health status NOT_SERVING, lets in-flight calls finish within the grace, then closes."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._health.enter_graceful_shutdown()
+        if self.config.shutdown_notice_s > 0:
+            logger.info("health is NOT_SERVING; accepting calls for %.1f s more", self.config.shutdown_notice_s)
+            time.sleep(self.config.shutdown_notice_s)
         logger.info("shutting down: draining in-flight calls for up to %.1f s", grace)
         self._server.stop(grace).wait()
         self.models.close()

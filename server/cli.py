@@ -21,9 +21,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from visionrpc.client import (
     DEFAULT_ADDRESS,
@@ -32,14 +33,12 @@ from visionrpc.client import (
     ImagePrediction,
     InferResult,
     ModelInfo,
+    NotFoundError,
     VisionRpcError,
+    annotate,
 )
 
 from .config import ServerConfig, add_server_arguments
-
-if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
 
 __all__ = ["builtin_repository", "main"]
 
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_BAD_REQUEST
     except VisionRpcError as exc:
-        _error(f"{exc.code.name}: {exc.message}")
+        _error(f"{exc.code.name}: {exc.message}" if exc.message else exc.code.name)
         for violation in exc.field_violations:
             sys.stderr.write(f"  {violation.field or '<request>'}: {violation.description}\n")
         return EXIT_BAD_REQUEST if exc.code in _BAD_REQUEST_CODES else EXIT_FAILURE
@@ -268,10 +267,8 @@ def _cmd_models_list(ns: argparse.Namespace) -> int:
 
 def _cmd_models_action(ns: argparse.Namespace) -> int:
     with _client(ns, _LOAD_TIMEOUT_S if ns.action == "load" else _DEFAULT_TIMEOUT_S) as client:
-        method = {"get": client.get_model, "load": client.load_model, "unload": client.unload_model}[
-            ns.action
-        ]
-        model = method(ns.model_id)
+        actions = {"get": client.get_model, "load": client.load_model, "unload": client.unload_model}
+        model = actions[ns.action](ns.model_id)
     if ns.json:
         _write_json(model.proto)
     else:
@@ -286,6 +283,7 @@ def builtin_repository(config: ServerConfig) -> Path:
 
 def _cmd_models_pull(ns: argparse.Namespace) -> int:
     # Lazy: the converters pull in onnx; the other commands never need them.
+    from . import errors
     from .models.builtins import BUILTIN_MODELS, install_builtin, is_builtin
 
     config = ServerConfig.from_namespace(argparse.Namespace(cache_dir=ns.cache_dir))
@@ -296,7 +294,10 @@ def _cmd_models_pull(ns: argparse.Namespace) -> int:
     for name in ns.names:
         try:
             path = install_builtin(name, builtin_repository(config), config.cache_dir)
-        except Exception as exc:
+        except errors.VisionRpcError as exc:  # the server's domain errors: sources unavailable or broken
+            _error(f"could not install {name}: {exc.message}")
+            return EXIT_FAILURE
+        except OSError as exc:
             _error(f"could not install {name}: {exc}")
             return EXIT_FAILURE
         sys.stdout.write(f"{name}: {path}\n")
@@ -305,7 +306,13 @@ def _cmd_models_pull(ns: argparse.Namespace) -> int:
 
 def _cmd_health(ns: argparse.Namespace) -> int:
     with _client(ns, _HEALTH_TIMEOUT_S) as client:
-        status = client.health(ns.service)
+        try:
+            status = client.health(ns.service)
+        except NotFoundError as exc:
+            # grpc's health servicer answers an unknown service with a bare NOT_FOUND and no message.
+            raise UsageError(
+                f"NOT_FOUND: the server has no health status for service {ns.service!r}"
+            ) from exc
     sys.stdout.write(status + "\n")
     return EXIT_OK if status == "SERVING" else EXIT_FAILURE
 
@@ -404,37 +411,13 @@ def _numbered(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
-# Distinct BGR colours, picked by class id so a class keeps its colour across images.
-_PALETTE = [
-    (56, 56, 255),
-    (151, 157, 255),
-    (31, 112, 255),
-    (29, 178, 255),
-    (49, 210, 207),
-    (10, 249, 72),
-    (23, 204, 146),
-    (134, 219, 61),
-    (52, 147, 26),
-    (187, 212, 0),
-    (168, 153, 44),
-    (255, 194, 0),
-    (147, 69, 52),
-    (255, 115, 100),
-    (236, 24, 0),
-    (255, 56, 132),
-    (133, 0, 82),
-    (255, 56, 203),
-]
-
-
 def _write_annotated(image: _InputImage, prediction: ImagePrediction, out: Path) -> None:
     import cv2  # lazy: only --annotate needs OpenCV
-    import numpy as np
 
     pixels = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
         raise UsageError(f"OpenCV cannot decode {image.name} to annotate it")
-    drawn = annotate(pixels, prediction)
+    drawn = annotate(np.asarray(pixels, dtype=np.uint8), prediction)
     ok, encoded = cv2.imencode(out.suffix or ".jpg", drawn)
     if not ok:
         raise UsageError(f"cannot encode an image as {out.suffix!r} for {out}")
@@ -442,36 +425,6 @@ def _write_annotated(image: _InputImage, prediction: ImagePrediction, out: Path)
         out.write_bytes(encoded.tobytes())
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror}") from exc
-
-
-def annotate(pixels: npt.NDArray[np.uint8], prediction: ImagePrediction) -> npt.NDArray[np.uint8]:
-    """Returns a copy of a BGR image with boxes, labels, keypoints and classifications drawn on it."""
-    import cv2
-
-    out = pixels.copy()
-    height, width = out.shape[:2]
-    # Line width and text size grow with the image so labels stay legible on large photos.
-    thickness = max(1, round(min(height, width) / 300))
-    scale = max(0.4, min(height, width) / 900)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for det in prediction.detections:
-        color = _PALETTE[det.class_id % len(_PALETTE)]
-        x1, y1, x2, y2 = (round(v) for v in det.box.as_tuple())
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        label = f"{_label(det)} {det.confidence:.2f}"
-        (tw, th), baseline = cv2.getTextSize(label, font, scale, 1)
-        # Above the box when there is room, otherwise just inside its top edge.
-        top = y1 - th - baseline if y1 - th - baseline >= 0 else y1
-        cv2.rectangle(out, (x1, top), (x1 + tw, top + th + baseline), color, -1)
-        cv2.putText(out, label, (x1, top + th), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        for k in det.keypoints:
-            cv2.circle(out, (round(k.x), round(k.y)), thickness + 2, (0, 255, 255), -1, cv2.LINE_AA)
-    for row, c in enumerate(prediction.classifications):
-        text = f"{c.class_name or f'class {c.class_id}'} {c.confidence:.2f}"
-        y = int((row + 1) * 30 * scale) + 5
-        cv2.putText(out, text, (5, y), font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(out, text, (5, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ class ServerConfig:
     keepalive_timeout_s: float = 10.0
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 30.0
-    # Shutdown: on SIGTERM health turns NOT_SERVING, then in-flight calls get this long to finish.
+    # Shutdown: on SIGTERM health turns NOT_SERVING; new calls are still accepted for shutdown_notice_s so load
+    # balancers probing health can steer traffic away first; then in-flight calls get shutdown_grace_s to finish.
+    shutdown_notice_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 

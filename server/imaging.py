@@ -136,14 +136,15 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     if header.format == "JPEG":
         _require_jpeg_end(data)
     # Straight from the request's bytes: frombuffer shares the buffer, imdecode reads it in place.
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if pixels is None or pixels.size == 0:
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None or decoded.size == 0:
         raise InvalidArgumentError.for_field(
             _ENCODED,
             f"could not decode the {header.format} image ({header.width}x{header.height}, "
             f"{len(data)} bytes): the data is truncated or corrupt",
             reason="UNDECODABLE_IMAGE",
         )
+    pixels: ImageArray = np.asarray(decoded, dtype=np.uint8)  # no copy: IMREAD_COLOR always gives 8 bits
     height, width = int(pixels.shape[0]), int(pixels.shape[1])
     # The guard above is only sound if the codec decoded the image the header described. Orientations 5-8
     # of EXIF transpose the image, which leaves the pixel count (all the guard cares about) unchanged.

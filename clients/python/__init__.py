@@ -12,6 +12,7 @@ The SDK depends on grpcio, grpcio-status, grpcio-health-checking, protobuf, nump
 `visionrpc.v1` messages only; it never imports the server.
 """
 
+from ._annotate import annotate
 from ._client import DEFAULT_ADDRESS, USE_CLIENT_DEFAULT, Client, UseClientDefault
 from ._convert import ImageInput
 from ._exceptions import (
@@ -80,6 +81,7 @@ __all__ = [
     "UnexpectedStatusError",
     "UseClientDefault",
     "VisionRpcError",
+    "annotate",
     "from_rpc_error",
 ]
 

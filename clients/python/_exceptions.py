@@ -105,7 +105,7 @@ class VisionRpcError(Exception):
         return self.code is grpc.StatusCode.UNAVAILABLE
 
     def __str__(self) -> str:
-        text = f"{self.code.name}: {self.message}"
+        text = f"{self.code.name}: {self.message}" if self.message else self.code.name
         if self.reason:
             text += f" [{self.reason}]"
         for violation in self.field_violations:

@@ -119,6 +119,8 @@ def convert_darknet(cfg_path: Path, weights_path: Path) -> DarknetConversion:
         return build_darknet_model(sections, weights_path.read_bytes())
     except DarknetWeightsError as exc:
         raise DarknetWeightsError(f"{weights_path} does not match {cfg_path.name}: {exc}") from None
+    except DarknetCfgError as exc:
+        raise DarknetCfgError(f"{cfg_path}: {exc}") from None
 
 
 def build_darknet_model(sections: Sequence[CfgSection], weights: bytes) -> DarknetConversion:

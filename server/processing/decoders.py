@@ -9,9 +9,9 @@ Shared rules:
   * the class filter is applied after each box has picked its best class, so a filtered result is the
     unfiltered result minus other classes (Ultralytics' `classes=` semantics), never a box relabelled to a
     weaker class because its best class was filtered out;
-  * NMS runs in model-input coordinates (as the reference implementations do), then boxes are mapped to the
-    original image and clipped; boxes with zero width or height after clipping are dropped before
-    `max_detections` is applied;
+  * boxes are mapped to the original image and clipped; those left with zero width or height (wholly in the
+    letterbox padding or outside the image) are dropped before NMS, which runs in model-input coordinates
+    as the reference implementations do and stops at `max_detections`;
   * class names come from the manifest, falling back to str(class_id) where its list is short;
   * confidences are clamped to [0, 1] to absorb float32 rounding.
 
@@ -222,27 +222,30 @@ def _select(
     transform: Transform,
     options: DecodeOptions,
 ) -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
-    """Class-aware NMS in input space, then mapping to the original image and the max_detections cut.
+    """Drops boxes that are not detections, runs class-aware NMS in input space, keeps max_detections.
 
-    Non-finite boxes are dropped first (the NMS offset trick needs finite coordinates); at most
-    MAX_NMS_CANDIDATES best scores enter NMS. Boxes left empty by clipping are dropped *before* the
-    max_detections cut, so they do not take the place of real detections.
+    Non-finite boxes go first (the NMS offset trick needs finite coordinates), then boxes that are empty
+    once mapped to the original image and clipped: a box lying wholly in the letterbox padding or outside
+    the image is not a detection, so it must neither be reported nor suppress a real one. At most
+    MAX_NMS_CANDIDATES best scores enter NMS, which stops after max_detections kept boxes.
 
     Returns:
         The kept boxes in original-image pixels, their scores clamped to [0, 1], their class ids, and their
         row indices into the arguments (for data riding along, such as landmarks).
     """
     index = np.flatnonzero(np.isfinite(boxes).all(axis=1))
+    mapped = transform.boxes_to_original(boxes[index])
+    nonempty = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])
+    index, mapped = index[nonempty], mapped[nonempty]
     if len(index) > MAX_NMS_CANDIDATES:
-        best = np.argpartition(-scores[index], MAX_NMS_CANDIDATES - 1)[:MAX_NMS_CANDIDATES]
-        index = index[np.sort(best)]  # input order again, so equal scores still break ties by position
-    keep = index[batched_nms(boxes[index], scores[index], class_ids[index], options.iou)]
-    mapped = transform.boxes_to_original(boxes[keep])
-    nonempty = np.flatnonzero((mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1]))
-    rows = nonempty[: options.max_detections]
-    keep = keep[rows]
-    clamped = np.clip(scores[keep], np.float32(0.0), np.float32(1.0))
-    return mapped[rows], clamped, class_ids[keep], keep
+        best = np.sort(np.argpartition(-scores[index], MAX_NMS_CANDIDATES - 1)[:MAX_NMS_CANDIDATES])
+        index, mapped = index[best], mapped[best]  # input order kept, so ties still break by position
+    kept = batched_nms(
+        boxes[index], scores[index], class_ids[index], options.iou, max_output=options.max_detections
+    )
+    rows = index[kept]
+    clamped = np.clip(scores[rows], np.float32(0.0), np.float32(1.0))
+    return mapped[kept], clamped, class_ids[rows], rows
 
 
 def _detections(

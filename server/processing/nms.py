@@ -48,13 +48,18 @@ def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return result
 
 
-def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float) -> IndexArray:
+def nms(
+    boxes: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float, *, max_output: int | None = None
+) -> IndexArray:
     """Class-agnostic NMS.
 
     Args:
         boxes: (K, 4) xyxy boxes with finite coordinates.
         scores: (K,) scores.
         iou_threshold: a candidate is dropped when its IoU with a kept box is > this.
+        max_output: stop once this many boxes are kept. Greedy NMS decides boxes in score order, so the
+            first n kept boxes are the same whether or not it goes on; stopping early bounds the cost when
+            thresholds are low and candidates many.
 
     Returns:
         Indices into `boxes` of the kept boxes, int64, sorted by descending score (ties by index).
@@ -64,7 +69,8 @@ def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float) -> In
         array([0, 2])
     """
     box_array, score_array = _as_boxes(boxes, scores)
-    if box_array.shape[0] == 0:
+    limit = box_array.shape[0] if max_output is None else max_output
+    if box_array.shape[0] == 0 or limit <= 0:
         return np.empty(0, dtype=np.int64)
     order = np.argsort(-score_array, kind="stable")
     order = order[~np.isnan(score_array[order])]
@@ -75,7 +81,7 @@ def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float) -> In
         best = int(order[0])
         keep.append(best)
         rest = order[1:]
-        if not rest.size:
+        if not rest.size or len(keep) == limit:
             break
         width = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
         height = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
@@ -86,18 +92,30 @@ def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float) -> In
     return np.asarray(keep, dtype=np.int64)
 
 
+# Above this many boxes, one NMS per class beats one pass over all of them: each greedy step then compares a
+# kept box with its own class only, instead of with every remaining box of every class.
+PER_CLASS_ABOVE = 1024
+
+
 def batched_nms(
-    boxes: npt.ArrayLike, scores: npt.ArrayLike, class_ids: npt.ArrayLike, iou_threshold: float
+    boxes: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    class_ids: npt.ArrayLike,
+    iou_threshold: float,
+    *,
+    max_output: int | None = None,
 ) -> IndexArray:
     """Class-aware NMS: boxes only suppress boxes of the same class.
 
-    Uses the offset trick (as torchvision does): each class is shifted to its own region of the plane, far
-    enough that boxes of different classes cannot overlap, and one class-agnostic pass does the work. The
-    shift is computed in float64 from the actual coordinate span, so it costs no precision for realistic
-    image sizes and class counts.
+    Small inputs use the offset trick (as torchvision does): each class is shifted to its own region of the
+    plane, far enough that boxes of different classes cannot overlap, and one class-agnostic pass does the
+    work; the shift is computed in float64 from the actual coordinate span, so it costs no precision for
+    realistic image sizes and class counts. Large inputs run one pass per class and merge. Both give the
+    same answer.
 
     Returns:
-        Indices into `boxes` of the kept boxes, int64, sorted by descending score across all classes.
+        Indices into `boxes` of the kept boxes (at most `max_output`), int64, sorted by descending score
+        across all classes, ties by index.
     """
     box_array, score_array = _as_boxes(boxes, scores)
     id_array = np.asarray(class_ids)
@@ -105,7 +123,18 @@ def batched_nms(
         raise ValueError(f"expected class_ids of shape {score_array.shape}, got {id_array.shape}")
     if box_array.shape[0] == 0:
         return np.empty(0, dtype=np.int64)
-    low = float(box_array.min())
-    span = float(box_array.max()) - low + 1.0
-    shifted = box_array - low + id_array.astype(np.float64)[:, None] * span
-    return nms(shifted, score_array, iou_threshold)
+    if box_array.shape[0] <= PER_CLASS_ABOVE:
+        low = float(box_array.min())
+        span = float(box_array.max()) - low + 1.0
+        shifted = box_array - low + id_array.astype(np.float64)[:, None] * span
+        return nms(shifted, score_array, iou_threshold, max_output=max_output)
+    by_class = np.argsort(id_array, kind="stable")  # grouped by class, index order within each class
+    groups = np.split(by_class, np.flatnonzero(np.diff(id_array[by_class])) + 1)
+    kept = [
+        members[nms(box_array[members], score_array[members], iou_threshold, max_output=max_output)]
+        for members in groups
+    ]
+    merged = np.concatenate(kept)
+    merged.sort()  # index order first, so the stable score sort below breaks ties by index
+    merged = merged[np.argsort(-score_array[merged], kind="stable")]
+    return merged[:max_output].astype(np.int64, copy=False)

@@ -51,16 +51,8 @@ def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int)
             return decode_image(image.encoded, max_pixels=max_pixels)
         if source == "raw":
             raw = image.raw
-            if raw.channel_order not in _CHANNEL_ORDERS:
-                raise InvalidArgumentError.for_field(
-                    "raw.channel_order",
-                    f"expected one of {', '.join(types_pb2.ChannelOrder.Name(v) for v in _CHANNEL_ORDERS)}, "
-                    f"got {types_pb2.ChannelOrder.Name(raw.channel_order) if raw.channel_order in types_pb2.ChannelOrder.values() else raw.channel_order}",
-                    reason="INVALID_CHANNEL_ORDER",
-                )
-            return raw_image(
-                raw.data, raw.width, raw.height, _CHANNEL_ORDERS[raw.channel_order], max_pixels=max_pixels
-            )
+            order = _CHANNEL_ORDERS.get(raw.channel_order)  # None: unspecified or unknown, refused by raw_image
+            return raw_image(raw.data, raw.width, raw.height, order, max_pixels=max_pixels)
         raise InvalidArgumentError.for_field("", "expected 'encoded' or 'raw' to be set", reason="EMPTY_IMAGE")
     except InvalidArgumentError as exc:
         raise exc.with_field_prefix(prefix) from None

@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
@@ -80,7 +81,9 @@ def test_inference_service_is_not_serving_until_the_default_model_is_warm(base_c
 
 
 def slow_request() -> inference_pb2.InferRequest:
-    photo = types_pb2.Image(encoded=media("coffee.png").read_bytes())
+    ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(media("coffee.png"))))
+    assert ok
+    photo = types_pb2.Image(encoded=jpeg.tobytes())
     return inference_pb2.InferRequest(images=[photo] * 48)  # a few seconds of CPU work
 
 
@@ -108,7 +111,8 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits_zero(tmp_path: P
     env = dict(os.environ, VISIONRPC_MODEL_REPOSITORY=str(tmp_path / "models"),
                VISIONRPC_CACHE_DIR=str(cache_root() / "downloads"), VISIONRPC_INTRA_OP_THREADS="2")
     process = subprocess.Popen(
-        [sys.executable, "-m", "visionrpc.server.cli", "serve", "--port", "0", "--shutdown-grace-s", "30"],
+        [sys.executable, "-m", "visionrpc.server.cli", "serve", "--port", "0", "--shutdown-grace-s", "30",
+         "--shutdown-notice-s", "2"],
         env=env, stderr=subprocess.PIPE, text=True,
     )
     assert process.stderr is not None
@@ -130,10 +134,14 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits_zero(tmp_path: P
         call = inference_pb2_grpc.InferenceServiceStub(channel).Infer.future(slow_request(), timeout=120)
         time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # During the notice period probes see NOT_SERVING while calls are still accepted.
+        assert health_of(address, INFERENCE_SERVICE) == NOT_SERVING
+        assert health_of(address, "") == NOT_SERVING
         response = call.result()
     assert len(response.predictions) == 48
-    out, _ = process.communicate(timeout=60)
-    log = "".join(lines) + out
+    _, err = process.communicate(timeout=60)
+    log = "".join(lines) + err
     assert process.returncode == 0, log
     assert "received SIGTERM" in log and "draining" in log and "stopped" in log
 

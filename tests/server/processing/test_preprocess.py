@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -11,11 +13,12 @@ from visionrpc.server.domain import ChannelOrder, ImageSize, Task
 from visionrpc.server.models.manifest import Decoder, ModelManifest, ResizeMode
 from visionrpc.server.processing import Transform, preprocess, stack_batch
 
-RAW = {"scale": 1.0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # tensor values are plain pixel values
+# With these the tensor holds plain pixel values, which makes geometry easy to read off.
+RAW: dict[str, Any] = {"scale": 1.0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 
-def make_manifest(width: int = 64, height: int = 64, **overrides: object) -> ModelManifest:
-    values: dict[str, object] = {
+def make_manifest(width: int = 64, height: int = 64, **overrides: Any) -> ModelManifest:
+    values: dict[str, Any] = {
         "task": Task.DETECTION,
         "decoder": Decoder.YOLOV5,
         "input_width": width,
@@ -23,7 +26,7 @@ def make_manifest(width: int = 64, height: int = 64, **overrides: object) -> Mod
         "class_names": ("thing",),
     }
     values.update(overrides)
-    return ModelManifest(**values)  # type: ignore[arg-type]
+    return ModelManifest(**values)
 
 
 def content_box(plane: npt.NDArray[np.float32], threshold: float) -> tuple[int, int, int, int]:
@@ -175,7 +178,8 @@ def test_conversion_matches_cvtcolor_then_resize(
     manifest = make_manifest(64, 48, channel_order=model_order, pad_value=3)
 
     tensor, _ = preprocess(image, image_order, manifest)
-    reference, _ = preprocess(cv2.cvtColor(image, conversion), model_order, manifest)
+    converted = np.asarray(cv2.cvtColor(image, conversion), dtype=np.uint8)
+    reference, _ = preprocess(converted, model_order, manifest)
 
     np.testing.assert_allclose(tensor, reference, atol=1e-6)
 
@@ -196,7 +200,7 @@ def test_normalisation_per_channel() -> None:
 
 
 def test_real_photo_matches_a_straightforward_reference() -> None:
-    image = cv2.imread(str(media("chelsea.png")), cv2.IMREAD_COLOR)  # BGR, 451x300
+    image = np.asarray(cv2.imread(str(media("chelsea.png")), cv2.IMREAD_COLOR), dtype=np.uint8)  # BGR 451x300
     manifest = make_manifest(640, 640, scale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
     tensor, transform = preprocess(image, ChannelOrder.BGR, manifest)
