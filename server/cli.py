@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"download cache (env VISIONRPC_CACHE_DIR; default {ServerConfig().cache_dir})",
     )
-    pull.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    # Progress (downloads, conversion) is logged at INFO, shown by default: a first pull takes a while.
+    pull.add_argument("-v", "--verbose", action="count", default=1, help="log more (-v for debug)")
     pull.set_defaults(handler=_cmd_models_pull)
 
     health = commands.add_parser(
@@ -167,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from .app import serve  # lazy: client commands must not pay for engine and model imports
 
-    return serve(ServerConfig.from_namespace(ns))
+    try:
+        config = ServerConfig.from_namespace(ns)
+    except ValueError as exc:  # a flag or VISIONRPC_* value out of range: a usage error, not a crash
+        raise UsageError(str(exc)) from exc
+    return serve(config)
 
 
 def _positive_float(text: str) -> float:

@@ -69,8 +69,9 @@ class Client:
         keepalive_time_s: interval of HTTP/2 keepalive pings during calls (`grpc.keepalive_time_ms`, gRPC's
             default is 2 hours) so a dead connection through a NAT or proxy is noticed within
             keepalive_time_s + 10 s (`grpc.keepalive_timeout_ms` = 10000). Pings are only sent while a call
-            is in flight (`grpc.keepalive_permit_without_calls` = 0): servers with gRPC's default ping policy
-            answer pings on idle connections with GOAWAY "too_many_pings". None leaves keepalive off.
+            is in flight (`grpc.keepalive_permit_without_calls` = 0): the visionrpc server accepts pings every
+            10 s even when idle, but proxies and servers with gRPC's default policy answer pings on idle
+            connections with GOAWAY "too_many_pings". None leaves keepalive off.
         options: extra channel options as (key, value) pairs; they override the ones above by key.
 
     Raises (from every RPC method): a `VisionRpcError` subclass, see `visionrpc.client._exceptions`.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -337,3 +339,13 @@ def test_health_unknown_service(client: Client) -> None:
     with pytest.raises(NotFoundError) as info:
         client.health("no.such.Service")
     assert info.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_sdk_stands_alone() -> None:
+    code = (
+        "import sys, visionrpc.client\nassert not [m for m in sys.modules if m.startswith('visionrpc.serv')]"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

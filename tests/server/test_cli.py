@@ -200,6 +200,27 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]
     assert "usage: visionrpc" in capsys.readouterr().err
 
 
+SERVE_SETTING_CASES = [
+    (["--port", "70000"], {}, "error: expected a port in [0, 65535], got 70000"),
+    ([], {"VISIONRPC_PORT": "abc"}, "error: VISIONRPC_PORT: invalid literal"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), SERVE_SETTING_CASES, ids=["flag", "environment"])
+def test_serve_rejects_bad_settings_before_starting(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(capsys, "serve", *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith(message)
+
+
 # ------------------------------------------------------------------------------------------------ models
 
 
