@@ -23,7 +23,6 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from visionrpc.engines import Engine, OnnxRuntimeEngine
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 
@@ -81,7 +80,11 @@ class VisionRpcServer:
     """A created server: start it, wait until the default model is warm, stop it gracefully."""
 
     def __init__(
-        self, config: ServerConfig, server: grpc.Server, health_servicer: health.HealthServicer, models: ModelManager
+        self,
+        config: ServerConfig,
+        server: grpc.Server,
+        health_servicer: health.HealthServicer,
+        models: ModelManager,
     ) -> None:
         self.config = config
         self.models = models
@@ -106,7 +109,7 @@ class VisionRpcServer:
         try:
             self.models.load(model)
         except VisionRpcError as exc:
-            # The server keeps serving other models; the inference service stays NOT_SERVING so probes say why.
+            # Other models keep serving; the inference service stays NOT_SERVING so probes say why.
             self._preload_error = exc.message
             logger.error("default model %s did not load: %s", model, exc.message)
             self._ready.set()
@@ -123,11 +126,13 @@ class VisionRpcServer:
             raise RuntimeError(f"the default model failed to load: {self._preload_error}")
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Turns every health status NOT_SERVING, lets in-flight calls finish within the grace, then closes."""
+        """Turns health NOT_SERVING, lets in-flight calls finish within the grace, then closes."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._health.enter_graceful_shutdown()
         if self.config.shutdown_notice_s > 0:
-            logger.info("health is NOT_SERVING; accepting calls for %.1f s more", self.config.shutdown_notice_s)
+            logger.info(
+                "health is NOT_SERVING; accepting calls for %.1f s more", self.config.shutdown_notice_s
+            )
             time.sleep(self.config.shutdown_notice_s)
         logger.info("shutting down: draining in-flight calls for up to %.1f s", grace)
         self._server.stop(grace).wait()
@@ -141,7 +146,7 @@ class VisionRpcServer:
 def build_model_manager(config: ServerConfig) -> ModelManager:
     repository = ModelRepository(
         user_root=config.model_repository,
-        builtin_root=config.cache_dir / "builtin-models",
+        builtin_root=config.builtin_repository,
         download_dir=config.cache_dir,
     )
     return ModelManager(repository, onnxruntime_engine_factory(config), max_loaded=config.max_loaded_models)

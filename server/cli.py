@@ -40,7 +40,7 @@ from visionrpc.client import (
 
 from .config import ServerConfig, add_server_arguments
 
-__all__ = ["builtin_repository", "main"]
+__all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
@@ -281,11 +281,6 @@ def _cmd_models_action(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def builtin_repository(config: ServerConfig) -> Path:
-    """Where built-in models are installed; must match the server's repository layout (server/app.py)."""
-    return config.cache_dir / "builtin-models"
-
-
 def _cmd_models_pull(ns: argparse.Namespace) -> int:
     # Lazy: the converters pull in onnx; the other commands never need them.
     from . import errors
@@ -298,7 +293,7 @@ def _cmd_models_pull(ns: argparse.Namespace) -> int:
         raise UsageError(f"not a built-in model: {', '.join(unknown)} (built-ins: {known})")
     for name in ns.names:
         try:
-            path = install_builtin(name, builtin_repository(config), config.cache_dir)
+            path = install_builtin(name, config.builtin_repository, config.cache_dir)
         except errors.VisionRpcError as exc:  # the server's domain errors: sources unavailable or broken
             _error(f"could not install {name}: {exc.message}")
             return EXIT_FAILURE

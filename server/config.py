@@ -50,8 +50,8 @@ class ServerConfig:
     keepalive_timeout_s: float = 10.0
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 30.0
-    # Shutdown: on SIGTERM health turns NOT_SERVING; new calls are still accepted for shutdown_notice_s so load
-    # balancers probing health can steer traffic away first; then in-flight calls get shutdown_grace_s to finish.
+    # Shutdown: on SIGTERM health turns NOT_SERVING; new calls are still accepted for shutdown_notice_s so
+    # load balancers probing health steer traffic away first; then in-flight calls get shutdown_grace_s.
     shutdown_notice_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -68,12 +68,19 @@ class ServerConfig:
             raise ValueError(f"expected engine onnxruntime, tensorrt or auto, got {self.engine!r}")
 
     @property
+    def builtin_repository(self) -> Path:
+        """Where built-in models are installed: a model repository of their own inside the cache."""
+        return self.cache_dir / "builtin-models"
+
+    @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
 
     @classmethod
-    def from_namespace(cls, namespace: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    def from_namespace(
+        cls, namespace: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
         """Builds the config from parsed flags (None where not given) over environment over defaults."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -115,10 +122,15 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         env = "VISIONRPC_" + f.name.upper()
         help_text = f"(env {env}; default {_show(default)})"
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif isinstance(default, tuple):
             parser.add_argument(
-                flag, dest=f.name, default=None, help=help_text,
+                flag,
+                dest=f.name,
+                default=None,
+                help=help_text,
                 type=lambda s: tuple(p.strip() for p in s.split(",") if p.strip()),
             )
         else:

@@ -83,7 +83,7 @@ class BoundingBox:
 
 @dataclass(frozen=True, slots=True)
 class Keypoint:
-    """A landmark (for example an eye of a CenterFace detection); confidence is 0 when the model gives none."""
+    """A landmark (e.g. an eye of a CenterFace detection); confidence is 0 when the model gives none."""
 
     x: float
     y: float

@@ -62,7 +62,8 @@ class VisionRpcError(Exception):
         """Returns a copy whose field violations are nested under `prefix` (e.g. "images[3]")."""
         clone = copy.copy(self)
         clone.violations = tuple(
-            FieldViolation(f"{prefix}.{v.field}" if v.field else prefix, v.description) for v in self.violations
+            FieldViolation(f"{prefix}.{v.field}" if v.field else prefix, v.description)
+            for v in self.violations
         )
         return clone
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from visionrpc.engines import Engine, EngineInfo
 
 from .domain import ChannelOrder, ImageArray, ImageSize, InferOptions, Prediction, Timings

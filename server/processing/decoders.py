@@ -153,6 +153,9 @@ def decode_batch(
         outputs: the engine's outputs by name, batch-first, in the model's output order.
         transforms: one per image, from `preprocess`.
         options: resolved post-processing options.
+
+    Raises:
+        FailedPreconditionError: reason BAD_MODEL_OUTPUT, when the outputs do not have the declared layout.
     """
     if not outputs:
         raise FailedPreconditionError("expected model outputs, got none", reason="BAD_MODEL_OUTPUT")

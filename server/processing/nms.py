@@ -5,9 +5,13 @@ suppressed when its IoU with an already kept box is strictly greater than `iou_t
 vectorised IoU of the kept box against every remaining candidate, and the candidate list shrinks as it goes,
 so the Python-level loop runs once per *kept* box, not once per pair.
 
+With `max_output` (the decoders pass max_detections) the work stops once enough boxes are kept and never
+looks at candidates that cannot matter, which keeps low confidence thresholds (thousands of candidates)
+affordable without changing the answer.
+
 Determinism: equal scores keep their input order (a stable sort), so the same input always gives the same
 output. Degenerate boxes (zero or negative width or height) have zero area, overlap nothing and are never
-suppressed by IoU. Candidates with a NaN score are dropped. IoU is computed in float64 so that results do not
+suppressed. Candidates with a NaN score are dropped. Coordinates are taken to float64 so that results do not
 flip on float32 rounding near the threshold.
 """
 
@@ -19,6 +23,9 @@ import numpy.typing as npt
 __all__ = ["batched_nms", "box_iou", "nms"]
 
 IndexArray = npt.NDArray[np.int64]
+
+# The first prefix `nms` tries when max_output is set (see there); later prefixes grow x4.
+_FIRST_PREFIX = 256
 
 
 def _as_boxes(
@@ -110,9 +117,6 @@ def nms(
             return keep
         prefix *= 4
     return _greedy(order, box_array, iou_threshold, limit)
-
-
-_FIRST_PREFIX = 256
 
 
 def batched_nms(

@@ -39,7 +39,10 @@ _MODEL_STATES = {
     ModelState.READY: models_pb2.MODEL_STATE_READY,
     ModelState.FAILED: models_pb2.MODEL_STATE_FAILED,
 }
-_TASKS = {Task.DETECTION: models_pb2.MODEL_TASK_DETECTION, Task.CLASSIFICATION: models_pb2.MODEL_TASK_CLASSIFICATION}
+_TASKS = {
+    Task.DETECTION: models_pb2.MODEL_TASK_DETECTION,
+    Task.CLASSIFICATION: models_pb2.MODEL_TASK_CLASSIFICATION,
+}
 
 
 def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int) -> DecodedImage:
@@ -51,9 +54,13 @@ def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int)
             return decode_image(image.encoded, max_pixels=max_pixels)
         if source == "raw":
             raw = image.raw
-            order = _CHANNEL_ORDERS.get(raw.channel_order)  # None: unspecified or unknown, refused by raw_image
+            order = _CHANNEL_ORDERS.get(
+                raw.channel_order
+            )  # None: unspecified or unknown, refused by raw_image
             return raw_image(raw.data, raw.width, raw.height, order, max_pixels=max_pixels)
-        raise InvalidArgumentError.for_field("", "expected 'encoded' or 'raw' to be set", reason="EMPTY_IMAGE")
+        raise InvalidArgumentError.for_field(
+            "", "expected 'encoded' or 'raw' to be set", reason="EMPTY_IMAGE"
+        )
     except InvalidArgumentError as exc:
         raise exc.with_field_prefix(prefix) from None
 
@@ -64,7 +71,9 @@ def infer_options_from_proto(options: types_pb2.InferOptions, field: str = "opti
         if options.HasField(name):
             value = getattr(options, name)
             if math.isnan(value) or not 0.0 <= value <= 1.0:
-                violations.append(FieldViolation(f"{field}.{name}", f"expected a value in [0, 1], got {value}"))
+                violations.append(
+                    FieldViolation(f"{field}.{name}", f"expected a value in [0, 1], got {value}")
+                )
     if options.HasField("max_detections") and options.max_detections < 1:
         violations.append(FieldViolation(f"{field}.max_detections", "expected at least 1, got 0"))
     if options.HasField("top_k") and options.top_k < 1:
@@ -76,7 +85,9 @@ def infer_options_from_proto(options: types_pb2.InferOptions, field: str = "opti
             violations=tuple(violations),
         )
     return InferOptions(
-        confidence_threshold=options.confidence_threshold if options.HasField("confidence_threshold") else None,
+        confidence_threshold=options.confidence_threshold
+        if options.HasField("confidence_threshold")
+        else None,
         iou_threshold=options.iou_threshold if options.HasField("iou_threshold") else None,
         max_detections=options.max_detections if options.HasField("max_detections") else None,
         class_ids=frozenset(options.class_ids),
@@ -93,7 +104,9 @@ def engine_to_proto(info: EngineInfo) -> types_pb2.EngineInfo:
 
 def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
     message = types_pb2.ImagePrediction(
-        image_size=types_pb2.ImageSize(width=prediction.image_size.width, height=prediction.image_size.height),
+        image_size=types_pb2.ImageSize(
+            width=prediction.image_size.width, height=prediction.image_size.height
+        ),
         timings=types_pb2.Timings(
             decode_ms=prediction.timings.decode_ms,
             queue_ms=prediction.timings.queue_ms,
@@ -113,13 +126,16 @@ def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
                 class_name=det.class_name,
                 confidence=det.confidence,
                 keypoints=[
-                    types_pb2.Keypoint(x=k.x, y=k.y, confidence=k.confidence, name=k.name) for k in det.keypoints
+                    types_pb2.Keypoint(x=k.x, y=k.y, confidence=k.confidence, name=k.name)
+                    for k in det.keypoints
                 ],
             )
         )
     for cls in prediction.classifications:
         message.classifications.append(
-            types_pb2.Classification(class_id=cls.class_id, class_name=cls.class_name, confidence=cls.confidence)
+            types_pb2.Classification(
+                class_id=cls.class_id, class_name=cls.class_name, confidence=cls.confidence
+            )
         )
     return message
 

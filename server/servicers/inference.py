@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 from ..config import ServerConfig
@@ -49,12 +48,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             decode_options = predictor.resolve_options(options)
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
-                raise DeadlineExceededError("the deadline passed before inference started", reason="DEADLINE_PASSED")
+                raise DeadlineExceededError(
+                    "the deadline passed before inference started", reason="DEADLINE_PASSED"
+                )
             predictions = predictor.predict(images, decode_options)
             return infer_response(predictor.name, predictor.version, predictor.engine_info, predictions)
 
     def StreamPredictions(  # noqa: N802
         self, request: inference_pb2.StreamPredictionsRequest, context: grpc.ServicerContext
     ) -> Iterator[inference_pb2.StreamPredictionsResponse]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamPredictions is not implemented yet in this release")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "StreamPredictions is not implemented yet in this release"
+        )
         yield from ()  # unreachable: abort raises; this makes the method a generator like the real one

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from visionrpc.v1 import models_pb2, models_pb2_grpc
 
 from ..errors import InvalidArgumentError
@@ -16,7 +15,9 @@ __all__ = ["ModelServicer"]
 
 def _model_id(model_id: str) -> str:
     if not model_id:
-        raise InvalidArgumentError.for_field("model_id", "expected a model id, got ''", reason="INVALID_MODEL_ID")
+        raise InvalidArgumentError.for_field(
+            "model_id", "expected a model id, got ''", reason="INVALID_MODEL_ID"
+        )
     return model_id
 
 
@@ -34,13 +35,17 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def GetModel(  # noqa: N802
         self, request: models_pb2.GetModelRequest, context: grpc.ServicerContext
     ) -> models_pb2.GetModelResponse:
-        return models_pb2.GetModelResponse(model=model_to_proto(self._models.status(_model_id(request.model_id))))
+        return models_pb2.GetModelResponse(
+            model=model_to_proto(self._models.status(_model_id(request.model_id)))
+        )
 
     @map_errors
     def LoadModel(  # noqa: N802
         self, request: models_pb2.LoadModelRequest, context: grpc.ServicerContext
     ) -> models_pb2.LoadModelResponse:
-        return models_pb2.LoadModelResponse(model=model_to_proto(self._models.load(_model_id(request.model_id))))
+        return models_pb2.LoadModelResponse(
+            model=model_to_proto(self._models.load(_model_id(request.model_id)))
+        )
 
     @map_errors
     def UnloadModel(  # noqa: N802

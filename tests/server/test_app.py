@@ -16,16 +16,14 @@ from pathlib import Path
 import cv2
 import grpc
 import pytest
+from conftest import RunningServer, cache_root, start_server
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
+from media import media
 from visionrpc.server.app import INFERENCE_SERVICE, MODEL_SERVICE
 from visionrpc.server.config import ServerConfig, add_server_arguments
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
-
-from conftest import RunningServer, cache_root, start_server
-from media import media
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -33,7 +31,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def health_of(address: str, service: str) -> int:
     with grpc.insecure_channel(address) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10
+        )
     return int(response.status)
 
 
@@ -57,17 +57,29 @@ def test_reflection_lists_and_describes_the_services(server: RunningServer) -> N
         ]
         listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
     names = {s.name for s in listed.list_services_response.service}
-    assert {INFERENCE_SERVICE, MODEL_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
-    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in described.file_descriptor_response.file_descriptor_proto]
+    assert {
+        INFERENCE_SERVICE,
+        MODEL_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in described.file_descriptor_response.file_descriptor_proto
+    ]
     methods = {m.name for f in files for s in f.service for m in s.method}
     assert {"Infer", "StreamPredictions"} <= methods
 
 
-def test_inference_service_is_not_serving_until_the_default_model_is_warm(base_config: ServerConfig, tmp_path: Path) -> None:
+def test_inference_service_is_not_serving_until_the_default_model_is_warm(
+    base_config: ServerConfig, tmp_path: Path
+) -> None:
     # A default model that cannot load keeps the inference service NOT_SERVING while liveness stays SERVING.
     broken = tmp_path / "models" / "broken" / "1"
     broken.mkdir(parents=True)
-    (broken / "manifest.json").write_text('{"task": "detection", "decoder": "yolov5", "input_width": 32, "input_height": 32}')
+    (broken / "manifest.json").write_text(
+        '{"task": "detection", "decoder": "yolov5", "input_width": 32, "input_height": 32}'
+    )
     (broken / "model.onnx").write_bytes(b"garbage")
     config = replace(base_config, model_repository=tmp_path / "models", default_model="broken")
     running = start_server(config)
@@ -87,7 +99,9 @@ def slow_request() -> inference_pb2.InferRequest:
     return inference_pb2.InferRequest(images=[photo] * 48)  # a few seconds of CPU work
 
 
-def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones(base_config: ServerConfig, tmp_path: Path) -> None:
+def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones(
+    base_config: ServerConfig, tmp_path: Path
+) -> None:
     running = start_server(replace(base_config, model_repository=tmp_path / "models"))
     running.server.wait_until_ready(timeout_s=300)
     results: list[object] = []
@@ -108,12 +122,28 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones(base_config
 
 
 def test_sigterm_turns_health_not_serving_then_drains_and_exits_zero(tmp_path: Path) -> None:
-    env = dict(os.environ, VISIONRPC_MODEL_REPOSITORY=str(tmp_path / "models"),
-               VISIONRPC_CACHE_DIR=str(cache_root() / "downloads"), VISIONRPC_INTRA_OP_THREADS="2")
+    env = dict(
+        os.environ,
+        VISIONRPC_MODEL_REPOSITORY=str(tmp_path / "models"),
+        VISIONRPC_CACHE_DIR=str(cache_root() / "downloads"),
+        VISIONRPC_INTRA_OP_THREADS="2",
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "visionrpc.server.cli", "serve", "--port", "0", "--shutdown-grace-s", "30",
-         "--shutdown-notice-s", "2"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "visionrpc.server.cli",
+            "serve",
+            "--port",
+            "0",
+            "--shutdown-grace-s",
+            "30",
+            "--shutdown-notice-s",
+            "2",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert process.stderr is not None
     port = None
@@ -149,8 +179,12 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits_zero(tmp_path: P
 def test_config_flags_override_environment_over_defaults() -> None:
     parser = argparse.ArgumentParser()
     add_server_arguments(parser)
-    env = {"VISIONRPC_PORT": "6000", "VISIONRPC_MAX_MESSAGE_BYTES": "1048576", "VISIONRPC_PRELOAD_DEFAULT_MODEL": "false",
-           "VISIONRPC_PROVIDERS": "cuda, cpu"}
+    env = {
+        "VISIONRPC_PORT": "6000",
+        "VISIONRPC_MAX_MESSAGE_BYTES": "1048576",
+        "VISIONRPC_PRELOAD_DEFAULT_MODEL": "false",
+        "VISIONRPC_PROVIDERS": "cuda, cpu",
+    }
     config = ServerConfig.from_namespace(parser.parse_args(["--port", "7000"]), env)
     assert config.port == 7000  # flag wins
     assert config.max_message_bytes == 1048576  # environment

@@ -19,7 +19,7 @@ from typing import IO, Any
 import cv2
 import pytest
 from media import media
-from visionrpc.server.cli import builtin_repository, main
+from visionrpc.server.cli import main
 from visionrpc.server.config import ServerConfig
 
 INFERENCE_SERVICE = "visionrpc.v1.InferenceService"
@@ -277,7 +277,7 @@ def test_models_pull_installs_into_the_builtin_repository(
 ) -> None:
     # The session server installed the built-ins into this cache already: pulling again is offline and fast.
     cache_dir = server.config.cache_dir
-    expected = builtin_repository(ServerConfig(cache_dir=cache_dir))
+    expected = ServerConfig(cache_dir=cache_dir).builtin_repository
     assert expected == cache_dir / "builtin-models"
     code, out, _ = run(
         capsys, "models", "pull", "yolov3-tiny-coco", "centerface", "--cache-dir", str(cache_dir)

@@ -16,16 +16,14 @@ from pathlib import Path
 import grpc
 import onnx
 import pytest
+from conftest import RunningServer, cache_root, start_server
+from media import media
 from onnx import helper
-
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import Task
 from visionrpc.server.models.manifest import Decoder, ModelManifest
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
-
-from conftest import RunningServer, cache_root, start_server
-from media import media
 
 PHOTOS = ["coffee.png", "motorcycle_left.png", "astronaut.png", "chelsea.png", "grace_hopper.jpg"]
 
@@ -48,7 +46,9 @@ def derive_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
     )
     graph.node.extend(
         [
-            helper.make_node("Slice", [source, "cls_obj_start", "cls_obj_end", "cls_axis"], ["cls_objectness"]),
+            helper.make_node(
+                "Slice", [source, "cls_obj_start", "cls_obj_end", "cls_axis"], ["cls_objectness"]
+            ),
             helper.make_node("Slice", [source, "cls_start", "cls_end", "cls_axis"], ["cls_scores"]),
             helper.make_node("Mul", ["cls_scores", "cls_objectness"], ["cls_box_scores"]),
             # The graph is opset 17, where ReduceMax takes its axes as an attribute.
@@ -56,13 +56,17 @@ def derive_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
         ]
     )
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes]))
+    graph.output.append(
+        helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes])
+    )
     onnx.checker.check_model(derived, full_check=True)
     return derived
 
 
 @pytest.fixture(scope="module")
-def user_models_server(base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def user_models_server(
+    base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     builtin = cache_root() / "downloads" / "builtin-models" / "yolov3-tiny-coco" / "1"
     repository = tmp_path_factory.mktemp("user-models")
     original_manifest = ModelManifest.read(builtin)
@@ -71,7 +75,9 @@ def user_models_server(base_config: ServerConfig, tmp_path_factory: pytest.TempP
     v8_dir = repository / "tiny-v8" / "1"
     v8_dir.mkdir(parents=True)
     onnx.save(derive_yolov8_layout(original), str(v8_dir / "model.onnx"))
-    dataclasses.replace(original_manifest, decoder=Decoder.YOLOV8, onnx_file="model.onnx", description="", extra={}).write(v8_dir)
+    dataclasses.replace(
+        original_manifest, decoder=Decoder.YOLOV8, onnx_file="model.onnx", description="", extra={}
+    ).write(v8_dir)
 
     cls_dir = repository / "tiny-classifier" / "1"
     cls_dir.mkdir(parents=True)
@@ -86,7 +92,9 @@ def user_models_server(base_config: ServerConfig, tmp_path_factory: pytest.TempP
         extra={},
     ).write(cls_dir)
 
-    running = start_server(dataclasses.replace(base_config, model_repository=repository, preload_default_model=False))
+    running = start_server(
+        dataclasses.replace(base_config, model_repository=repository, preload_default_model=False)
+    )
     yield running
     running.server.stop(grace_s=0.5)
 
@@ -114,8 +122,12 @@ def summary(prediction: types_pb2.ImagePrediction) -> list[tuple[str, float, tup
 
 @pytest.mark.parametrize("photo", PHOTOS)
 @pytest.mark.parametrize("confidence", [0.1, 0.25, 0.5])
-def test_yolov8_layout_matches_yolov5_layout(user_models_server: RunningServer, photo: str, confidence: float) -> None:
-    v5 = summary(infer(user_models_server.address, "yolov3-tiny-coco", photo, confidence_threshold=confidence))
+def test_yolov8_layout_matches_yolov5_layout(
+    user_models_server: RunningServer, photo: str, confidence: float
+) -> None:
+    v5 = summary(
+        infer(user_models_server.address, "yolov3-tiny-coco", photo, confidence_threshold=confidence)
+    )
     v8 = summary(infer(user_models_server.address, "tiny-v8", photo, confidence_threshold=confidence))
     assert [d[0] for d in v8] == [d[0] for d in v5]
     for (_, conf5, box5), (_, conf8, box8) in zip(v5, v8, strict=True):
@@ -123,8 +135,12 @@ def test_yolov8_layout_matches_yolov5_layout(user_models_server: RunningServer, 
         assert box8 == pytest.approx(box5, abs=1e-3)
 
 
-@pytest.mark.parametrize(("photo", "top_class"), [("coffee.png", "cup"), ("motorcycle_left.png", "motorbike")])
-def test_classifier_ranks_the_photo_subject_first(user_models_server: RunningServer, photo: str, top_class: str) -> None:
+@pytest.mark.parametrize(
+    ("photo", "top_class"), [("coffee.png", "cup"), ("motorcycle_left.png", "motorbike")]
+)
+def test_classifier_ranks_the_photo_subject_first(
+    user_models_server: RunningServer, photo: str, top_class: str
+) -> None:
     prediction = infer(user_models_server.address, "tiny-classifier", photo)
     ranked = [(c.class_name, c.confidence) for c in prediction.classifications]
     assert len(ranked) == 3  # the manifest's default top_k
@@ -134,16 +150,26 @@ def test_classifier_ranks_the_photo_subject_first(user_models_server: RunningSer
 
 
 def test_classifier_top_k_and_class_filter(user_models_server: RunningServer) -> None:
-    prediction = infer(user_models_server.address, "tiny-classifier", "coffee.png", top_k=10, class_names=["cup", "bowl"])
+    prediction = infer(
+        user_models_server.address, "tiny-classifier", "coffee.png", top_k=10, class_names=["cup", "bowl"]
+    )
     assert {c.class_name for c in prediction.classifications} == {"cup", "bowl"}
-    assert len(infer(user_models_server.address, "tiny-classifier", "coffee.png", top_k=7).classifications) == 7
+    assert (
+        len(infer(user_models_server.address, "tiny-classifier", "coffee.png", top_k=7).classifications) == 7
+    )
 
 
 def test_user_models_are_listed_with_their_decoders(user_models_server: RunningServer) -> None:
     with grpc.insecure_channel(user_models_server.address) as channel:
-        models = models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=30).models
+        models = (
+            models_pb2_grpc.ModelServiceStub(channel)
+            .ListModels(models_pb2.ListModelsRequest(), timeout=30)
+            .models
+        )
     by_name = {m.name: m for m in models}
-    assert by_name["tiny-v8"].decoder == "yolov8" and by_name["tiny-v8"].task == models_pb2.MODEL_TASK_DETECTION
+    assert (
+        by_name["tiny-v8"].decoder == "yolov8" and by_name["tiny-v8"].task == models_pb2.MODEL_TASK_DETECTION
+    )
     assert by_name["tiny-classifier"].task == models_pb2.MODEL_TASK_CLASSIFICATION
     assert {"yolov3-tiny-coco", "centerface"} <= set(by_name)
 

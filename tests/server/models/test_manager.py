@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from conftest import cache_root
 from visionrpc.engines import Engine
 from visionrpc.server.app import OnnxRuntimeEngineFactory
 from visionrpc.server.domain import ChannelOrder, InferOptions
@@ -17,8 +17,6 @@ from visionrpc.server.errors import FailedPreconditionError, InvalidArgumentErro
 from visionrpc.server.models.manager import ModelManager, ModelState
 from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
 from visionrpc.server.predictor import InputImage
-
-from conftest import cache_root
 
 
 class CountingFactory:
@@ -45,7 +43,7 @@ def builtin_root() -> Path:
 
 @pytest.fixture
 def user_repo(tmp_path: Path, builtin_root: Path) -> Path:
-    """A user repository with three copies of yolov3-tiny (versions 1, 2 of 'alpha', and 'beta') and a broken one."""
+    """A user repository of yolov3-tiny copies (alpha/1, alpha/2, beta/1, gamma/1) and a broken model."""
     repository = ModelRepository(tmp_path / "unused", builtin_root, cache_root() / "downloads")
     source = repository.resolve(ModelId("yolov3-tiny-coco")).directory
     root = tmp_path / "models"
@@ -57,7 +55,9 @@ def user_repo(tmp_path: Path, builtin_root: Path) -> Path:
     return root
 
 
-def make_manager(user_repo: Path, builtin_root: Path, factory: Callable[[ResolvedModel], Engine], cap: int = 2) -> ModelManager:
+def make_manager(
+    user_repo: Path, builtin_root: Path, factory: Callable[[ResolvedModel], Engine], cap: int = 2
+) -> ModelManager:
     repository = ModelRepository(user_repo, builtin_root, cache_root() / "downloads")
     return ModelManager(repository, factory, max_loaded=cap)
 
@@ -77,7 +77,20 @@ def test_valid_model_ids_parse(text: str, expected: ModelId) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "../etc", "alpha/../../x", "/abs", "alpha/", "alpha/v1", "alpha/1/2", "a b", ".hidden", "..", "x" * 200, "al\x00pha"],
+    [
+        "",
+        "../etc",
+        "alpha/../../x",
+        "/abs",
+        "alpha/",
+        "alpha/v1",
+        "alpha/1/2",
+        "a b",
+        ".hidden",
+        "..",
+        "x" * 200,
+        "al\x00pha",
+    ],
 )
 def test_malformed_model_ids_are_invalid_argument(text: str) -> None:
     with pytest.raises(InvalidArgumentError) as info:
@@ -104,7 +117,9 @@ def test_newest_version_is_default_and_explicit_versions_resolve(user_repo: Path
         ("broken", FailedPreconditionError, "MODEL_LOAD_FAILED"),
     ],
 )
-def test_lookup_failures(user_repo: Path, builtin_root: Path, model_id: str, error: type[Exception], reason: str) -> None:
+def test_lookup_failures(
+    user_repo: Path, builtin_root: Path, model_id: str, error: type[Exception], reason: str
+) -> None:
     manager = make_manager(user_repo, builtin_root, CountingFactory())
     with pytest.raises(error) as info, manager.acquire(model_id):
         pass

@@ -146,6 +146,37 @@ def test_boxes_map_to_the_original_image_and_clip(decoder: Decoder) -> None:
 
 
 @BOTH_YOLOS
+def test_a_box_in_the_padding_neither_survives_nor_suppresses(decoder: Decoder) -> None:
+    transform = Transform(scale_x=0.5, scale_y=0.5, pad_x=0.0, pad_y=16.0, original=ImageSize(128, 64))
+    ghost = (20, 8, 10, 15.8, 0.9, 1.0, 0.0, 0.0)  # y in [0.1, 15.9]: all padding
+    real = (20, 9, 10, 16, 0.8, 1.0, 0.0, 0.0)  # y in [1, 17]: one input row inside the image, IoU ~0.93
+
+    decoded = decode_yolo(decoder, yolov5_output([ghost, real]), [transform], make_options())
+
+    assert summary(decoded[0]) == [("person", 0.8, (30.0, 0.0, 50.0, 2.0))]
+
+
+@pytest.mark.parametrize("decoder", [Decoder.YOLOV5], ids=lambda d: d.value)
+def test_candidates_beyond_the_nms_cap_are_the_lowest_scores(decoder: Decoder) -> None:
+    """More than MAX_NMS_CANDIDATES candidates: the answer is that of the best MAX_NMS_CANDIDATES alone."""
+    rng = np.random.default_rng(3)
+    count = 31_000
+    rows = np.empty((count, 8), dtype=np.float32)
+    rows[:, :2] = rng.uniform(0, 64, size=(count, 2))
+    rows[:, 2:4] = rng.uniform(1, 6, size=(count, 2))
+    rows[:, 4] = 1.0
+    rows[:, 5:] = rng.uniform(0.3, 1.0, size=(count, 3))
+    best = np.sort(np.argsort(-rows[:, 5:].max(axis=1), kind="stable")[:30_000])
+    options = make_options(max_detections=1000, iou=0.2)
+
+    everything = decode_yolo(decoder, rows[np.newaxis], [IDENTITY], options)
+    capped = decode_yolo(decoder, rows[best][np.newaxis], [IDENTITY], options)
+
+    assert everything == capped
+    assert len(everything[0].detections) > 100
+
+
+@BOTH_YOLOS
 def test_batch_images_are_decoded_independently(decoder: Decoder) -> None:
     batch = np.concatenate([yolov5_output([A]), yolov5_output([D])])
     shifted = Transform(scale_x=1.0, scale_y=1.0, pad_x=10.0, pad_y=0.0, original=ImageSize(54, 64))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -75,6 +77,31 @@ def test_batched_nms_matches_a_per_class_reference(seed: int, threshold: float) 
     kept = batched_nms(boxes, scores, classes, threshold)
 
     assert kept.tolist() == reference_batched_nms(boxes, scores, classes, threshold)
+
+
+PREFIX_BOXES, PREFIX_SCORES = random_boxes(11, 1500)
+PREFIX_CLASSES = np.random.default_rng(11).integers(0, 3, size=1500)
+
+
+@functools.cache
+def unlimited_answers(threshold: float) -> tuple[list[int], list[int]]:
+    return (
+        reference_nms(PREFIX_BOXES, PREFIX_SCORES, threshold),
+        reference_batched_nms(PREFIX_BOXES, PREFIX_SCORES, PREFIX_CLASSES, threshold),
+    )
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 5000], ids=lambda n: f"max={n}")
+@pytest.mark.parametrize("threshold", [0.3, 0.7], ids=lambda t: f"iou={t}")
+def test_max_output_gives_a_prefix_of_the_unlimited_answer(threshold: float, limit: int) -> None:
+    """Also exercises the widening prefix: 1500 boxes are more than the first prefixes tried."""
+    agnostic, aware = unlimited_answers(threshold)
+
+    assert nms(PREFIX_BOXES, PREFIX_SCORES, threshold, max_output=limit).tolist() == agnostic[:limit]
+    assert (
+        batched_nms(PREFIX_BOXES, PREFIX_SCORES, PREFIX_CLASSES, threshold, max_output=limit).tolist()
+        == (aware[:limit])
+    )
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,28 @@ def test_real_photo_matches_a_straightforward_reference() -> None:
     np.testing.assert_allclose(tensor, expected.transpose(2, 0, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "make_view",
+    [
+        pytest.param(lambda a: a[10:50, 5:60], id="crop-view"),
+        pytest.param(lambda a: a[:, ::-1], id="negative-stride"),
+        pytest.param(lambda a: a[::2, ::2], id="strided"),
+    ],
+)
+def test_accepts_read_only_and_non_contiguous_images(make_view: Any) -> None:
+    """Decoded request images are read-only, and callers may pass crops; neither may need a copy first."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=(80, 90, 3), dtype=np.uint8)
+    view = make_view(base)
+    view.flags.writeable = False
+    manifest = make_manifest(40, 40)
+
+    tensor, _ = preprocess(view, ChannelOrder.BGR, manifest)
+
+    expected, _ = preprocess(np.ascontiguousarray(view), ChannelOrder.BGR, manifest)
+    np.testing.assert_array_equal(tensor, expected)
+
+
 def test_writes_into_a_batch_slot() -> None:
     manifest = make_manifest(32, 32)
     batch = np.zeros((2, 3, 32, 32), dtype=np.float32)

@@ -12,14 +12,12 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from conftest import RunningServer
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-
-from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
-
-from conftest import RunningServer
 from media import media
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +31,15 @@ def encoded(name: str) -> types_pb2.Image:
 
 
 def infer(
-    stub: inference_pb2_grpc.InferenceServiceStub, *images: types_pb2.Image, model: str = "", **options: object
+    stub: inference_pb2_grpc.InferenceServiceStub,
+    *images: types_pb2.Image,
+    model: str = "",
+    **options: object,
 ) -> inference_pb2.InferResponse:
     request = inference_pb2.InferRequest(
-        model_id=model, images=images, options=types_pb2.InferOptions(**options)  # type: ignore[arg-type]
+        model_id=model,
+        images=images,
+        options=types_pb2.InferOptions(**options),  # type: ignore[arg-type]
     )
     response: inference_pb2.InferResponse = stub.Infer(request, timeout=120)
     return response
@@ -44,7 +47,9 @@ def infer(
 
 def best(prediction: types_pb2.ImagePrediction, class_name: str) -> types_pb2.Detection:
     matches = [d for d in prediction.detections if d.class_name == class_name]
-    assert matches, f"no {class_name} among {[(d.class_name, round(d.confidence, 2)) for d in prediction.detections]}"
+    assert matches, (
+        f"no {class_name} among {[(d.class_name, round(d.confidence, 2)) for d in prediction.detections]}"
+    )
     return max(matches, key=lambda d: d.confidence)
 
 
@@ -60,7 +65,8 @@ def as_tuple(box: types_pb2.BoundingBox) -> tuple[float, float, float, float]:
     return (box.x_min, box.y_min, box.x_max, box.y_max)
 
 
-# -- real detections ------------------------------------------------------------------------------------------
+# -- real detections ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("photo", "class_name", "region"),
@@ -70,7 +76,9 @@ def as_tuple(box: types_pb2.BoundingBox) -> tuple[float, float, float, float]:
         ("motorcycle_left.png", "motorbike", (0.0, 0.0, 1.0, 1.0)),
     ],
 )
-def test_default_model_finds_the_object(stub: inference_pb2_grpc.InferenceServiceStub, photo: str, class_name: str, region: tuple[float, ...]) -> None:
+def test_default_model_finds_the_object(
+    stub: inference_pb2_grpc.InferenceServiceStub, photo: str, class_name: str, region: tuple[float, ...]
+) -> None:
     response = infer(stub, encoded(photo))
     assert response.model_name == "yolov3-tiny-coco"
     assert response.model_version == "1"
@@ -91,12 +99,18 @@ def test_default_model_finds_the_object(stub: inference_pb2_grpc.InferenceServic
     assert timings.decode_ms > 0 and timings.preprocess_ms > 0 and timings.inference_ms > 0
     assert math.isclose(
         timings.total_ms,
-        timings.decode_ms + timings.queue_ms + timings.preprocess_ms + timings.inference_ms + timings.postprocess_ms,
+        timings.decode_ms
+        + timings.queue_ms
+        + timings.preprocess_ms
+        + timings.inference_ms
+        + timings.postprocess_ms,
         rel_tol=1e-6,
     )
 
 
-def test_centerface_finds_the_astronauts_face_with_landmarks(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+def test_centerface_finds_the_astronauts_face_with_landmarks(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
     response = infer(stub, encoded("astronaut.png"), model="centerface")
     faces = response.predictions[0].detections
     assert len(faces) == 1
@@ -109,7 +123,9 @@ def test_centerface_finds_the_astronauts_face_with_landmarks(stub: inference_pb2
         assert point.name
 
 
-def test_a_batch_returns_one_prediction_per_image_in_order(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+def test_a_batch_returns_one_prediction_per_image_in_order(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
     response = infer(stub, encoded("coffee.png"), encoded("motorcycle_left.png"), encoded("coffee.png"))
     assert [p.image_size.width for p in response.predictions] == [600, 741, 600]
     assert best(response.predictions[0], "cup").confidence == pytest.approx(
@@ -119,7 +135,9 @@ def test_a_batch_returns_one_prediction_per_image_in_order(stub: inference_pb2_g
 
 
 @pytest.mark.parametrize("order", ["bgr", "rgb", "rgba", "gray"])
-def test_raw_pixels_give_the_same_detections_as_the_encoded_photo(stub: inference_pb2_grpc.InferenceServiceStub, order: str) -> None:
+def test_raw_pixels_give_the_same_detections_as_the_encoded_photo(
+    stub: inference_pb2_grpc.InferenceServiceStub, order: str
+) -> None:
     bgr = cv2.imread(str(media("motorcycle_left.png")), cv2.IMREAD_COLOR)
     conversions = {
         "bgr": (None, types_pb2.CHANNEL_ORDER_BGR),
@@ -130,7 +148,9 @@ def test_raw_pixels_give_the_same_detections_as_the_encoded_photo(stub: inferenc
     code, channel_order = conversions[order]
     pixels = bgr if code is None else cv2.cvtColor(bgr, code)
     raw = types_pb2.Image(
-        raw=types_pb2.RawImage(data=pixels.tobytes(), width=bgr.shape[1], height=bgr.shape[0], channel_order=channel_order)
+        raw=types_pb2.RawImage(
+            data=pixels.tobytes(), width=bgr.shape[1], height=bgr.shape[0], channel_order=channel_order
+        )
     )
     from_raw = best(infer(stub, raw).predictions[0], "motorbike")
     from_png = best(infer(stub, encoded("motorcycle_left.png")).predictions[0], "motorbike")
@@ -152,12 +172,15 @@ def test_raw_pixels_give_the_same_detections_as_the_encoded_photo(stub: inferenc
     ],
     ids=["confidence", "max-detections", "class-name", "class-id", "absent-class"],
 )
-def test_request_options_shape_the_detections(stub: inference_pb2_grpc.InferenceServiceStub, options: dict[str, object], check: object) -> None:
+def test_request_options_shape_the_detections(
+    stub: inference_pb2_grpc.InferenceServiceStub, options: dict[str, object], check: object
+) -> None:
     prediction = infer(stub, encoded("coffee.png"), **options).predictions[0]
     assert check(prediction)  # type: ignore[operator]
 
 
 # -- bad input: the right status, reason and field; the server keeps serving --------------------------------
+
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims huge dimensions: signature + IHDR and nothing else (a decompression-bomb probe)."""
@@ -181,7 +204,9 @@ class BadCase:
 
 
 def request_with(*images: types_pb2.Image, model: str = "", **options: object) -> inference_pb2.InferRequest:
-    return inference_pb2.InferRequest(model_id=model, images=images, options=types_pb2.InferOptions(**options))  # type: ignore[arg-type]
+    return inference_pb2.InferRequest(
+        model_id=model, images=images, options=types_pb2.InferOptions(**options)
+    )  # type: ignore[arg-type]
 
 
 def raw(data: bytes, width: int, height: int, order: int = types_pb2.CHANNEL_ORDER_RGB) -> types_pb2.Image:
@@ -192,44 +217,80 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 BAD_CASES = {
     "no-images": BadCase(request_with(), INVALID, "INVALID_IMAGE_COUNT", "images"),
     "image-unset": BadCase(request_with(types_pb2.Image()), INVALID, "EMPTY_IMAGE", "images[0]"),
-    "empty-bytes": BadCase(request_with(types_pb2.Image(encoded=b"")), INVALID, "EMPTY_IMAGE", "images[0].encoded"),
+    "empty-bytes": BadCase(
+        request_with(types_pb2.Image(encoded=b"")), INVALID, "EMPTY_IMAGE", "images[0].encoded"
+    ),
     "not-an-image": BadCase(
-        request_with(types_pb2.Image(encoded=b"hello, this is text")), INVALID, "UNSUPPORTED_IMAGE_FORMAT", "images[0].encoded"
+        request_with(types_pb2.Image(encoded=b"hello, this is text")),
+        INVALID,
+        "UNSUPPORTED_IMAGE_FORMAT",
+        "images[0].encoded",
     ),
     "bomb-png": BadCase(
-        request_with(types_pb2.Image(encoded=png_header_only(100_000, 100_000))), INVALID, "IMAGE_TOO_LARGE", "images[0].encoded"
+        request_with(types_pb2.Image(encoded=png_header_only(100_000, 100_000))),
+        INVALID,
+        "IMAGE_TOO_LARGE",
+        "images[0].encoded",
     ),
-    "raw-size-mismatch": BadCase(request_with(raw(b"\x00" * 10, 4, 4)), INVALID, "RAW_SIZE_MISMATCH", "images[0].raw.data"),
-    "raw-zero-width": BadCase(request_with(raw(b"", 0, 4)), INVALID, "INVALID_DIMENSIONS", "images[0].raw.width"),
+    "raw-size-mismatch": BadCase(
+        request_with(raw(b"\x00" * 10, 4, 4)), INVALID, "RAW_SIZE_MISMATCH", "images[0].raw.data"
+    ),
+    "raw-zero-width": BadCase(
+        request_with(raw(b"", 0, 4)), INVALID, "INVALID_DIMENSIONS", "images[0].raw.width"
+    ),
     "raw-absurd-size": BadCase(
         request_with(raw(b"\x00" * 12, 100_000, 100_000)), INVALID, "IMAGE_TOO_LARGE", "images[0].raw"
     ),
     "raw-no-channel-order": BadCase(
-        request_with(raw(b"\x00" * 48, 4, 4, types_pb2.CHANNEL_ORDER_UNSPECIFIED)), INVALID, "INVALID_CHANNEL_ORDER", "images[0].raw.channel_order"
+        request_with(raw(b"\x00" * 48, 4, 4, types_pb2.CHANNEL_ORDER_UNSPECIFIED)),
+        INVALID,
+        "INVALID_CHANNEL_ORDER",
+        "images[0].raw.channel_order",
     ),
     "header-only-png": BadCase(
-        request_with(types_pb2.Image(encoded=png_header_only(8, 8))), INVALID, "UNDECODABLE_IMAGE", "images[0].encoded"
+        request_with(types_pb2.Image(encoded=png_header_only(8, 8))),
+        INVALID,
+        "UNDECODABLE_IMAGE",
+        "images[0].encoded",
     ),
     "second-image-bad": BadCase(
-        request_with(tiny_png(), types_pb2.Image(encoded=b"hello")), INVALID, "UNSUPPORTED_IMAGE_FORMAT", "images[1].encoded"
+        request_with(tiny_png(), types_pb2.Image(encoded=b"hello")),
+        INVALID,
+        "UNSUPPORTED_IMAGE_FORMAT",
+        "images[1].encoded",
     ),
     "confidence-above-1": BadCase(
-        request_with(types_pb2.Image(encoded=b"x"), confidence_threshold=1.5), INVALID, "INVALID_OPTION", "options.confidence_threshold"
+        request_with(types_pb2.Image(encoded=b"x"), confidence_threshold=1.5),
+        INVALID,
+        "INVALID_OPTION",
+        "options.confidence_threshold",
     ),
     "iou-negative": BadCase(
-        request_with(types_pb2.Image(encoded=b"x"), iou_threshold=-0.1), INVALID, "INVALID_OPTION", "options.iou_threshold"
+        request_with(types_pb2.Image(encoded=b"x"), iou_threshold=-0.1),
+        INVALID,
+        "INVALID_OPTION",
+        "options.iou_threshold",
     ),
     "confidence-nan": BadCase(
-        request_with(types_pb2.Image(encoded=b"x"), confidence_threshold=float("nan")), INVALID, "INVALID_OPTION", "options.confidence_threshold"
+        request_with(types_pb2.Image(encoded=b"x"), confidence_threshold=float("nan")),
+        INVALID,
+        "INVALID_OPTION",
+        "options.confidence_threshold",
     ),
     "max-detections-zero": BadCase(
-        request_with(types_pb2.Image(encoded=b"x"), max_detections=0), INVALID, "INVALID_OPTION", "options.max_detections"
+        request_with(types_pb2.Image(encoded=b"x"), max_detections=0),
+        INVALID,
+        "INVALID_OPTION",
+        "options.max_detections",
     ),
     "unknown-model": BadCase(
         request_with(tiny_png(), model="no-such-model"), grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", None
     ),
     "unknown-version": BadCase(
-        request_with(tiny_png(), model="yolov3-tiny-coco/9"), grpc.StatusCode.NOT_FOUND, "MODEL_VERSION_NOT_FOUND", None
+        request_with(tiny_png(), model="yolov3-tiny-coco/9"),
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_VERSION_NOT_FOUND",
+        None,
     ),
     "malformed-model-id": BadCase(
         request_with(tiny_png(), model="../../etc/passwd"), INVALID, "INVALID_MODEL_ID", "model_id"
@@ -240,13 +301,18 @@ BAD_CASES = {
 @pytest.fixture(scope="module")
 def unknown_class_case() -> BadCase:
     return BadCase(
-        request_with(encoded("coffee.png"), class_names=["unicorn"]), INVALID, "UNKNOWN_CLASS", "options.class_names"
+        request_with(encoded("coffee.png"), class_names=["unicorn"]),
+        INVALID,
+        "UNKNOWN_CLASS",
+        "options.class_names",
     )
 
 
 def assert_still_serving(server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub) -> None:
     with grpc.insecure_channel(server.address) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
     assert status.status == health_pb2.HealthCheckResponse.SERVING
     assert best(infer(stub, encoded("coffee.png")).predictions[0], "cup").confidence >= 0.5
 
@@ -276,26 +342,39 @@ def check_rejected(stub: inference_pb2_grpc.InferenceServiceStub, case: BadCase)
 
 
 @pytest.mark.parametrize("name", list(BAD_CASES))
-def test_bad_input_is_rejected_with_details(server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub, name: str) -> None:
+def test_bad_input_is_rejected_with_details(
+    server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub, name: str
+) -> None:
     check_rejected(stub, BAD_CASES[name])
     assert_still_serving(server, stub)
 
 
-def test_unknown_class_name_is_rejected(server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub, unknown_class_case: BadCase) -> None:
+def test_unknown_class_name_is_rejected(
+    server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub, unknown_class_case: BadCase
+) -> None:
     check_rejected(stub, unknown_class_case)
     assert_still_serving(server, stub)
 
 
-def test_truncated_photo_is_undecodable(server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+def test_truncated_photo_is_undecodable(
+    server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub
+) -> None:
     data = media("coffee.png").read_bytes()
     check_rejected(
         stub,
-        BadCase(request_with(types_pb2.Image(encoded=data[: len(data) // 3])), INVALID, "UNDECODABLE_IMAGE", "images[0].encoded"),
+        BadCase(
+            request_with(types_pb2.Image(encoded=data[: len(data) // 3])),
+            INVALID,
+            "UNDECODABLE_IMAGE",
+            "images[0].encoded",
+        ),
     )
     assert_still_serving(server, stub)
 
 
-def test_oversize_message_is_resource_exhausted(server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+def test_oversize_message_is_resource_exhausted(
+    server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub
+) -> None:
     too_big = server.config.max_message_bytes + 1024
     with pytest.raises(grpc.RpcError) as info:
         stub.Infer(request_with(types_pb2.Image(encoded=b"\xff" * too_big)), timeout=60)
@@ -320,7 +399,9 @@ def test_deadline_already_passed_is_deadline_exceeded(stub: inference_pb2_grpc.I
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_stream_predictions_answers_unimplemented_for_now(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+def test_stream_predictions_answers_unimplemented_for_now(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
     request = inference_pb2.StreamPredictionsRequest(sources=[inference_pb2.VideoSource(path="bikes.mp4")])
     with pytest.raises(grpc.RpcError) as info:
         list(stub.StreamPredictions(request, timeout=10))

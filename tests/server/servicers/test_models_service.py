@@ -9,17 +9,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from visionrpc.server.config import ServerConfig
-from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
-
 from conftest import RunningServer, cache_root, start_server
 from media import media
+from visionrpc.server.config import ServerConfig
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
 
 
 @pytest.fixture
 def lru_server(base_config: ServerConfig, tmp_path: Path) -> Iterator[RunningServer]:
-    """A server whose user repository holds two copies of yolov3-tiny ("first", "second") and a cap of 2 models."""
+    """A server with two yolov3-tiny copies ("first", "second") in its repository and a cap of 2 models."""
     source = cache_root() / "downloads" / "builtin-models" / "yolov3-tiny-coco" / "1"
     assert source.is_dir(), "the session server installs the built-in first"
     for name in ("first", "second"):
@@ -32,9 +30,15 @@ def lru_server(base_config: ServerConfig, tmp_path: Path) -> Iterator[RunningSer
     running.server.stop(grace_s=0.5)
 
 
-def stubs(address: str) -> tuple[grpc.Channel, models_pb2_grpc.ModelServiceStub, inference_pb2_grpc.InferenceServiceStub]:
+def stubs(
+    address: str,
+) -> tuple[grpc.Channel, models_pb2_grpc.ModelServiceStub, inference_pb2_grpc.InferenceServiceStub]:
     channel = grpc.insecure_channel(address)
-    return channel, models_pb2_grpc.ModelServiceStub(channel), inference_pb2_grpc.InferenceServiceStub(channel)
+    return (
+        channel,
+        models_pb2_grpc.ModelServiceStub(channel),
+        inference_pb2_grpc.InferenceServiceStub(channel),
+    )
 
 
 def states(models: models_pb2_grpc.ModelServiceStub) -> dict[str, int]:
@@ -51,7 +55,11 @@ def test_list_and_get_describe_the_default_model(server: RunningServer) -> None:
     assert model.task == models_pb2.MODEL_TASK_DETECTION and model.decoder == "yolov5" and model.builtin
     assert (model.input.width, model.input.height, model.input.resize) == (416, 416, "letterbox")
     assert len(model.class_names) == 80 and model.class_names[41] == "cup"
-    assert model.engine.engine == "onnxruntime" and model.engine.device == "cpu" and model.engine.precision == "fp32"
+    assert (
+        model.engine.engine == "onnxruntime"
+        and model.engine.device == "cpu"
+        and model.engine.precision == "fp32"
+    )
     assert 0 < model.defaults.confidence_threshold < 1
 
 
@@ -90,7 +98,9 @@ def test_load_unload_and_lru_through_the_api(lru_server: RunningServer) -> None:
         ("GetModel", "yolov3-tiny-coco/2", grpc.StatusCode.NOT_FOUND),
     ],
 )
-def test_model_service_errors(server: RunningServer, method: str, model_id: str, code: grpc.StatusCode) -> None:
+def test_model_service_errors(
+    server: RunningServer, method: str, model_id: str, code: grpc.StatusCode
+) -> None:
     channel, models, _ = stubs(server.address)
     request_type = getattr(models_pb2, f"{method}Request")
     with channel, pytest.raises(grpc.RpcError) as info:
