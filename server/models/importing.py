@@ -129,7 +129,9 @@ def add_model(
         chosen = version if version is not None else str(max(_versions(model_dir), default=0) + 1)
         version_dir = model_dir / chosen
         if version_dir.exists():
-            raise FileExistsError(f"{version_dir} exists already; versions are never overwritten")
+            if version is not None:
+                raise FileExistsError(f"{version_dir} exists already; versions are never overwritten")
+            continue  # another writer took this number since we listed the versions: pick the next one
         if write_version_dir(version_dir, model, manifest):
             logger.info("added %s/%s at %s", name, chosen, version_dir)
             return version_dir
