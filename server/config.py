@@ -44,6 +44,20 @@ class ServerConfig:
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
     max_concurrent_rpcs: int = 256
     worker_threads: int = 16
+    # Streams. File sources must lie below media_root; URL sources need their scheme and host allowed
+    # ("*" allows any host; the default allows none, so a server never fetches URLs unless told to).
+    media_root: Path = Path("media")
+    allowed_url_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
+    allowed_url_hosts: tuple[str, ...] = ()
+    enable_devices: bool = False
+    max_pipelines: int = 16
+    max_subscribers: int = 64
+    subscriber_queue: int = 32  # results buffered per lossy subscriber before its oldest are dropped
+    pipeline_linger_s: float = 2.0  # a pipeline outlives its last subscriber this long, for quick rejoins
+    reconnect_initial_backoff_s: float = 0.5
+    reconnect_max_backoff_s: float = 10.0
+    source_open_timeout_s: float = 5.0
+    source_read_timeout_s: float = 5.0
     # Connections: pings keep idle connections through NATs and proxies alive; a bounded connection age
     # makes clients reconnect now and then so L7 load balancers in a mesh can rebalance them.
     keepalive_time_s: float = 30.0
@@ -61,7 +75,10 @@ class ServerConfig:
             raise ValueError(f"expected a port in [0, 65535], got {self.port}")
         if self.max_message_bytes < 1024 or self.max_message_bytes > 1024 * MIB:
             raise ValueError(f"expected max_message_bytes in [1 KiB, 1 GiB], got {self.max_message_bytes}")
-        for name in ("max_loaded_models", "max_images_per_request", "max_image_pixels", "worker_threads"):
+        for name in (
+            "max_loaded_models", "max_images_per_request", "max_image_pixels", "worker_threads",
+            "max_pipelines", "max_subscribers", "subscriber_queue",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
         if self.engine not in ("onnxruntime", "auto", "tensorrt"):

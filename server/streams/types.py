@@ -1,0 +1,198 @@
+"""Protobuf-free values of the streaming side: sources, frames, source events, options and stream messages.
+
+Data flow (one pipeline):
+
+    SourceReader thread per source --Frame / SourceEvent--> FrameSink (the pipeline's per-source buffer)
+      -> pipeline inference thread (predictor) -> StreamMessage fan-out -> one bounded queue per Subscription
+      -> servicer generator -> StreamPredictionsResponse
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..domain import ImageArray, Prediction
+
+__all__ = [
+    "Delivery",
+    "Frame",
+    "FrameImage",
+    "FramePolicy",
+    "FrameResult",
+    "FrameSink",
+    "ReconnectPolicy",
+    "SourceEvent",
+    "SourceEventKind",
+    "SourceInfo",
+    "SourceKind",
+    "SourceSpec",
+    "StreamEnd",
+    "StreamMessage",
+    "StreamOptions",
+    "StreamStatus",
+]
+
+
+class SourceKind(enum.Enum):
+    FILE = "file"  # a video file below the media root
+    URL = "url"  # http(s) video or MJPEG, rtsp(s)
+    DEVICE = "device"  # a local capture device (webcam)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """A validated source: `location` is an absolute path (files), a URL, or the device index as text."""
+
+    index: int
+    kind: SourceKind
+    location: str
+
+    @property
+    def live(self) -> bool:
+        """Live sources run in real time whether or not we read them; files wait for us."""
+        if self.kind is SourceKind.URL:
+            return not self.location.lower().startswith(("http://", "https://")) or _looks_like_live_http(
+                self.location
+            )
+        return self.kind is SourceKind.DEVICE
+
+
+def _looks_like_live_http(url: str) -> bool:
+    # An http(s) URL is a recorded file unless it looks like a live MJPEG endpoint; "?live" forces live mode.
+    lowered = url.lower()
+    return "mjpg" in lowered or "mjpeg" in lowered or "live" in lowered.split("?", 1)[-1]
+
+
+class FramePolicy(enum.Enum):
+    AUTO = "auto"  # files: every frame; live sources: newest frame
+    EVERY_FRAME = "every_frame"
+    NEWEST_FRAME = "newest_frame"
+
+    def resolve(self, spec: SourceSpec) -> FramePolicy:
+        if self is not FramePolicy.AUTO:
+            return self
+        return FramePolicy.NEWEST_FRAME if spec.live else FramePolicy.EVERY_FRAME
+
+
+class Delivery(enum.Enum):
+    LOSSY = "lossy"  # bounded queue; a slow subscriber loses its own oldest results
+    EVERY_FRAME = "every_frame"  # the pipeline waits for this (single, file-only) subscriber
+
+
+class FrameImage(enum.Enum):
+    NONE = "none"
+    RAW = "raw"
+    ANNOTATED = "annotated"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    max_fps: float | None = None  # live sources skip frames to stay under it; files are paced to it
+    frame_policy: FramePolicy = FramePolicy.AUTO
+    frame_image: FrameImage = FrameImage.NONE
+    jpeg_quality: int = 80
+
+    def __post_init__(self) -> None:
+        if self.max_fps is not None and not self.max_fps > 0:
+            raise ValueError(f"expected max_fps > 0 or unset, got {self.max_fps}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"expected jpeg_quality in [1, 100], got {self.jpeg_quality}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """Exponential backoff for live sources: initial, initial*multiplier, ... capped at max_backoff_s."""
+
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    multiplier: float = 2.0
+    max_attempts: int = 0  # 0: keep trying while anyone watches
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before reconnect attempt `attempt` (1-based)."""
+        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    index: int
+    width: int
+    height: int
+    fps: float
+    frame_count: int  # 0 when unknown (live)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame. `sequence_number` counts every decoded frame of the source from 0, skipped ones too."""
+
+    source_index: int
+    sequence_number: int
+    timestamp_ms: float  # presentation time in the source
+    capture_time: float  # wall clock (time.time()) when read
+    pixels: ImageArray  # HxWx3 BGR
+
+
+class SourceEventKind(enum.Enum):
+    STARTED = "started"
+    RECONNECTING = "reconnecting"
+    RECONNECTED = "reconnected"
+    ENDED = "ended"  # a file reached its end (or a live source gave up after max_attempts)
+    ERROR = "error"  # the source cannot be opened at all; the pipeline ends with an error
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    kind: SourceEventKind
+    source_index: int
+    info: SourceInfo | None = None  # STARTED and RECONNECTED
+    attempt: int = 0  # RECONNECTING
+    reason: str = ""
+
+
+class FrameSink(Protocol):
+    """Where a SourceReader delivers. Both calls come from the reader's thread."""
+
+    def put_frame(self, frame: Frame) -> bool:
+        """Takes a frame; may block (every-frame policy) until there is room. False: stop reading."""
+        ...
+
+    def put_event(self, event: SourceEvent) -> None: ...
+
+
+# -- what subscribers receive ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    source_index: int
+    sequence_number: int
+    timestamp_ms: float
+    capture_time: float
+    prediction: Prediction
+    frames_skipped: int  # cumulative, this source, by the pipeline (newest-frame policy, max_fps)
+    results_dropped: int  # cumulative, this subscriber
+    frame_jpeg: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    event: SourceEventKind
+    source_index: int
+    sources: tuple[SourceInfo, ...] = ()  # STARTED: every source
+    attempt: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last message of a subscription: the pipeline finished (all files ended) or failed."""
+
+    error: str = ""  # empty: ended normally
+
+
+StreamMessage = FrameResult | StreamStatus | StreamEnd
