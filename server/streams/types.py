@@ -128,7 +128,7 @@ class SourceInfo:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded frame. `sequence_number` counts every decoded frame of the source from 0, skipped ones too."""
+    """One decoded frame; `sequence_number` counts every decoded frame of its source from 0, skipped too."""
 
     source_index: int
     sequence_number: int
@@ -164,7 +164,7 @@ class FrameSink(Protocol):
     def put_event(self, event: SourceEvent) -> None: ...
 
 
-# -- what subscribers receive ---------------------------------------------------------------------------------
+# -- what subscribers receive ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
