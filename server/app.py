@@ -32,6 +32,7 @@ from .models.manager import ModelManager
 from .models.repository import ModelRepository, ResolvedModel
 from .servicers.inference import InferenceServicer
 from .servicers.models import ModelServicer
+from .streams.manager import StreamManager
 
 __all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "serve"]
 
@@ -85,9 +86,11 @@ class VisionRpcServer:
         server: grpc.Server,
         health_servicer: health.HealthServicer,
         models: ModelManager,
+        streams: StreamManager,
     ) -> None:
         self.config = config
         self.models = models
+        self.streams = streams
         self._server = server
         self._health = health_servicer
         self._ready = threading.Event()
@@ -135,7 +138,10 @@ class VisionRpcServer:
             )
             time.sleep(self.config.shutdown_notice_s)
         logger.info("shutting down: draining in-flight calls for up to %.1f s", grace)
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        # Streams never finish by themselves (live sources): end them so their RPCs complete within the grace.
+        self.streams.close()
+        stopped.wait()
         self.models.close()
         logger.info("stopped")
 
@@ -161,7 +167,10 @@ def create_server(config: ServerConfig) -> tuple[VisionRpcServer, int]:
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models, config), server)
+    streams = StreamManager(models, config)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(models, streams, config), server
+    )
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -170,7 +179,7 @@ def create_server(config: ServerConfig) -> tuple[VisionRpcServer, int]:
     port = server.add_insecure_port(config.address)
     if port == 0:
         raise OSError(f"could not bind {config.address}")
-    return VisionRpcServer(config, server, health_servicer, models), port
+    return VisionRpcServer(config, server, health_servicer, models, streams), port
 
 
 def serve(config: ServerConfig) -> int:

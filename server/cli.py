@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_repository_commands(model_commands)
 
+    from .cli_stream import add_stream_command
+
+    add_stream_command(commands, [client, json_flag])
+
     health = commands.add_parser(
         "health", parents=[client], help="check the server's health (exit 0: SERVING)"
     )

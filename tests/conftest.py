@@ -8,11 +8,13 @@ repository so tests never see each other's user models.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from media import media
 from visionrpc.server.app import VisionRpcServer, create_server
 from visionrpc.server.config import ServerConfig
 
@@ -39,7 +41,15 @@ def start_server(config: ServerConfig) -> RunningServer:
 
 
 @pytest.fixture(scope="session")
-def base_config(tmp_path_factory: pytest.TempPathFactory) -> ServerConfig:
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The servers' media root, holding a copy of bikes.mp4 (a copy: symlinks out of the root are refused)."""
+    root = tmp_path_factory.mktemp("media")
+    shutil.copyfile(media("bikes.mp4"), root / "bikes.mp4")
+    return root
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory, media_root: Path) -> ServerConfig:
     return ServerConfig(
         host="127.0.0.1",
         port=0,
@@ -47,6 +57,13 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> ServerConfig:
         cache_dir=cache_root() / "downloads",
         intra_op_threads=2,
         shutdown_grace_s=2.0,
+        media_root=media_root,
+        allowed_url_hosts=("127.0.0.1", "localhost"),
+        pipeline_linger_s=0.5,
+        reconnect_initial_backoff_s=0.2,
+        reconnect_max_backoff_s=1.0,
+        source_open_timeout_s=3.0,
+        source_read_timeout_s=3.0,
     )
 
 

@@ -30,6 +30,7 @@ from ._exceptions import (
     VisionRpcError,
     from_rpc_error,
 )
+from ._stream import PredictionStream, SourceInfo, StreamEvent, StreamFrame, StreamStatus
 from ._types import (
     BoundingBox,
     ChannelOrder,
@@ -75,7 +76,12 @@ __all__ = [
     "ModelTask",
     "NotFoundError",
     "PermissionDeniedError",
+    "PredictionStream",
     "ResourceExhaustedError",
+    "SourceInfo",
+    "StreamEvent",
+    "StreamFrame",
+    "StreamStatus",
     "Timings",
     "UnavailableError",
     "UnexpectedStatusError",

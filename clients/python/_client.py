@@ -30,6 +30,7 @@ from ._convert import (
     options_to_proto,
 )
 from ._exceptions import map_rpc_errors
+from ._stream import PredictionStream, build_stream_request
 from ._types import InferResult, ModelInfo
 
 __all__ = ["DEFAULT_ADDRESS", "USE_CLIENT_DEFAULT", "Client", "UseClientDefault"]
@@ -192,6 +193,60 @@ class Client:
             model or "", [image_to_proto(image, channel_order) for image in image_list(images)], options
         )
         return self._unary(self._inference.Infer, request, timeout_s)
+
+    def stream(
+        self,
+        sources: Iterable[str | int] = (),
+        *,
+        model: str | None = None,
+        stream_id: str | None = None,
+        max_fps: float | None = None,
+        frame_policy: Literal["every_frame", "newest_frame"] | None = None,
+        every_frame_delivery: bool = False,
+        frame_image: Literal["raw", "annotated"] | None = None,
+        jpeg_quality: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_detections: int | None = None,
+        classes: Iterable[str | int] | None = None,
+        timeout_s: float | None = None,
+    ) -> PredictionStream:
+        """Subscribes to the predictions of a server-side video pipeline.
+
+        Identical requests share one pipeline on the server (decoded and inferred once); `stream_id` joins a
+        running one instead (every message carries its stream id).
+
+        Args:
+            sources: file paths below the server's media root ("clips/bikes.mp4"), URLs ("rtsp://...",
+                "http://..."), or device indexes (ints); results carry the source's index in this list.
+            max_fps: cap on processed frames per second per source.
+            frame_policy: "every_frame" or "newest_frame"; None lets the server choose (files: every frame,
+                live sources: newest frame).
+            every_frame_delivery: receive every result, making the pipeline wait for you (one subscriber,
+                file sources only). By default a slow subscriber loses its own oldest results instead.
+            frame_image: "raw" or "annotated" to receive each frame as JPEG.
+            timeout_s: deadline of the whole stream; None (the default) streams until the server ends it.
+
+        Returns:
+            A PredictionStream: iterate it for StreamFrame and StreamStatus events; use it as a context
+            manager or call `cancel()` to unsubscribe.
+        """
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        request = build_stream_request(
+            sources,
+            model=model,
+            stream_id=stream_id,
+            options=options_to_proto(
+                confidence=confidence, iou=iou, max_detections=max_detections, classes=classes, top_k=None
+            ),
+            max_fps=max_fps,
+            frame_policy=frame_policy,
+            every_frame_delivery=every_frame_delivery,
+            frame_image=frame_image,
+            jpeg_quality=jpeg_quality,
+        )
+        return PredictionStream(self._inference.StreamPredictions(request, timeout=timeout_s))
 
     # ----------------------------------------------------------------------------------------- models
 

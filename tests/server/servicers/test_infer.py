@@ -397,12 +397,3 @@ def test_deadline_already_passed_is_deadline_exceeded(stub: inference_pb2_grpc.I
     with pytest.raises(grpc.RpcError) as info:
         stub.Infer(request_with(encoded("coffee.png")), timeout=0.000001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def test_stream_predictions_answers_unimplemented_for_now(
-    stub: inference_pb2_grpc.InferenceServiceStub,
-) -> None:
-    request = inference_pb2.StreamPredictionsRequest(sources=[inference_pb2.VideoSource(path="bikes.mp4")])
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.StreamPredictions(request, timeout=10))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

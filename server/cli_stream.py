@@ -1,0 +1,96 @@
+"""`visionrpc stream`: subscribe to a server-side video pipeline and print its results as they arrive.
+
+    visionrpc stream clips/bikes.mp4 --json          one JSON object per line (JSON Lines), one per message
+    visionrpc stream rtsp://cam/live --max-fps 5     human-readable lines until Ctrl-C
+
+File paths are resolved by the server below its media root; URLs and device indexes (digits) pass as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from google.protobuf import json_format
+from visionrpc.client import StreamFrame, StreamStatus
+
+__all__ = ["add_stream_command"]
+
+
+def add_stream_command(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    stream = commands.add_parser(
+        "stream",
+        parents=parents,
+        help="subscribe to predictions on a video source",
+        description="Stream predictions for video files (below the server's media root), URLs or devices.",
+    )
+    stream.add_argument("sources", nargs="*", metavar="SOURCE", help="path, URL, or device index")
+    stream.add_argument("--stream-id", help="join a running stream by id instead of naming sources")
+    stream.add_argument("--model", metavar="ID", help="'name' or 'name/version' (default: the server's)")
+    stream.add_argument("--max-fps", type=float, metavar="F", help="cap on processed frames per second")
+    stream.add_argument("--confidence", type=float, metavar="F", help="minimum confidence in [0, 1]")
+    stream.add_argument("--classes", metavar="A,B", help="keep only these classes, by name or id")
+    stream.add_argument(
+        "--every-frame", action="store_true", help="receive every result (single subscriber, files only)"
+    )
+    stream.set_defaults(handler=_cmd_stream)
+
+
+def _cmd_stream(ns: argparse.Namespace) -> int:
+    from .cli import EXIT_OK, UsageError, _client, _parse_classes
+
+    if not ns.sources and not ns.stream_id:
+        raise UsageError("give at least one SOURCE, or --stream-id")
+    sources: list[str | int] = [int(s) if s.isdigit() else s for s in ns.sources]
+    # A stream has no deadline unless --timeout asks for one: it lasts as long as its source.
+    with _client(ns) as client:
+        subscription = client.stream(
+            sources,
+            model=ns.model,
+            stream_id=ns.stream_id,
+            max_fps=ns.max_fps,
+            confidence=ns.confidence,
+            classes=_parse_classes(ns.classes),
+            every_frame_delivery=ns.every_frame,
+            timeout_s=ns.timeout,
+        )
+        with subscription:
+            if ns.json:
+                for message in subscription.messages():
+                    _write_json_line(message)
+            else:
+                for event in subscription:
+                    _write_event(event)
+                    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _write_json_line(message: Any) -> None:
+    text = json_format.MessageToJson(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=None
+    )
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _write_event(event: StreamFrame | StreamStatus) -> None:
+    if isinstance(event, StreamStatus):
+        detail = ", ".join(f"#{s.source_index} {s.width}x{s.height} {s.fps:.1f} fps" for s in event.sources)
+        extra = f" attempt {event.attempt}" if event.attempt else ""
+        reason = f": {event.reason}" if event.reason else ""
+        sys.stdout.write(
+            f"[{event.stream_id}] source {event.source_index} {event.event.value}{extra}{reason}"
+        )
+        sys.stdout.write(f" ({detail})\n" if detail else "\n")
+        return
+    found = ", ".join(f"{d.class_name} {d.confidence:.2f}" for d in event.prediction.detections)
+    drops = (
+        f" (skipped {event.frames_skipped}, dropped {event.results_dropped})"
+        if (event.frames_skipped or event.results_dropped)
+        else ""
+    )
+    sys.stdout.write(
+        f"source {event.source_index} frame {event.sequence_number} @ {event.source_timestamp_ms:.0f} ms: "
+        f"{found or 'nothing'}{drops}\n"
+    )

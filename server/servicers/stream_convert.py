@@ -1,0 +1,129 @@
+"""Protobuf <-> domain conversion for StreamPredictions (kept apart from convert.py to keep both small)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.protobuf import timestamp_pb2
+from visionrpc.v1 import inference_pb2
+
+from ..errors import InvalidArgumentError
+from ..streams.types import (
+    Delivery,
+    FrameImage,
+    FramePolicy,
+    FrameResult,
+    SourceEventKind,
+    StreamOptions,
+    StreamStatus,
+)
+from .convert import prediction_to_proto
+
+__all__ = ["delivery_from_proto", "stream_message_to_proto", "stream_options_from_proto"]
+
+_FRAME_POLICIES = {
+    inference_pb2.FRAME_POLICY_UNSPECIFIED: FramePolicy.AUTO,
+    inference_pb2.FRAME_POLICY_EVERY_FRAME: FramePolicy.EVERY_FRAME,
+    inference_pb2.FRAME_POLICY_NEWEST_FRAME: FramePolicy.NEWEST_FRAME,
+}
+_DELIVERIES = {
+    inference_pb2.DELIVERY_UNSPECIFIED: Delivery.LOSSY,
+    inference_pb2.DELIVERY_LOSSY: Delivery.LOSSY,
+    inference_pb2.DELIVERY_EVERY_FRAME: Delivery.EVERY_FRAME,
+}
+_FRAME_IMAGES = {
+    inference_pb2.FRAME_IMAGE_UNSPECIFIED: FrameImage.NONE,
+    inference_pb2.FRAME_IMAGE_NONE: FrameImage.NONE,
+    inference_pb2.FRAME_IMAGE_RAW: FrameImage.RAW,
+    inference_pb2.FRAME_IMAGE_ANNOTATED: FrameImage.ANNOTATED,
+}
+_EVENTS = {
+    SourceEventKind.STARTED: inference_pb2.STREAM_EVENT_STARTED,
+    SourceEventKind.RECONNECTING: inference_pb2.STREAM_EVENT_RECONNECTING,
+    SourceEventKind.RECONNECTED: inference_pb2.STREAM_EVENT_RECONNECTED,
+    SourceEventKind.ENDED: inference_pb2.STREAM_EVENT_SOURCE_ENDED,
+    SourceEventKind.ERROR: inference_pb2.STREAM_EVENT_ERROR,
+}
+
+
+_Value = TypeVar("_Value")
+
+
+def _enum(table: Mapping[Any, _Value], value: int, field: str, enum_name: str) -> _Value:
+    if value not in table:
+        raise InvalidArgumentError.for_field(
+            field, f"expected a known {enum_name} value, got {value}", reason="INVALID_OPTION"
+        )
+    return table[value]
+
+
+def stream_options_from_proto(options: inference_pb2.StreamOptions) -> StreamOptions:
+    field = "stream_options"
+    max_fps: float | None = None
+    if options.HasField("max_fps") and options.max_fps != 0:
+        if math.isnan(options.max_fps) or options.max_fps < 0:
+            raise InvalidArgumentError.for_field(
+                f"{field}.max_fps", f"expected a positive rate or 0 (no cap), got {options.max_fps}",
+                reason="INVALID_OPTION",
+            )  # fmt: skip
+        max_fps = options.max_fps
+    if options.jpeg_quality > 100:
+        raise InvalidArgumentError.for_field(
+            f"{field}.jpeg_quality", f"expected 1-100 or 0 (default), got {options.jpeg_quality}",
+            reason="INVALID_OPTION",
+        )  # fmt: skip
+    policy = _enum(_FRAME_POLICIES, options.frame_policy, f"{field}.frame_policy", "FramePolicy")
+    image = _enum(_FRAME_IMAGES, options.frame_image, f"{field}.frame_image", "FrameImage")
+    return StreamOptions(
+        max_fps=max_fps, frame_policy=policy, frame_image=image, jpeg_quality=options.jpeg_quality or 80
+    )
+
+
+def delivery_from_proto(options: inference_pb2.StreamOptions) -> Delivery:
+    return _enum(_DELIVERIES, options.delivery, "stream_options.delivery", "Delivery")
+
+
+def stream_message_to_proto(
+    message: FrameResult | StreamStatus, stream_id: str, model_name: str, model_version: str
+) -> inference_pb2.StreamPredictionsResponse:
+    response = inference_pb2.StreamPredictionsResponse(
+        stream_id=stream_id, model_name=model_name, model_version=model_version
+    )
+    if isinstance(message, FrameResult):
+        capture = timestamp_pb2.Timestamp()
+        capture.FromNanoseconds(int(message.capture_time * 1e9))
+        response.frame.CopyFrom(
+            inference_pb2.FramePrediction(
+                source_index=message.source_index,
+                sequence_number=message.sequence_number,
+                source_timestamp_ms=message.timestamp_ms,
+                capture_time=capture,
+                prediction=prediction_to_proto(message.prediction),
+                drops=inference_pb2.DropCounters(
+                    frames_skipped=message.frames_skipped, results_dropped=message.results_dropped
+                ),
+                frame_jpeg=message.frame_jpeg,
+            )
+        )
+    else:
+        response.status.CopyFrom(
+            inference_pb2.StreamStatus(
+                event=_EVENTS[message.event],
+                source_index=message.source_index,
+                sources=[
+                    inference_pb2.SourceInfo(
+                        source_index=s.index,
+                        width=s.width,
+                        height=s.height,
+                        fps=s.fps,
+                        frame_count=s.frame_count,
+                    )
+                    for s in message.sources
+                ],
+                attempt=message.attempt,
+                reason=message.reason,
+            )
+        )
+    return response

@@ -1,0 +1,270 @@
+"""The stream manager: one pipeline per distinct request, shared by every identical one; limits; shutdown.
+
+Sharing: LOSSY subscribers of the same sources, model version, decode options and stream options join one
+running pipeline (`PipelineKey`), so decoding and inference happen once however many watch. An EVERY_FRAME
+subscriber needs a pipeline to itself from its first frame, so it always starts a private pipeline (reachable
+by stream id, never by key), and a LOSSY request whose shared pipeline became private starts a new one.
+
+Locking: the manager's lock guards only its maps and counters. Models are resolved (and loaded) before it is
+taken, and pipelines start their threads in Pipeline.subscribe, called after it is released; pipelines call
+back (`_forget`) without holding their own lock, so the two locks never nest the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..config import ServerConfig
+from ..errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
+from ..models.manager import ModelManager
+from ..processing import DecodeOptions
+from .pipeline import (
+    Pipeline,
+    PipelineStoppedError,
+    ReaderFactory,
+    Subscription,
+    new_stream_id,
+    source_reader,
+)
+from .types import Delivery, ReconnectPolicy, SourceKind, SourceSpec, StreamOptions
+
+__all__ = ["PipelineKey", "StreamManager"]
+
+logger = logging.getLogger(__name__)
+
+# A pipeline that stops between being found and being joined is replaced; more than a few in a row is a bug.
+_JOIN_ATTEMPTS = 3
+_CLOSE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineKey:
+    """What makes two requests the same pipeline. `model` is resolved ("name/version"), so "name" and
+    "name/<newest>" share, and a new version published later starts a new pipeline."""
+
+    sources: tuple[tuple[SourceKind, str], ...]
+    model: str
+    decode_options: DecodeOptions
+    options: StreamOptions
+
+
+class StreamManager:
+    """Starts, shares, limits and stops the server's stream pipelines. Thread-safe.
+
+    Example:
+        streams = StreamManager(models, config)
+        subscription = streams.subscribe([spec], "yolov3-tiny-coco", decode_options, StreamOptions())
+        message = subscription.get(timeout_s=1.0)
+    """
+
+    def __init__(
+        self, models: ModelManager, config: ServerConfig, *, reader_factory: ReaderFactory = source_reader
+    ) -> None:
+        self._models = models
+        self._config = config
+        self._reader_factory = reader_factory
+        self._reconnect = ReconnectPolicy(
+            initial_backoff_s=config.reconnect_initial_backoff_s,
+            max_backoff_s=config.reconnect_max_backoff_s,
+            open_timeout_s=config.source_open_timeout_s,
+            read_timeout_s=config.source_read_timeout_s,
+        )
+        # A lingering pipeline frees its slot within the linger, so that is when a retry can succeed.
+        self._retry_after_s = max(1.0, config.pipeline_linger_s)
+        self._lock = threading.Lock()
+        self._by_id: dict[str, Pipeline] = {}
+        self._keys: dict[str, PipelineKey] = {}
+        self._shared: dict[PipelineKey, Pipeline] = {}
+        self._subscribers = 0  # open subscriptions, finished pipelines' included until they close
+        self._closed = False
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return self._subscribers
+
+    def pipelines(self) -> list[Pipeline]:
+        """The pipelines not yet stopped (running or lingering), for tests and metrics."""
+        with self._lock:
+            return list(self._by_id.values())
+
+    def subscribe(
+        self,
+        sources: Sequence[SourceSpec],
+        model_id: str,
+        decode_options: DecodeOptions,
+        options: StreamOptions,
+        delivery: Delivery = Delivery.LOSSY,
+    ) -> Subscription:
+        """Joins the running pipeline of an identical request, or starts one.
+
+        Raises:
+            InvalidArgumentError: no sources; EVERY_FRAME delivery with a live source.
+            NotFoundError / FailedPreconditionError: unknown model, or it failed to load.
+            ResourceExhaustedError: reasons TOO_MANY_PIPELINES, TOO_MANY_SUBSCRIBERS (with retry_after_s).
+            UnavailableError: the manager is closed (server shutting down).
+        """
+        if not sources:
+            raise InvalidArgumentError.for_field("sources", "expected at least one source")
+        if delivery is Delivery.EVERY_FRAME and any(spec.live for spec in sources):
+            raise InvalidArgumentError.for_field(
+                "stream_options.delivery",
+                "every-frame delivery needs file sources; live sources run in real time",
+                reason="EVERY_FRAME_DELIVERY_UNAVAILABLE",
+            )
+        key = PipelineKey(
+            sources=tuple((spec.kind, spec.location) for spec in sources),
+            model=self._resolve_model(model_id),
+            decode_options=decode_options,
+            options=options,
+        )
+        for _ in range(_JOIN_ATTEMPTS):
+            with self._lock:
+                self._check_open()
+                self._reserve_subscriber()
+                pipeline = self._shared.get(key) if delivery is Delivery.LOSSY else None
+                created = pipeline is None or pipeline.exclusive
+                if created:
+                    try:
+                        pipeline = self._create(key, sources, shared=delivery is Delivery.LOSSY)
+                    except ResourceExhaustedError:
+                        self._subscribers -= 1
+                        raise
+            assert pipeline is not None
+            try:
+                return self._attach(pipeline, delivery)
+            except PipelineStoppedError:
+                self._forget(pipeline)
+            except InvalidArgumentError:
+                if created:
+                    pipeline.close(timeout_s=0)
+                    raise
+                # An every-frame subscriber took the shared pipeline between our look and our join.
+        raise UnavailableError("stream pipelines keep stopping while being joined; try again")
+
+    def join(self, stream_id: str, delivery: Delivery = Delivery.LOSSY) -> Subscription:
+        """Joins a running pipeline by its stream id; the first message is its STARTED status (once known).
+
+        Raises:
+            NotFoundError: reason STREAM_NOT_FOUND (unknown, or stopped).
+            InvalidArgumentError: reason EVERY_FRAME_DELIVERY_UNAVAILABLE.
+            ResourceExhaustedError: reason TOO_MANY_SUBSCRIBERS.
+        """
+        with self._lock:
+            self._check_open()
+            pipeline = self._by_id.get(stream_id)
+            if pipeline is None:
+                raise _stream_not_found()
+            self._reserve_subscriber()
+        try:
+            return self._attach(pipeline, delivery)
+        except PipelineStoppedError:
+            self._forget(pipeline)
+            raise _stream_not_found() from None
+
+    def close(self) -> None:
+        """Stops every pipeline (server shutdown): subscribers receive an error end. Idempotent."""
+        with self._lock:
+            self._closed = True
+            pipelines = list(self._by_id.values())
+            self._by_id.clear()
+            self._keys.clear()
+            self._shared.clear()
+        # Signal all first, then wait: the pipelines stop in parallel, not one after the other.
+        for pipeline in pipelines:
+            pipeline.close(timeout_s=0)
+        for pipeline in pipelines:
+            if not pipeline.join(_CLOSE_TIMEOUT_S):
+                logger.warning(
+                    "stream %s did not stop within %.0f s", pipeline.stream_id[:8], _CLOSE_TIMEOUT_S
+                )
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _resolve_model(self, model_id: str) -> str:
+        # Loads the model if needed (outside our lock); usually it is loaded already by the caller or by a
+        # running pipeline. The pipeline takes its own lease for its whole life.
+        with self._models.acquire(model_id) as predictor:
+            return f"{predictor.name}/{predictor.version}"
+
+    def _check_open(self) -> None:
+        """Caller holds the lock."""
+        if self._closed:
+            raise UnavailableError("the server is shutting down", reason="SHUTTING_DOWN")
+
+    def _reserve_subscriber(self) -> None:
+        """Caller holds the lock. Counted before joining so concurrent requests cannot overshoot the limit."""
+        limit = self._config.max_subscribers
+        if self._subscribers >= limit:
+            raise ResourceExhaustedError(
+                f"too many stream subscribers (limit {limit})",
+                reason="TOO_MANY_SUBSCRIBERS",
+                retry_after_s=self._retry_after_s,
+                metadata={"limit": str(limit)},
+            )
+        self._subscribers += 1
+
+    def _release_subscriber(self) -> None:
+        with self._lock:
+            self._subscribers -= 1
+
+    def _create(self, key: PipelineKey, sources: Sequence[SourceSpec], *, shared: bool) -> Pipeline:
+        """Caller holds the lock. Builds the pipeline object only; its first subscriber starts its threads."""
+        limit = self._config.max_pipelines
+        if len(self._by_id) >= limit:
+            raise ResourceExhaustedError(
+                f"too many stream pipelines (limit {limit})",
+                reason="TOO_MANY_PIPELINES",
+                retry_after_s=self._retry_after_s,
+                metadata={"limit": str(limit)},
+            )
+        pipeline = Pipeline(
+            sources,
+            key.model,
+            key.decode_options,
+            key.options,
+            models=self._models,
+            stream_id=new_stream_id(),
+            subscriber_queue=self._config.subscriber_queue,
+            linger_s=self._config.pipeline_linger_s,
+            reconnect=self._reconnect,
+            reader_factory=self._reader_factory,
+            on_stopped=self._forget,
+        )
+        self._by_id[pipeline.stream_id] = pipeline
+        self._keys[pipeline.stream_id] = key
+        if shared:
+            # Replaces a shared pipeline that an every-frame subscriber made private, if any.
+            self._shared[key] = pipeline
+        return pipeline
+
+    def _attach(self, pipeline: Pipeline, delivery: Delivery) -> Subscription:
+        """Subscribes to the pipeline with a subscriber slot already reserved; releases it on failure."""
+        try:
+            subscription = pipeline.subscribe(delivery)
+        except BaseException:
+            self._release_subscriber()
+            raise
+        subscription.add_close_callback(self._release_subscriber)
+        if delivery is Delivery.EVERY_FRAME:
+            with self._lock:  # joined by id: it is private from now on
+                key = self._keys.get(pipeline.stream_id)
+                if key is not None and self._shared.get(key) is pipeline:
+                    del self._shared[key]
+        return subscription
+
+    def _forget(self, pipeline: Pipeline) -> None:
+        with self._lock:
+            if self._by_id.get(pipeline.stream_id) is pipeline:
+                del self._by_id[pipeline.stream_id]
+                key = self._keys.pop(pipeline.stream_id)
+                if self._shared.get(key) is pipeline:
+                    del self._shared[key]
+
+
+def _stream_not_found() -> NotFoundError:
+    # The id is not echoed: it is a capability, and error messages end up in logs.
+    return NotFoundError("no running stream has this id", reason="STREAM_NOT_FOUND")

@@ -1,0 +1,504 @@
+"""One video pipeline: sources decoded once, inferred once, fanned out to every subscriber.
+
+Threads (all owned by the pipeline; none outlives it):
+
+    SourceReader thread per source --Frame/SourceEvent--> SourceBuffer (this source's FrameSink)
+    one inference thread: ready frames round-robin over sources, batched across sources into one predict,
+        -> FrameResult (JPEG encoded once when asked) -> each Subscription's bounded queue (subscription.py)
+
+Decisions, for the servicer and clients:
+- STARTED is one StreamStatus (`source_index` 0) listing every source's SourceInfo, sent once every source
+  has reported (normally: has started). No frame is inferred before it, and a subscriber joining later
+  receives it first (sizes updated by reconnections). Only a live source still failing its first connection
+  is not waited for (its RECONNECTING statuses may precede STARTED): STARTED then lists the sources that did
+  start, and that source's eventual start sends STARTED again (`source_index` = it) with the full list.
+- A source ENDED (file end, or a live source giving up) ends only that source: a SOURCE_ENDED status after its
+  last result; StreamEnd() follows once every source has ended. A source ERROR (cannot be opened) ends the
+  whole pipeline: an ERROR status, then StreamEnd(error) - the request named all its sources, so a partial
+  pipeline would silently answer a different question.
+- While nobody watches (the linger after the last subscriber leaves) the inference thread idles: files wait
+  under back-pressure and live sources keep only their newest frame, so a quick rejoin resumes where it was.
+- Subscription.get() returns None only on timeout; once the end was received, or after close(), it returns
+  a StreamEnd at once, so a consumer loop can never hang on a finished subscription.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
+
+import cv2
+
+from ..domain import ChannelOrder, Prediction
+from ..errors import InvalidArgumentError, VisionRpcError
+from ..models.manager import ModelManager
+from ..predictor import InputImage, Predictor
+from ..processing import DecodeOptions
+from .buffers import Gate, SourceBuffer
+from .subscription import Subscription
+from .types import (
+    Delivery,
+    Frame,
+    FrameImage,
+    FramePolicy,
+    FrameResult,
+    FrameSink,
+    ReconnectPolicy,
+    SourceEvent,
+    SourceEventKind,
+    SourceInfo,
+    SourceSpec,
+    StreamEnd,
+    StreamMessage,
+    StreamOptions,
+    StreamStatus,
+)
+
+if TYPE_CHECKING:
+    from visionrpc.client import ImagePrediction
+
+__all__ = [
+    "MAX_BATCH",
+    "Pipeline",
+    "PipelineStoppedError",
+    "Reader",
+    "ReaderFactory",
+    "Subscription",
+    "new_stream_id",
+    "source_reader",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 8  # frames of different sources inferred in one predict call
+# Frames queued per every-frame source: enough for decoding to overlap inference, few enough that a source
+# holds only a few decoded frames in memory.
+FRAME_BUFFER = 4
+SHUTDOWN_REASON = "the stream was closed: the server is shutting down"
+
+
+class Reader(Protocol):
+    """What the pipeline needs of a source reader (`sources.SourceReader`)."""
+
+    @property
+    def frames_read(self) -> int: ...
+
+    @property
+    def frames_skipped(self) -> int: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float | None = ...) -> object: ...
+
+
+ReaderFactory = Callable[[SourceSpec, FrameSink, FramePolicy, "float | None", ReconnectPolicy], Reader]
+
+
+def source_reader(
+    spec: SourceSpec, sink: FrameSink, policy: FramePolicy, max_fps: float | None, reconnect: ReconnectPolicy
+) -> Reader:
+    """The real reader: OpenCV capture of a file, URL or device on a thread of its own."""
+    from .sources import SourceReader
+
+    return SourceReader(spec, sink, policy=policy, max_fps=max_fps, reconnect=reconnect)
+
+
+def new_stream_id() -> str:
+    """Unguessable: knowing a stream id is what lets a client join (and watch) someone's stream."""
+    return secrets.token_urlsafe(16)
+
+
+class PipelineStoppedError(Exception):
+    """The pipeline stopped or is stopping and takes no more subscribers."""
+
+
+class Pipeline:
+    """(sources, model, decode options, stream options) decoded and inferred once for all its subscribers.
+
+    Example:
+        pipeline = Pipeline([spec], "yolov3-tiny-coco/1", decode_options, StreamOptions(), models=models)
+        subscription = pipeline.subscribe()        # the first subscriber starts readers and inference
+        while not isinstance(message := subscription.get(timeout_s=1.0), StreamEnd): ...
+        subscription.close()                       # the last one out stops it after linger_s
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[SourceSpec],
+        model_id: str,
+        decode_options: DecodeOptions,
+        options: StreamOptions,
+        *,
+        models: ModelManager,
+        stream_id: str | None = None,
+        subscriber_queue: int = 32,
+        linger_s: float = 2.0,
+        reconnect: ReconnectPolicy | None = None,
+        reader_factory: ReaderFactory = source_reader,
+        on_stopped: Callable[[Pipeline], None] | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        if not sources:
+            raise ValueError("expected at least one source")
+        if [spec.index for spec in sources] != list(range(len(sources))):
+            raise ValueError(f"expected source indexes 0..{len(sources) - 1} in order")
+        self.sources = tuple(sources)
+        self.model_id = model_id
+        self.decode_options = decode_options
+        self.options = options
+        self.stream_id = stream_id or new_stream_id()
+        self._models = models
+        self._subscriber_queue = subscriber_queue
+        self._linger_s = linger_s
+        self._reconnect = reconnect or ReconnectPolicy()
+        self._reader_factory = reader_factory
+        self._on_stopped = on_stopped
+        self._max_batch = max_batch
+        self._policies = tuple(options.frame_policy.resolve(spec) for spec in self.sources)
+        self._gate = Gate()
+        self._buffers = tuple(SourceBuffer(self._gate, p, FRAME_BUFFER) for p in self._policies)
+        # Everything below is guarded by the gate's lock.
+        self._subs: list[Subscription] = []
+        self._readers: list[Reader] = []
+        self._thread: threading.Thread | None = None
+        self._launched = False
+        self._finished = False
+        self._close_reason: str | None = None
+        self._idle_since: float | None = None
+        self._next_source = 0
+        self._frames_inferred = 0
+        self._infos: list[SourceInfo | None] = [None] * len(self.sources)
+        self._reported = [False] * len(self.sources)  # STARTED, RECONNECTING or ENDED seen
+        self._ended = [False] * len(self.sources)
+        self._started_status: StreamStatus | None = None
+
+    # -- observation -------------------------------------------------------------------------------------
+
+    @property
+    def frames_decoded(self) -> int:
+        with self._gate.lock:
+            readers = list(self._readers)
+        return sum(reader.frames_read for reader in readers)
+
+    @property
+    def frames_inferred(self) -> int:
+        with self._gate.lock:
+            return self._frames_inferred
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._gate.lock:
+            return len(self._subs)
+
+    @property
+    def running(self) -> bool:
+        """Started by a first subscriber and not stopped yet (lingering counts as running)."""
+        with self._gate.lock:
+            return self._launched and not self._finished
+
+    @property
+    def finished(self) -> bool:
+        with self._gate.lock:
+            return self._finished
+
+    @property
+    def exclusive(self) -> bool:
+        """An every-frame subscriber holds the pipeline: nobody else may join while it is there."""
+        with self._gate.lock:
+            return any(sub.delivery is Delivery.EVERY_FRAME for sub in self._subs)
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The inference thread, while alive; the reader threads belong to `readers`."""
+        with self._gate.lock:
+            thread = self._thread
+        return (thread,) if thread is not None and thread.is_alive() else ()
+
+    @property
+    def readers(self) -> tuple[Reader, ...]:
+        with self._gate.lock:
+            return tuple(self._readers)
+
+    def frames_skipped(self, source_index: int) -> int:
+        """Frames skipped on a source so far: replaced in the newest-frame buffer, or skipped for max_fps."""
+        with self._gate.lock:
+            skipped = self._buffers[source_index].skipped
+            reader = self._readers[source_index] if source_index < len(self._readers) else None
+        return skipped + (reader.frames_skipped if reader is not None else 0)
+
+    # -- subscribers -------------------------------------------------------------------------------------
+
+    def subscribe(self, delivery: Delivery = Delivery.LOSSY) -> Subscription:
+        """Adds a subscriber; the first one starts the pipeline.
+
+        Raises:
+            InvalidArgumentError (reason EVERY_FRAME_DELIVERY_UNAVAILABLE): EVERY_FRAME delivery with a live
+                source or another subscriber present, or any subscriber while an EVERY_FRAME one is there.
+            PipelineStoppedError: the pipeline has stopped or is stopping.
+        """
+        if delivery is Delivery.EVERY_FRAME and any(spec.live for spec in self.sources):
+            raise _every_frame_unavailable(
+                "every-frame delivery needs file sources; live sources run in real time"
+            )
+        with self._gate.lock:
+            if self._finished or self._gate.stopping:
+                raise PipelineStoppedError(self.stream_id)
+            if self._subs and (
+                delivery is Delivery.EVERY_FRAME
+                or any(s.delivery is Delivery.EVERY_FRAME for s in self._subs)
+            ):
+                raise _every_frame_unavailable(
+                    "every-frame delivery needs the stream to itself: it has another subscriber"
+                )
+            subscription = Subscription(self, delivery, self._subscriber_queue)
+            if self._started_status is not None:
+                subscription._offer(self._started_status, self._is_stopping)
+            self._subs.append(subscription)
+            self._idle_since = None
+            self._gate.work.notify()
+            if not self._launched:
+                self._launched = True
+                # Started under the lock so close() never sees a thread that is set but not yet started.
+                self._thread = threading.Thread(
+                    target=self._run, name=f"visionrpc-stream-{self.stream_id[:8]}", daemon=True
+                )
+                self._thread.start()
+        return subscription
+
+    def _is_stopping(self) -> bool:
+        return self._gate.stopping  # a plain flag read; it only ever goes from False to True
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with self._gate.lock:
+            if subscription in self._subs:
+                self._subs.remove(subscription)
+            if not self._subs and not self._finished:
+                self._idle_since = time.monotonic()
+                self._gate.work.notify()
+
+    # -- stopping ----------------------------------------------------------------------------------------
+
+    def close(self, reason: str = SHUTDOWN_REASON, timeout_s: float = 10.0) -> None:
+        """Stops now (server shutdown): subscribers receive StreamEnd(error=reason). Idempotent."""
+        with self._gate.lock:
+            if self._close_reason is None:
+                self._close_reason = reason
+            self._gate.stopping = True
+            thread = self._thread
+            subs = list(self._subs)
+            self._gate.work.notify_all()
+            self._gate.room.notify_all()
+        for subscription in subs:
+            subscription._wake()  # an every-frame offer waiting for room re-checks `stopping`
+        if thread is None:
+            self._finish(None)  # never started: nothing runs, nobody to tell but the owner
+        elif timeout_s > 0:
+            self.join(timeout_s)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Waits until the pipeline has stopped and released everything; True if it has."""
+        with self._gate.lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        return self.finished
+
+    # -- the inference thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        end: StreamEnd | None = None
+        try:
+            for spec, buffer, policy in zip(self.sources, self._buffers, self._policies, strict=True):
+                reader = self._reader_factory(spec, buffer, policy, self.options.max_fps, self._reconnect)
+                with self._gate.lock:
+                    self._readers.append(reader)
+                reader.start()
+            # The lease keeps the model loaded (never evicted under us) for the life of the pipeline.
+            with self._models.acquire(self.model_id) as predictor:
+                logger.info(
+                    "stream %s: %d source(s) on %s", self.stream_id[:8], len(self.sources), self.model_id
+                )
+                end = self._loop(predictor)
+        except VisionRpcError as exc:
+            logger.warning("stream %s failed: %s", self.stream_id[:8], exc.message)
+            end = StreamEnd(error=exc.message)
+        except Exception as exc:  # a bug must end this stream visibly, never leave its subscribers waiting
+            logger.exception("stream %s failed", self.stream_id[:8])
+            end = StreamEnd(error=f"internal error: {exc}")
+        finally:
+            self._finish(end)
+
+    def _finish(self, end: StreamEnd | None) -> None:
+        with self._gate.lock:
+            if self._finished:
+                return
+            self._finished = True
+            self._gate.stopping = True
+            if end is None and self._close_reason is not None:
+                end = StreamEnd(error=self._close_reason)
+            subs = list(self._subs)
+            readers = list(self._readers)
+            self._gate.work.notify_all()
+            self._gate.room.notify_all()
+        if end is not None:
+            for subscription in subs:
+                subscription._offer(end, self._is_stopping)
+        for reader in readers:  # after the end went out: a reader stuck in a network read may take a while
+            reader.stop()
+        logger.info(
+            "stream %s stopped: %d frames decoded, %d inferred%s",
+            self.stream_id[:8], self.frames_decoded, self.frames_inferred,
+            f" ({end.error})" if end is not None and end.error else "",
+        )  # fmt: skip
+        if self._on_stopped is not None:
+            self._on_stopped(self)
+
+    def _loop(self, predictor: Predictor) -> StreamEnd | None:
+        while True:
+            work = self._next_work()
+            if work is None:
+                return None
+            events, frames = work
+            for event in events:
+                end = self._on_event(event)
+                if end is not None:
+                    return end
+            if frames:
+                self._infer(predictor, frames)
+
+    def _next_work(self) -> tuple[list[SourceEvent], list[Frame]] | None:
+        """Waits for events or frames (None: stop). Takes at most one frame per source, round-robin."""
+        gate = self._gate
+        with gate.lock:
+            while True:
+                if gate.stopping:
+                    return None
+                timeout: float | None = None
+                if not self._subs and self._idle_since is not None:
+                    timeout = self._idle_since + self._linger_s - time.monotonic()
+                    if timeout <= 0:
+                        logger.info(
+                            "stream %s: no subscriber for %.1f s, stopping",
+                            self.stream_id[:8],
+                            self._linger_s,
+                        )
+                        gate.stopping = True
+                        gate.room.notify_all()
+                        return None
+                # Frames wait for the STARTED status (it must precede them) and for someone to watch.
+                frames_ok = self._started_status is not None and bool(self._subs)
+                events: list[SourceEvent] = []
+                frames: list[Frame] = []
+                count = len(self._buffers)
+                for step in range(count):
+                    buffer = self._buffers[(self._next_source + step) % count]
+                    taken_events, frame = buffer.take(frames_ok and len(frames) < self._max_batch)
+                    events.extend(taken_events)
+                    if frame is not None:
+                        frames.append(frame)
+                if events or frames:
+                    self._next_source = (self._next_source + 1) % count
+                    return events, frames
+                gate.work.wait(timeout)
+
+    def _on_event(self, event: SourceEvent) -> StreamEnd | None:
+        index, kind = event.source_index, event.kind
+        if kind is SourceEventKind.ERROR:
+            logger.warning("stream %s: source %d failed: %s", self.stream_id[:8], index, event.reason)
+            self._publish(StreamStatus(kind, index, reason=event.reason))
+            return StreamEnd(error=f"source {index}: {event.reason}")
+        announce: StreamStatus | None = None
+        with self._gate.lock:
+            if event.info is not None:
+                self._infos[index] = event.info
+            self._reported[index] = True
+            self._ended[index] |= kind is SourceEventKind.ENDED
+            infos = tuple(info for info in self._infos if info is not None)
+            all_ended = all(self._ended)
+            if self._started_status is None:
+                # The first STARTED waits for every source's first word, so it normally lists them all;
+                # a source still connecting is not waited for (a dead camera must not hold up the others).
+                if all(self._reported) and infos:
+                    announce = StreamStatus(SourceEventKind.STARTED, 0, sources=infos)
+            elif kind is SourceEventKind.STARTED:  # a source that connected late: STARTED again, all known
+                announce = StreamStatus(SourceEventKind.STARTED, index, sources=infos)
+            elif kind is SourceEventKind.RECONNECTED:  # joiners learn the new size from their STARTED
+                self._started_status = dataclasses.replace(self._started_status, sources=infos)
+        if announce is not None:
+            self._publish(announce, started=True)
+        if kind is SourceEventKind.RECONNECTING:
+            self._publish(StreamStatus(kind, index, attempt=event.attempt, reason=event.reason))
+        elif kind is SourceEventKind.RECONNECTED:
+            self._publish(StreamStatus(kind, index, sources=infos, reason=event.reason))
+        elif kind is SourceEventKind.ENDED:
+            self._publish(StreamStatus(kind, index, reason=event.reason))
+            if all_ended:
+                return StreamEnd()
+        return None
+
+    def _infer(self, predictor: Predictor, frames: list[Frame]) -> None:
+        now = time.time()
+        images = [
+            InputImage(frame.pixels, ChannelOrder.BGR, queue_ms=max(0.0, (now - frame.capture_time) * 1000.0))
+            for frame in frames
+        ]
+        predictions = predictor.predict(images, self.decode_options)
+        with self._gate.lock:
+            self._frames_inferred += len(frames)
+        for frame, prediction in zip(frames, predictions, strict=True):
+            self._publish(
+                FrameResult(
+                    source_index=frame.source_index,
+                    sequence_number=frame.sequence_number,
+                    timestamp_ms=frame.timestamp_ms,
+                    capture_time=frame.capture_time,
+                    prediction=prediction,
+                    frames_skipped=self.frames_skipped(frame.source_index),
+                    results_dropped=0,  # per subscriber: stamped as each one takes it
+                    frame_jpeg=self._jpeg(frame, prediction),
+                )
+            )
+
+    def _jpeg(self, frame: Frame, prediction: Prediction) -> bytes:
+        """The frame image, encoded once per frame however many subscribers receive it."""
+        mode = self.options.frame_image
+        if mode is FrameImage.NONE:
+            return b""
+        pixels = frame.pixels
+        if mode is FrameImage.ANNOTATED:
+            # Imported on first use: streams without annotated frames never load the client SDK.
+            from visionrpc.client._annotate import annotate
+
+            # The domain Prediction has the attribute names annotate() reads (duck-typed drawing).
+            pixels = annotate(pixels, cast("ImagePrediction", prediction))
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
+        if not ok:
+            logger.warning("stream %s: JPEG encoding failed for a %s frame", self.stream_id[:8], pixels.shape)
+            return b""
+        return encoded.tobytes()
+
+    def _publish(self, message: StreamMessage, *, started: bool = False) -> None:
+        with self._gate.lock:
+            # Recording STARTED and taking the subscriber list in one step: a subscriber either is in this
+            # list or joins later and gets the recorded STARTED; never both, never neither.
+            if started:
+                assert isinstance(message, StreamStatus)
+                self._started_status = message
+            subs = tuple(self._subs)
+        for subscription in subs:
+            subscription._offer(message, self._is_stopping)  # blocks only for an every-frame subscriber
+
+
+def _every_frame_unavailable(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError.for_field(
+        "stream_options.delivery", message, reason="EVERY_FRAME_DELIVERY_UNAVAILABLE"
+    )

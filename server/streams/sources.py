@@ -1,0 +1,555 @@
+"""Video sources: validating what a request names (`resolve_source`) and reading it (`SourceReader`).
+
+Validation is the security boundary of the streaming side: a request may name a file below the media root,
+a URL whose scheme and host the operator allowed, or a capture device when devices are enabled; nothing else
+ever reaches a decoder. Reading runs one daemon thread per source that decodes with OpenCV's FFmpeg backend
+and hands every frame and every state change to a `FrameSink`:
+
+    files      STARTED, frame, frame, ..., ENDED                 (or ERROR when it cannot be opened at all)
+    live       STARTED, frames, RECONNECTING(1), RECONNECTING(2), ..., RECONNECTED, frames, ...
+               (ENDED only after ReconnectPolicy.max_attempts > 0 failed attempts in a row)
+
+Credentials in URLs (rtsp://user:pass@cam/...) are needed to connect, so SourceSpec keeps them, but every log
+line and every event reason shows the URL through `redact_url`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, cast
+
+import cv2
+import numpy as np
+
+from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from .types import (
+    Frame,
+    FramePolicy,
+    FrameSink,
+    ReconnectPolicy,
+    SourceEvent,
+    SourceEventKind,
+    SourceInfo,
+    SourceKind,
+    SourceSpec,
+)
+
+if TYPE_CHECKING:
+    from ..config import ServerConfig
+    from ..domain import ImageArray
+
+__all__ = ["SourcePolicy", "SourceReader", "redact_url", "resolve_source"]
+
+logger = logging.getLogger(__name__)
+
+_CAPTURE_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+
+def _prefer_rtsp_over_tcp() -> None:
+    # FFmpeg defaults RTSP to UDP: extra ports per stream, smeared frames on packet loss, and nothing that
+    # passes a NAT or a mesh. OpenCV reads this variable at every open, so it is set once here, before any
+    # reader thread exists, rather than around each open where concurrent opens would race on it. Options an
+    # operator set are kept; only a missing rtsp_transport is added.
+    current = os.environ.get(_CAPTURE_OPTIONS_ENV, "")
+    if "rtsp_transport" not in current:
+        os.environ[_CAPTURE_OPTIONS_ENV] = (
+            f"{current}|rtsp_transport;tcp" if current else "rtsp_transport;tcp"
+        )
+
+
+_prefer_rtsp_over_tcp()
+
+
+# -- validation --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePolicy:
+    """What requests may read. allowed_url_hosts: exact names, "*.example.com" suffixes, or "*" (any)."""
+
+    media_root: Path
+    allowed_url_schemes: tuple[str, ...]
+    allowed_url_hosts: tuple[str, ...]
+    enable_devices: bool
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> SourcePolicy:
+        return cls(
+            media_root=config.media_root,
+            allowed_url_schemes=tuple(s.lower() for s in config.allowed_url_schemes),
+            allowed_url_hosts=tuple(h.lower() for h in config.allowed_url_hosts),
+            enable_devices=config.enable_devices,
+        )
+
+    def allows_host(self, host: str) -> bool:
+        host = host.lower()
+        for allowed in self.allowed_url_hosts:
+            allowed = allowed.lower()
+            if allowed == "*" or allowed == host:
+                return True
+            if allowed.startswith("*.") and host.endswith(allowed[1:]):
+                return True
+        return False
+
+
+def redact_url(url: str) -> str:
+    """Masks the user info of a URL for logs and messages: rtsp://user:pw@cam/x -> rtsp://***@cam/x."""
+    scheme, sep, rest = url.partition("://")
+    before_query = rest.split("?", 1)[0].split("#", 1)[0]
+    authority = before_query.split("/", 1)[0]
+    # A password may hold an unescaped "/" (u:pa/ss@cam): then the last "@" after a ":" still ends it.
+    if "@" in authority or (":" in before_query.split("@", 1)[0] and "@" in before_query):
+        cut = authority.rfind("@") if "@" in authority else before_query.rfind("@")
+        return f"{scheme}{sep}***{rest[cut:]}"
+    return url
+
+
+def resolve_source(
+    index: int,
+    *,
+    path: str | None = None,
+    url: str | None = None,
+    device: int | None = None,
+    policy: SourcePolicy,
+) -> SourceSpec:
+    """Validates one requested source against the policy; exactly one of path, url and device is given.
+
+    Raises:
+        InvalidArgumentError: malformed (field "sources[i].path" / ".url" / ".device", or "sources[i]").
+        PermissionDeniedError: reasons SOURCE_OUTSIDE_MEDIA_ROOT, URL_SCHEME_NOT_ALLOWED, URL_HOST_NOT_ALLOWED
+            (metadata "host"), DEVICES_DISABLED; with a field violation naming the source.
+        NotFoundError: reason SOURCE_NOT_FOUND, a file below the media root that does not exist.
+
+    Example: `resolve_source(0, path="clips/bikes.mp4", policy=policy)`.
+    """
+    given = [name for name, value in (("path", path), ("url", url), ("device", device)) if value is not None]
+    if len(given) != 1:
+        raise InvalidArgumentError.for_field(
+            f"sources[{index}]", f"expected one of path, url or device, got {' and '.join(given) or 'none'}"
+        )
+    if path is not None:
+        return _resolve_path(f"sources[{index}].path", index, path, policy)
+    if url is not None:
+        return _resolve_url(f"sources[{index}].url", index, url, policy)
+    assert device is not None
+    field = f"sources[{index}].device"
+    if isinstance(device, bool) or device < 0:
+        raise InvalidArgumentError.for_field(field, f"expected a device index >= 0, got {device!r}")
+    if not policy.enable_devices:
+        raise _denied(field, "capture devices are disabled on this server", "DEVICES_DISABLED")
+    return SourceSpec(index=index, kind=SourceKind.DEVICE, location=str(device))
+
+
+def _denied(field: str, message: str, reason: str, **metadata: str) -> PermissionDeniedError:
+    # The field violation too, so the servicer can point at the offending source like for INVALID_ARGUMENT.
+    return PermissionDeniedError(
+        message, reason=reason, metadata=metadata, violations=(FieldViolation(field, message),)
+    )
+
+
+def _resolve_path(field: str, index: int, path: str, policy: SourcePolicy) -> SourceSpec:
+    if not path or "\x00" in path:
+        raise InvalidArgumentError.for_field(field, "expected a non-empty path relative to the media root")
+    # Judge the path both ways so "C:\\x" or "\\\\host\\share" are refused on POSIX hosts too.
+    posix, windows = PurePosixPath(path), PureWindowsPath(path)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or path.startswith(("/", "\\")):
+        raise InvalidArgumentError.for_field(field, f"expected a path relative to the media root: {path!r}")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise InvalidArgumentError.for_field(field, f"expected a path without '..', got {path!r}")
+    root = policy.media_root.resolve()
+    # realpath follows every symlink; a link anywhere in the path that leads outside the root is refused
+    # whether or not its target exists, so the answer never reveals what exists outside.
+    real = Path(os.path.realpath(root / posix))
+    if not real.is_relative_to(root):
+        raise _denied(field, f"source {path!r} resolves outside the media root", "SOURCE_OUTSIDE_MEDIA_ROOT")
+    if not real.exists():
+        message = f"no file {path!r} below the media root"
+        raise NotFoundError(message, reason="SOURCE_NOT_FOUND", violations=(FieldViolation(field, message),))
+    if not real.is_file():
+        raise InvalidArgumentError.for_field(field, f"expected a file, got a directory or device: {path!r}")
+    return SourceSpec(index=index, kind=SourceKind.FILE, location=str(real))
+
+
+def _resolve_url(field: str, index: int, url: str, policy: SourcePolicy) -> SourceSpec:
+    shown = redact_url(url)  # messages reach clients and logs: never with credentials
+    if not url or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise InvalidArgumentError.for_field(field, f"expected a URL without spaces or controls: {shown!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:  # its text may quote part of a password that holds a "/"
+        raise InvalidArgumentError.for_field(field, f"malformed host or port in {shown!r}") from None
+    scheme = parts.scheme.lower()
+    if not scheme or "://" not in url:
+        raise InvalidArgumentError.for_field(field, f"expected scheme://host/..., got {shown!r}")
+    if scheme not in policy.allowed_url_schemes:
+        allowed = ", ".join(policy.allowed_url_schemes) or "none"
+        message = f"URL scheme {scheme!r} is not allowed (allowed: {allowed})"
+        raise _denied(field, message, "URL_SCHEME_NOT_ALLOWED", scheme=scheme)
+    if not host:
+        raise InvalidArgumentError.for_field(field, f"expected a host in the URL, got {shown!r}")
+    if not policy.allows_host(host):
+        raise _denied(
+            field, f"URL host {host!r} is not allowed on this server", "URL_HOST_NOT_ALLOWED", host=host
+        )
+    return SourceSpec(index=index, kind=SourceKind.URL, location=url)
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+
+# A read that takes this share of the read timeout or more means the stream stalled: FFmpeg's interrupt fires
+# at the timeout, yet a frozen RTSP server's first reads still return True (DESIGN.md, facts for video tests).
+_STALL_SHARE = 0.8
+# A live stream's pts is trusted while it stays within this much of the wall clock; beyond, re-anchor.
+_MAX_PTS_DRIFT_MS = 5_000.0
+
+
+class _DisconnectError(Exception):
+    """A live connection is gone (failed, stalled or ended); the message is the event reason."""
+
+    def __init__(self, reason: str, *, connected: bool = False) -> None:
+        super().__init__(reason)
+        self.connected = connected  # it had delivered frames, so the attempt count starts again
+
+
+class SourceReader:
+    """Decodes one source on its own daemon thread and feeds a FrameSink.
+
+    Example:
+        reader = SourceReader(spec, sink, policy=FramePolicy.EVERY_FRAME, max_fps=None,
+                              reconnect=ReconnectPolicy())
+        reader.start()
+        ...
+        reader.stop()
+    """
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        sink: FrameSink,
+        *,
+        policy: FramePolicy,
+        max_fps: float | None,
+        reconnect: ReconnectPolicy,
+    ) -> None:
+        if max_fps is not None and not max_fps > 0:
+            raise ValueError(f"expected max_fps > 0 or None, got {max_fps}")
+        self._spec = spec
+        self._sink = sink
+        self._policy = policy.resolve(spec)
+        self._min_interval_s = 1.0 / max_fps if max_fps else 0.0
+        # Skipping keeps a live (or newest-frame) source current; a file waits for us, so it is paced instead.
+        self._skip_for_max_fps = spec.live or self._policy is FramePolicy.NEWEST_FRAME
+        self._reconnect = reconnect
+        self._stall_s = reconnect.read_timeout_s * _STALL_SHARE
+        self._shown = _label(spec)  # for event reasons, which reach clients
+        self._log_location = spec.location if spec.kind is SourceKind.FILE else self._shown
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._frames_read = 0
+        self._frames_skipped = 0
+        self._thread = threading.Thread(target=self._run, name=f"source-{spec.index}", daemon=True)
+        # Reader-thread state only.
+        self._started = False
+        self._t0 = 0.0
+        self._next_due = 0.0
+        self._pts_anchor_ms: float | None = None
+        self._last_ts_ms = -math.inf
+
+    @property
+    def spec(self) -> SourceSpec:
+        return self._spec
+
+    @property
+    def frames_read(self) -> int:
+        """Frames decoded so far, skipped ones included (the next frame's sequence number)."""
+        with self._lock:
+            return self._frames_read
+
+    @property
+    def frames_skipped(self) -> int:
+        """Frames decoded but not delivered because they came sooner than 1/max_fps after the last one."""
+        with self._lock:
+            return self._frames_skipped
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Asks the reader to stop and waits for its thread; returns whether it ended within the timeout.
+
+        The capture is released by the reader thread itself, never from here: releasing an OpenCV capture
+        while another thread is inside read() frees FFmpeg state under it. A blocked read ends within the read
+        timeout (an open within the open timeout), so the default wait covers the longer of the two. A sink
+        that blocks in put_frame must itself give way when its pipeline stops.
+        """
+        self._stop.set()
+        if timeout_s is None:
+            timeout_s = max(self._reconnect.read_timeout_s, self._reconnect.open_timeout_s) + 1.0
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    # -- the reader thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._t0 = time.monotonic()
+        logger.info("source %d: reading %s (%s)", self._spec.index, self._log_location, self._policy.value)
+        try:
+            if self._spec.live:
+                self._run_live()
+            else:
+                self._run_file()
+        except Exception as exc:  # a bug here must end the source visibly, not leave the pipeline waiting
+            logger.exception("source %d: reader failed", self._spec.index)
+            self._emit(SourceEventKind.ERROR, reason=f"internal error while reading: {type(exc).__name__}")
+        finally:
+            logger.info(
+                "source %d: reader done (%d frames read, %d skipped)",
+                self._spec.index,
+                self.frames_read,
+                self.frames_skipped,
+            )
+
+    def _run_file(self) -> None:
+        capture = self._open()
+        if capture is None:
+            self._emit(SourceEventKind.ERROR, reason=f"cannot open {self._shown} as a video")
+            return
+        try:
+            while not self._stop.is_set():
+                if self._min_interval_s and not self._skip_for_max_fps and not self._wait_for_pace():
+                    return
+                pixels, took = _timed_read(capture)
+                if self._stop.is_set():
+                    return
+                if pixels is None:
+                    self._end_file(stalled=took >= self._stall_s)
+                    return
+                if not self._started:
+                    self._started = True
+                    self._emit(SourceEventKind.STARTED, info=self._info(capture, pixels))
+                if not self._deliver(pixels, self._file_timestamp(capture)):
+                    return
+        finally:
+            capture.release()
+
+    def _end_file(self, *, stalled: bool) -> None:
+        if not self._started:
+            self._emit(SourceEventKind.ERROR, reason=f"no decodable video frames in {self._shown}")
+        elif stalled:  # a remote file whose server stopped answering did not really end
+            self._emit(SourceEventKind.ERROR, reason=f"read timed out after {self.frames_read} frames")
+        else:
+            self._emit(SourceEventKind.ENDED, reason="end of file")
+
+    def _run_live(self) -> None:
+        attempt = 0  # failed attempts since the last good connection
+        while not self._stop.is_set():
+            try:
+                self._stream_once()
+                return  # stopped, or the sink asked to stop
+            except _DisconnectError as exc:
+                reason, connected = str(exc), exc.connected
+            if self._stop.is_set():
+                return
+            if connected:
+                attempt = 0
+            attempt += 1
+            limit = self._reconnect.max_attempts
+            if limit > 0 and attempt > limit:
+                self._emit(
+                    SourceEventKind.ENDED, reason=f"gave up after {limit} reconnect attempts: {reason}"
+                )
+                return
+            self._emit(SourceEventKind.RECONNECTING, attempt=attempt, reason=reason)
+            if self._stop.wait(self._reconnect.delay(attempt)):
+                return
+
+    def _stream_once(self) -> None:
+        """One connection: open, announce, stream until it breaks (raises _DisconnectError) or we stop."""
+        capture = self._open()
+        if capture is None:
+            raise _DisconnectError(f"cannot open {self._shown}")
+        try:
+            self._pts_anchor_ms = None  # every connection starts its own pts
+            pixels = self._read_live(capture)
+            if pixels is None:
+                return
+            kind = SourceEventKind.RECONNECTED if self._started else SourceEventKind.STARTED
+            self._started = True
+            self._emit(kind, info=self._info(capture, pixels))
+            try:
+                while self._deliver(pixels, self._live_timestamp(capture)):
+                    pixels = self._read_live(capture)
+                    if pixels is None:
+                        return
+            except _DisconnectError as exc:
+                raise _DisconnectError(str(exc), connected=True) from None
+        finally:
+            # Released before any backoff: a capture never recovers, and holding it keeps a socket open.
+            capture.release()
+
+    def _read_live(self, capture: cv2.VideoCapture) -> ImageArray | None:
+        """The next frame, or None when stopping; a failed, ended or stalled read raises _DisconnectError."""
+        pixels, took = _timed_read(capture)
+        if self._stop.is_set():
+            return None
+        if took >= self._stall_s:
+            raise _DisconnectError(f"stream stalled: a read took {took:.1f}s")
+        if pixels is None:
+            raise _DisconnectError("stream ended or read failed")
+        return pixels
+
+    def _open(self) -> cv2.VideoCapture | None:
+        """A new capture, or None when it cannot be opened; every reconnect opens a fresh one."""
+        try:
+            if self._spec.kind is SourceKind.DEVICE:
+                # FFmpeg cannot open a camera by index; let OpenCV pick the platform backend (V4L2, ...).
+                capture = cv2.VideoCapture(int(self._spec.location), cv2.CAP_ANY)
+            else:
+                capture = cv2.VideoCapture(
+                    self._spec.location,
+                    cv2.CAP_FFMPEG,
+                    [
+                        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                        int(self._reconnect.open_timeout_s * 1000),
+                        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                        int(self._reconnect.read_timeout_s * 1000),
+                    ],
+                )
+        except cv2.error as exc:
+            logger.warning("source %d: cannot open %s: %s", self._spec.index, self._log_location, exc)
+            return None
+        if not capture.isOpened():
+            capture.release()
+            logger.debug("source %d: cannot open %s", self._spec.index, self._log_location)
+            return None
+        return capture
+
+    def _deliver(self, pixels: ImageArray, timestamp_ms: float) -> bool:
+        """Numbers the frame and hands it to the sink unless max_fps skips it; False: stop reading."""
+        now = time.monotonic()
+        with self._lock:
+            sequence = self._frames_read
+            self._frames_read += 1
+            skip = self._skip_for_max_fps and self._min_interval_s > 0 and now < self._next_due
+            if skip:
+                self._frames_skipped += 1
+        if skip:
+            return True
+        if self._skip_for_max_fps and self._min_interval_s > 0:
+            self._advance_schedule(now)
+        frame = Frame(
+            source_index=self._spec.index,
+            sequence_number=sequence,
+            timestamp_ms=timestamp_ms,
+            capture_time=time.time(),
+            pixels=pixels,
+        )
+        if self._sink.put_frame(frame):
+            return True
+        logger.debug("source %d: the sink asked to stop", self._spec.index)
+        return False
+
+    def _advance_schedule(self, now: float) -> None:
+        # Slots on a fixed grid keep the average rate at max_fps even when frames arrive on a coarser grid
+        # (25 fps capped at 10 fps delivers 10/s, not the 8.3/s of "at least 100 ms since the last one");
+        # after a pause the grid restarts at now so there is no burst to catch up.
+        if now - self._next_due > self._min_interval_s:
+            self._next_due = now + self._min_interval_s
+        else:
+            self._next_due += self._min_interval_s
+
+    def _wait_for_pace(self) -> bool:
+        """Sleeps until the next file frame is due (interruptibly); False when stopped meanwhile."""
+        now = time.monotonic()
+        if self._next_due > now and self._stop.wait(self._next_due - now):
+            return False
+        self._advance_schedule(time.monotonic())
+        return True
+
+    def _file_timestamp(self, capture: cv2.VideoCapture) -> float:
+        position = float(capture.get(cv2.CAP_PROP_POS_MSEC))
+        if not math.isfinite(position) or position < 0:
+            position = (time.monotonic() - self._t0) * 1000.0
+        position = max(position, self._last_ts_ms)
+        self._last_ts_ms = position
+        return position
+
+    def _live_timestamp(self, capture: cv2.VideoCapture) -> float:
+        """The stream's pts anchored to ms since the reader started; wall clock where the pts is not sensible.
+
+        A pts keeps the exact frame spacing that arrival times lose (a connection's first second arrives in
+        one burst), but every connection restarts it, and cameras reset or jump it; so each connection anchors
+        its pts to the reader's clock, re-anchors on a jump, and the result never goes backwards.
+        """
+        now_ms = (time.monotonic() - self._t0) * 1000.0
+        pts = float(capture.get(cv2.CAP_PROP_POS_MSEC))
+        if not math.isfinite(pts) or pts < 0:
+            stamp = now_ms
+        else:
+            if self._pts_anchor_ms is None or abs(self._pts_anchor_ms + pts - now_ms) > _MAX_PTS_DRIFT_MS:
+                self._pts_anchor_ms = max(now_ms, self._last_ts_ms) - pts
+            stamp = self._pts_anchor_ms + pts
+        stamp = max(stamp, self._last_ts_ms)
+        self._last_ts_ms = stamp
+        return stamp
+
+    def _info(self, capture: cv2.VideoCapture, pixels: ImageArray) -> SourceInfo:
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        count = 0.0 if self._spec.live else float(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        height, width = np.shape(pixels)[:2]
+        return SourceInfo(
+            index=self._spec.index,
+            width=int(width),
+            height=int(height),
+            fps=fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0,
+            frame_count=int(count) if math.isfinite(count) and count > 0 else 0,
+        )
+
+    def _emit(
+        self, kind: SourceEventKind, *, info: SourceInfo | None = None, attempt: int = 0, reason: str = ""
+    ) -> None:
+        # One warning when a source goes down; a camera that stays away is retried quietly (events tell).
+        loud = kind is SourceEventKind.ERROR or (kind is SourceEventKind.RECONNECTING and attempt == 1)
+        level, detail = logging.WARNING if loud else logging.INFO, reason or info or ""
+        logger.log(
+            level,
+            "source %d (%s): %s %s %s",
+            self._spec.index,
+            self._log_location,
+            kind.value,
+            attempt or "",
+            detail,
+        )
+        self._sink.put_event(
+            SourceEvent(kind=kind, source_index=self._spec.index, info=info, attempt=attempt, reason=reason)
+        )
+
+
+def _label(spec: SourceSpec) -> str:
+    """How event reasons name a source: clients see no server paths and no credentials."""
+    if spec.kind is SourceKind.FILE:
+        return Path(spec.location).name
+    if spec.kind is SourceKind.DEVICE:
+        return f"device {spec.location}"
+    return redact_url(spec.location)
+
+
+def _timed_read(capture: cv2.VideoCapture) -> tuple[ImageArray | None, float]:
+    """The next frame (None when the read failed) and how long the read took."""
+    began = time.monotonic()
+    ok, pixels = capture.read()
+    return (cast("ImageArray", pixels) if ok and pixels is not None else None), time.monotonic() - began
