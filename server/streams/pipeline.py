@@ -40,6 +40,7 @@ from ..models.manager import ModelManager
 from ..predictor import InputImage, Predictor
 from ..processing import DecodeOptions
 from .buffers import Gate, SourceBuffer
+from .sources import SourceReader
 from .subscription import Subscription
 from .types import (
     Delivery,
@@ -106,8 +107,6 @@ def source_reader(
     spec: SourceSpec, sink: FrameSink, policy: FramePolicy, max_fps: float | None, reconnect: ReconnectPolicy
 ) -> Reader:
     """The real reader: OpenCV capture of a file, URL or device on a thread of its own."""
-    from .sources import SourceReader
-
     return SourceReader(spec, sink, policy=policy, max_fps=max_fps, reconnect=reconnect)
 
 
