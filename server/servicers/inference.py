@@ -10,12 +10,12 @@ import grpc
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 from ..config import ServerConfig
-from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
+from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from ..models.manager import ModelManager
 from ..models.repository import ModelId
 from ..predictor import InputImage
 from ..streams.manager import StreamManager
-from ..streams.pipeline import Subscription
+from ..streams.pipeline import SHUTDOWN_REASON, Subscription
 from ..streams.sources import SourcePolicy, resolve_source
 from ..streams.types import Delivery, SourceSpec, StreamEnd
 from .convert import decode_request_image, infer_options_from_proto, infer_response
@@ -91,6 +91,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if message is None:
                     continue
                 if isinstance(message, StreamEnd):
+                    if message.error == SHUTDOWN_REASON:  # retryable: another replica can serve the stream
+                        raise UnavailableError(
+                            f"stream {subscription.stream_id} ended: {message.error}",
+                            reason="SHUTTING_DOWN",
+                            metadata={"stream_id": subscription.stream_id},
+                        )
                     if message.error:
                         raise FailedPreconditionError(
                             f"stream {subscription.stream_id} failed: {message.error}",

@@ -154,6 +154,7 @@ class Pipeline:
         self.decode_options = decode_options
         self.options = options
         self.stream_id = stream_id or new_stream_id()
+        self._tag = self.stream_id[:8]  # logs and thread names show a prefix: the whole id lets anyone join
         self._models = models
         self._subscriber_queue = subscriber_queue
         self._linger_s = linger_s
@@ -267,7 +268,7 @@ class Pipeline:
                 self._launched = True
                 # Started under the lock so close() never sees a thread that is set but not yet started.
                 self._thread = threading.Thread(
-                    target=self._run, name=f"visionrpc-stream-{self.stream_id[:8]}", daemon=True
+                    target=self._run, name=f"visionrpc-stream-{self._tag}", daemon=True
                 )
                 self._thread.start()
         return subscription
@@ -323,15 +324,13 @@ class Pipeline:
                 reader.start()
             # The lease keeps the model loaded (never evicted under us) for the life of the pipeline.
             with self._models.acquire(self.model_id) as predictor:
-                logger.info(
-                    "stream %s: %d source(s) on %s", self.stream_id[:8], len(self.sources), self.model_id
-                )
+                logger.info("stream %s: %d source(s) on %s", self._tag, len(self.sources), self.model_id)
                 end = self._loop(predictor)
         except VisionRpcError as exc:
-            logger.warning("stream %s failed: %s", self.stream_id[:8], exc.message)
+            logger.warning("stream %s failed: %s", self._tag, exc.message)
             end = StreamEnd(error=exc.message)
         except Exception as exc:  # a bug must end this stream visibly, never leave its subscribers waiting
-            logger.exception("stream %s failed", self.stream_id[:8])
+            logger.exception("stream %s failed", self._tag)
             end = StreamEnd(error=f"internal error: {exc}")
         finally:
             self._finish(end)
@@ -351,11 +350,15 @@ class Pipeline:
         if end is not None:
             for subscription in subs:
                 subscription._offer(end, self._is_stopping)
-        for reader in readers:  # after the end went out: a reader stuck in a network read may take a while
+        # After the end went out: a reader stuck in a network read may take up to its read timeout. All are
+        # told first, then awaited, so many sources stop in parallel.
+        for reader in readers:
+            reader.stop(timeout_s=0)
+        for reader in readers:
             reader.stop()
         logger.info(
             "stream %s stopped: %d frames decoded, %d inferred%s",
-            self.stream_id[:8], self.frames_decoded, self.frames_inferred,
+            self._tag, self.frames_decoded, self.frames_inferred,
             f" ({end.error})" if end is not None and end.error else "",
         )  # fmt: skip
         if self._on_stopped is not None:
@@ -387,7 +390,7 @@ class Pipeline:
                     if timeout <= 0:
                         logger.info(
                             "stream %s: no subscriber for %.1f s, stopping",
-                            self.stream_id[:8],
+                            self._tag,
                             self._linger_s,
                         )
                         gate.stopping = True
@@ -412,7 +415,7 @@ class Pipeline:
     def _on_event(self, event: SourceEvent) -> StreamEnd | None:
         index, kind = event.source_index, event.kind
         if kind is SourceEventKind.ERROR:
-            logger.warning("stream %s: source %d failed: %s", self.stream_id[:8], index, event.reason)
+            logger.warning("stream %s: source %d failed: %s", self._tag, index, event.reason)
             self._publish(StreamStatus(kind, index, reason=event.reason))
             return StreamEnd(error=f"source {index}: {event.reason}")
         announce: StreamStatus | None = None
@@ -481,7 +484,7 @@ class Pipeline:
             pixels = annotate(pixels, cast("ImagePrediction", prediction))
         ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
         if not ok:
-            logger.warning("stream %s: JPEG encoding failed for a %s frame", self.stream_id[:8], pixels.shape)
+            logger.warning("stream %s: JPEG encoding failed for a %s frame", self._tag, pixels.shape)
             return b""
         return encoded.tobytes()
 

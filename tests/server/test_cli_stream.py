@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from visionrpc.server.cli import main
-
 from conftest import RunningServer
+from visionrpc.server.cli import main
 
 
 def test_stream_json_prints_one_result_per_frame_then_ends_ok(
@@ -29,7 +27,8 @@ def test_stream_json_prints_one_result_per_frame_then_ends_ok(
 
 
 def test_stream_human_output(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["stream", "bikes.mp4", "--max-fps", "100", "--classes", "person", "--address", server.address])
+    argv = ["stream", "bikes.mp4", "--max-fps", "100", "--classes", "person"]
+    code = main([*argv, "--address", server.address])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     assert "started" in lines[0] and "640x272" in lines[0]

@@ -315,3 +315,21 @@ def test_an_rtsp_stream_survives_its_server_restarting(server: RunningServer, rt
     assert events[0] == "started"
     assert events.index("reconnecting") < events.index("restarted") < events.index("reconnected")
     assert frames_before >= 10 and frames_after == 10
+
+
+def test_server_shutdown_ends_streams_with_unavailable(base_config: ServerConfig, tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        base_config, model_repository=tmp_path / "models", preload_default_model=False
+    )
+    running = start_server(config)
+    with Client(running.address) as client, client.stream(["bikes.mp4"], max_fps=5) as stream:
+        events = iter(stream)
+        assert next(events).stream_id
+        stopper = threading.Thread(target=running.server.stop, kwargs={"grace_s": 5.0})
+        stopper.start()
+        with pytest.raises(Exception) as info:
+            for _ in events:
+                pass
+        stopper.join(30)
+    assert getattr(info.value, "code", None) == grpc.StatusCode.UNAVAILABLE
+    assert getattr(info.value, "reason", None) == "SHUTTING_DOWN"
