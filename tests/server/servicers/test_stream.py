@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from visionrpc.client import Client, StreamFrame, StreamStatus
 from visionrpc.server.config import ServerConfig
-from visionrpc.v1 import inference_pb2, inference_pb2_grpc
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 BIKES_FRAMES = 250
 
@@ -333,3 +333,20 @@ def test_server_shutdown_ends_streams_with_unavailable(base_config: ServerConfig
         stopper.join(30)
     assert getattr(info.value, "code", None) == grpc.StatusCode.UNAVAILABLE
     assert getattr(info.value, "reason", None) == "SHUTTING_DOWN"
+
+
+def test_unary_infer_is_served_while_a_stream_runs(
+    server: RunningServer, stub: inference_pb2_grpc.InferenceServiceStub
+) -> None:
+    ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))
+    assert ok
+    photo = types_pb2.Image(encoded=jpeg.tobytes())
+    with Client(server.address) as client, client.stream(["bikes.mp4"]) as stream:
+        events = iter(stream)
+        next(events)
+        for _ in range(5):
+            response = stub.Infer(inference_pb2.InferRequest(images=[photo]), timeout=30)
+            assert response.predictions[0].image_size.width == 320
+        pipelines = server.server.streams.pipelines()
+        # The stream kept inferring (its lossy queue overflows while we do not read) while Infer was answered.
+        assert pipelines and pipelines[0].running and pipelines[0].frames_inferred > 0
