@@ -8,4 +8,7 @@ from __future__ import annotations
 from .base import Engine, EngineError, EngineInfo, TensorSpec
 from .onnxruntime_engine import OnnxRuntimeEngine
 
+# The TensorRT engine lives in `visionrpc.engines.tensorrt_engine` (plan, cache and build helpers beside it).
+# Importing it never imports tensorrt or cuda; only creating or building an engine does.
+
 __all__ = ["Engine", "EngineError", "EngineInfo", "OnnxRuntimeEngine", "TensorSpec"]

@@ -16,20 +16,27 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import grpc
+import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from visionrpc.engines import Engine, OnnxRuntimeEngine
+from visionrpc.engines.tensorrt_plan import Precision
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .config import ServerConfig
 from .errors import VisionRpcError
+from .models.builds import EngineBuilder
+from .models.engine_selection import EngineSelector, RuntimeProbe, best_ort_providers
 from .models.manager import ModelManager
 from .models.repository import ModelRepository, ResolvedModel
+from .models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
 from .servicers.inference import InferenceServicer
 from .servicers.models import ModelServicer
 from .streams.manager import StreamManager
@@ -63,7 +70,20 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 def onnxruntime_engine_factory(config: ServerConfig) -> OnnxRuntimeEngineFactory:
-    return OnnxRuntimeEngineFactory(config.providers, config.intra_op_threads or None)
+    """ONNX Runtime with `--providers`, or (left empty) the best providers this onnxruntime build offers."""
+    providers = config.providers or best_ort_providers(tuple(ort.get_available_providers()))
+    return OnnxRuntimeEngineFactory(providers, config.intra_op_threads or None)
+
+
+def tensorrt_settings(config: ServerConfig) -> TensorRTSettings:
+    return TensorRTSettings(
+        cache_dir=config.engine_cache,
+        workspace_bytes=config.trt_workspace_bytes,
+        max_batch=config.trt_max_batch,
+        precision=Precision(config.trt_precision),
+        dla_core=config.dla_core,
+        calibration_cache=Path(config.trt_calibration_cache) if config.trt_calibration_cache else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,18 +169,49 @@ class VisionRpcServer:
         return bool(self._server.wait_for_termination(timeout_s))
 
 
-def build_model_manager(config: ServerConfig) -> ModelManager:
+def build_model_manager(
+    config: ServerConfig,
+    *,
+    builder: EngineBuilder | None = None,
+    probe: RuntimeProbe | Callable[[], RuntimeProbe] | None = None,
+) -> ModelManager:
+    """The model manager of `config`: ONNX Runtime engines, plus TensorRT builds for models that select it.
+
+    Args:
+        builder: the background engine builder; default: TensorRT with the config's settings.
+        probe: what this machine can run, or how to find out (called once, on the first model that needs
+            it); default: `RuntimeProbe.detect`.
+    """
     repository = ModelRepository(
         user_root=config.model_repository,
         builtin_root=config.builtin_repository,
         download_dir=config.cache_dir,
     )
-    return ModelManager(repository, onnxruntime_engine_factory(config), max_loaded=config.max_loaded_models)
+    factory = onnxruntime_engine_factory(config)
+    # Always present, whatever --engine says: a manifest may ask for TensorRT. Neither imports TensorRT until
+    # a model actually selects it.
+    selector = EngineSelector(
+        config.engine,
+        ort_providers=factory.providers,
+        probe=probe if probe is not None else RuntimeProbe.detect,
+    )
+    return ModelManager(
+        repository,
+        factory,
+        max_loaded=config.max_loaded_models,
+        builder=builder if builder is not None else TensorRTBuilder(tensorrt_settings(config)),
+        selector=selector,
+    )
 
 
-def create_server(config: ServerConfig) -> tuple[VisionRpcServer, int]:
-    """Builds the server and binds its port (port 0 picks a free one); returns it unstarted with the port."""
-    models = build_model_manager(config)
+def create_server(config: ServerConfig, *, models: ModelManager | None = None) -> tuple[VisionRpcServer, int]:
+    """Builds the server and binds its port (port 0 picks a free one); returns it unstarted with the port.
+
+    Args:
+        models: a model manager to serve instead of `build_model_manager(config)`'s (tests use one with a
+            stand-in engine builder); the server closes it when it stops.
+    """
+    models = models if models is not None else build_model_manager(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="visionrpc-rpc"),
         options=grpc_options(config),

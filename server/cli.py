@@ -334,6 +334,15 @@ def _write_infer_result(result: InferResult, names: Sequence[str]) -> None:
             out.write("  (nothing found)\n")
 
 
+def _build_text(m: ModelInfo) -> str:
+    build = m.build
+    if build is None:
+        return "-"
+    progress = f" {build.progress:.0%}" if build.progress is not None else ""
+    target = f"{build.target_engine} " if build.target_engine else ""
+    return f"{target}{build.state.value}{progress}" + (f" ({build.reason})" if build.reason else "")
+
+
 def _label(det: Detection) -> str:
     return det.class_name or f"class {det.class_id}"
 
@@ -347,6 +356,7 @@ def _write_model(m: ModelInfo) -> None:
         ("decoder", m.decoder),
         ("state", m.state.value + (f" ({m.state_reason})" if m.state_reason else "")),
         ("engine", _engine_text(m) or "-"),
+        ("build", _build_text(m)),
         (
             "input",
             f"{m.input.width}x{m.input.height} {m.input.channel_order.value} {m.input.resize}"

@@ -13,6 +13,7 @@ settings finds the model. A running server picks up a new version on its next lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .cli import EXIT_FAILURE, EXIT_OK, UsageError
 from .config import ServerConfig
 from .domain import ChannelOrder, Task
-from .models.manifest import Decoder, ModelManifest, ResizeMode
+from .models.manifest import ENGINE_CHOICES, Decoder, ModelManifest, ResizeMode
 
 if TYPE_CHECKING:
     import onnx
@@ -58,6 +59,12 @@ def add_repository_commands(model_commands: argparse._SubParsersAction[argparse.
     )
     target.add_argument("--version", metavar="N", help="version to write (default: the next one, 1 if new)")
     target.add_argument("--description", default="", metavar="TEXT", help="shown by `models get`")
+    target.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        help="engine for this model, overriding the server's --engine (e.g. onnxruntime for operators "
+        "TensorRT cannot parse)",
+    )
     target.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
 
     add = model_commands.add_parser(
@@ -198,6 +205,9 @@ def _cmd_import_darknet(ns: argparse.Namespace) -> int:
 def _add(ns: argparse.Namespace, model: onnx.ModelProto | Path, manifest: ModelManifest) -> int:
     from .models.builtins import is_builtin
     from .models.importing import add_model
+
+    if ns.engine:
+        manifest = dataclasses.replace(manifest, engine=ns.engine)
 
     repository = _config(argparse.Namespace(model_repository=ns.repository)).model_repository
     try:

@@ -35,9 +35,20 @@ class ServerConfig:
     # Load and warm the default model at start-up; the inference health status is SERVING only after that.
     preload_default_model: bool = True
     max_loaded_models: int = 4
-    engine: str = "onnxruntime"
-    providers: tuple[str, ...] = ("cpu",)
+    # Engines: "auto" runs TensorRT where it imports and a GPU is visible (serving from ONNX Runtime while the
+    # engine builds), else ONNX Runtime; "tensorrt" insists (models fail to load without it); "onnxruntime".
+    engine: str = "auto"
+    # ONNX Runtime execution providers in order; empty: the best available (cuda,cpu with onnxruntime-gpu).
+    providers: tuple[str, ...] = ()
     intra_op_threads: int = 0  # 0: sized to the machine
+    # TensorRT: built engines are cached on disk ("" = <cache_dir>/engines); builds get this much scratch
+    # memory; the optimisation profile spans batch 1..trt_max_batch; fp16 where the GPU has fast FP16.
+    engine_cache_dir: str = ""
+    trt_workspace_bytes: int = 1024 * MIB
+    trt_max_batch: int = 8
+    trt_precision: str = "fp16"
+    trt_calibration_cache: str = ""  # INT8 calibration cache (trt_precision int8, TensorRT 10 only)
+    dla_core: int = -1  # Jetson: the DLA core to build for (-1: the GPU); layers DLA cannot run use the GPU
     # Requests.
     max_message_bytes: int = 16 * MIB
     max_images_per_request: int = 64
@@ -83,11 +94,30 @@ class ServerConfig:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
         if self.engine not in ("onnxruntime", "auto", "tensorrt"):
             raise ValueError(f"expected engine onnxruntime, tensorrt or auto, got {self.engine!r}")
+        if self.trt_precision not in ("fp16", "fp32", "int8"):
+            raise ValueError(f"expected trt_precision fp16, fp32 or int8, got {self.trt_precision!r}")
+        if self.trt_workspace_bytes < MIB:
+            raise ValueError(f"expected trt_workspace_bytes >= 1 MiB, got {self.trt_workspace_bytes}")
+        if self.trt_max_batch < 1:
+            raise ValueError(f"expected trt_max_batch >= 1, got {self.trt_max_batch}")
+        if self.dla_core < -1:
+            raise ValueError(f"expected dla_core -1 (GPU) or a DLA core index >= 0, got {self.dla_core}")
+        if self.dla_core >= 0 and self.trt_precision == "fp32":
+            raise ValueError(
+                "DLA runs fp16 or int8 only; expected trt_precision fp16 or int8 with dla_core >= 0"
+            )
+        if self.trt_calibration_cache and self.trt_precision != "int8":
+            raise ValueError("trt_calibration_cache only applies with trt_precision int8")
 
     @property
     def builtin_repository(self) -> Path:
         """Where built-in models are installed: a model repository of their own inside the cache."""
         return self.cache_dir / "builtin-models"
+
+    @property
+    def engine_cache(self) -> Path:
+        """Where built TensorRT engines and the timing cache are kept."""
+        return Path(self.engine_cache_dir) if self.engine_cache_dir else self.cache_dir / "engines"
 
     @property
     def address(self) -> str:
@@ -155,4 +185,5 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(value: object) -> str:
-    return ",".join(value) if isinstance(value, tuple) else str(value)
+    text = ",".join(value) if isinstance(value, tuple) else str(value)
+    return text or "empty"

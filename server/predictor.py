@@ -7,18 +7,20 @@ it directly as the in-process baseline the server is held to.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from visionrpc.engines import Engine, EngineInfo
+from visionrpc.engines import Engine, EngineError, EngineInfo
 
 from .domain import ChannelOrder, ImageArray, ImageSize, InferOptions, Prediction, Timings
 from .models.repository import ResolvedModel
 from .processing import DecodeOptions, decode_batch, preprocess, resolve_options, stack_batch
 
-__all__ = ["InputImage", "Predictor"]
+__all__ = ["BatchResult", "InputImage", "Predictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +35,41 @@ class InputImage:
     queue_ms: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The predictions of one batch and the engine that ran it (engines can change between batches)."""
+
+    predictions: list[Prediction]
+    engine: EngineInfo
+
+
+class _EngineRef:
+    """An engine plus the count of batches running on it. Mutable; guarded by Predictor._lock."""
+
+    __slots__ = ("engine", "retired", "users")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.users = 0
+        self.retired = False  # replaced (or the predictor closed): close when the last user finishes
+
+
 class Predictor:
-    """Runs one model version on batches of decoded images. Thread-safe (the engine serialises itself)."""
+    """Runs one model version on batches of decoded images. Thread-safe (the engine serialises itself).
+
+    The engine can be replaced while requests run (`swap_engine`, e.g. ONNX Runtime -> a freshly built
+    TensorRT engine), read-copy-update style: each batch takes a reference to the current engine for its whole
+    run; a swap only redirects later batches, and the old engine is closed by whichever finishes last, the
+    swap or the last batch still running on it. No batch ever sees a closed engine, and no batch waits for a
+    swap.
+    """
 
     def __init__(self, model: ResolvedModel, engine: Engine) -> None:
         self.model = model
-        self.engine = engine
         self._input_name = engine.inputs[0].name
+        self._lock = threading.Lock()
+        self._current = _EngineRef(engine)
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -50,8 +80,13 @@ class Predictor:
         return self.model.version
 
     @property
+    def engine(self) -> Engine:
+        """The engine new batches run on (a later swap may replace it)."""
+        return self._current.engine
+
+    @property
     def engine_info(self) -> EngineInfo:
-        return self.engine.info
+        return self._current.engine.info
 
     def resolve_options(self, options: InferOptions) -> DecodeOptions:
         """Checks request options against this model (class names exist, ...); raises InvalidArgumentError."""
@@ -59,6 +94,80 @@ class Predictor:
 
     def predict(self, images: Sequence[InputImage], options: DecodeOptions) -> list[Prediction]:
         """Runs the images as one batch and returns one Prediction per image, in order."""
+        return self.run(images, options).predictions
+
+    def run(self, images: Sequence[InputImage], options: DecodeOptions) -> BatchResult:
+        """Like `predict`, also saying which engine ran the batch (for responses that report it)."""
+        with self._lease() as engine:
+            return BatchResult(self._predict_on(engine, images, options), engine.info)
+
+    def warmup(self) -> None:
+        """Runs a blank image through the whole path so the first request pays no lazy initialisation."""
+        with self._lease() as engine:
+            self._warmup_on(engine)
+
+    def swap_engine(self, engine: Engine, *, warm: bool = True) -> bool:
+        """Makes `engine` serve every later batch; batches already running finish on the old one, which is
+        closed when the last of them finishes. The new engine is warmed up first (outside any lock), so the
+        first request on it pays no lazy initialisation.
+
+        Returns:
+            False when the predictor was closed meanwhile: the caller still owns `engine` and must close it.
+
+        Raises:
+            EngineError: the new engine's inputs or outputs differ from the old one's, or its warm-up
+                fails; the old engine keeps serving.
+        """
+        old = self._current.engine
+        if [s.name for s in engine.inputs] != [s.name for s in old.inputs] or sorted(
+            s.name for s in engine.outputs
+        ) != sorted(s.name for s in old.outputs):
+            raise EngineError(
+                f"{self.model.key}: the new engine's tensors {_names(engine)} differ from the "
+                f"current engine's {_names(old)}"
+            )
+        if warm:
+            self._warmup_on(engine)
+        with self._lock:
+            if self._closed:
+                return False
+            retired, self._current = self._current, _EngineRef(engine)
+            retired.retired = True
+            close_now = retired.users == 0
+        logger.info("%s: now serving on %s (was %s)", self.model.key, engine.info, retired.engine.info)
+        if close_now:
+            retired.engine.close()
+        return True
+
+    def close(self) -> None:
+        """Closes the engine once no batch runs on it; later calls fail with EngineError. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            current = self._current
+            current.retired = True
+            close_now = current.users == 0
+        if close_now:
+            current.engine.close()
+
+    @contextmanager
+    def _lease(self) -> Iterator[Engine]:
+        with self._lock:
+            ref = self._current
+            ref.users += 1
+        try:
+            yield ref.engine
+        finally:
+            with self._lock:
+                ref.users -= 1
+                close_now = ref.retired and ref.users == 0
+            if close_now:  # the last batch on a swapped-out engine closes it, outside the lock
+                ref.engine.close()
+
+    def _predict_on(
+        self, engine: Engine, images: Sequence[InputImage], options: DecodeOptions
+    ) -> list[Prediction]:
         manifest = self.model.manifest
         start = time.perf_counter()
         tensors, transforms, preprocess_ms = [], [], []
@@ -70,7 +179,7 @@ class Predictor:
             preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
         batch = stack_batch(tensors)
         t_infer = time.perf_counter()
-        outputs = self.engine.infer({self._input_name: batch})
+        outputs = engine.infer({self._input_name: batch})
         t_decode = time.perf_counter()
         decoded = decode_batch(manifest, outputs, transforms, options)
         t_end = time.perf_counter()
@@ -93,11 +202,11 @@ class Predictor:
             for image, result, prep_ms in zip(images, decoded, preprocess_ms, strict=True)
         ]
 
-    def warmup(self) -> None:
-        """Runs a blank image through the whole path so the first request pays no lazy initialisation."""
+    def _warmup_on(self, engine: Engine) -> None:
         manifest = self.model.manifest
         blank = np.zeros((manifest.input_height, manifest.input_width, 3), dtype=np.uint8)
-        self.predict([InputImage(blank, ChannelOrder.BGR)], self.resolve_options(InferOptions()))
+        self._predict_on(engine, [InputImage(blank, ChannelOrder.BGR)], self.resolve_options(InferOptions()))
 
-    def close(self) -> None:
-        self.engine.close()
+
+def _names(engine: Engine) -> dict[str, list[str]]:
+    return {"inputs": [s.name for s in engine.inputs], "outputs": sorted(s.name for s in engine.outputs)}

@@ -19,6 +19,8 @@ from ._types import (
     ChannelOrder,
     Classification,
     Detection,
+    EngineBuild,
+    EngineBuildState,
     EngineInfo,
     ImagePrediction,
     ImageSize,
@@ -62,6 +64,12 @@ _STATE_FROM_PROTO = {
     models_pb2.MODEL_STATE_LOADING: ModelState.LOADING,
     models_pb2.MODEL_STATE_READY: ModelState.READY,
     models_pb2.MODEL_STATE_FAILED: ModelState.FAILED,
+}
+_BUILD_STATE_FROM_PROTO = {
+    models_pb2.ENGINE_BUILD_STATE_NOT_NEEDED: EngineBuildState.NOT_NEEDED,
+    models_pb2.ENGINE_BUILD_STATE_BUILDING: EngineBuildState.BUILDING,
+    models_pb2.ENGINE_BUILD_STATE_READY: EngineBuildState.READY,
+    models_pb2.ENGINE_BUILD_STATE_FAILED: EngineBuildState.FAILED,
 }
 
 
@@ -211,6 +219,15 @@ def _engine(message: types_pb2.EngineInfo) -> EngineInfo:
     return EngineInfo(message.engine, message.provider, message.device, message.precision)
 
 
+def _build(message: models_pb2.EngineBuild) -> EngineBuild:
+    return EngineBuild(
+        state=_BUILD_STATE_FROM_PROTO.get(message.state, EngineBuildState.UNSPECIFIED),
+        progress=message.progress if message.HasField("progress") else None,
+        reason=message.reason,
+        target_engine=message.target_engine,
+    )
+
+
 def model_info_from_proto(message: models_pb2.Model) -> ModelInfo:
     has = message.HasField
     return ModelInfo(
@@ -243,5 +260,6 @@ def model_info_from_proto(message: models_pb2.Model) -> ModelInfo:
         keypoint_names=tuple(message.keypoint_names),
         builtin=message.builtin,
         description=message.description,
+        build=_build(message.build) if has("build") else None,
         proto=message,
     )

@@ -59,6 +59,26 @@ class ModelState(enum.Enum):
     FAILED = "failed"
 
 
+class EngineBuildState(enum.Enum):
+    """A loaded model's background engine build (TensorRT): the model serves from ONNX Runtime meanwhile."""
+
+    UNSPECIFIED = "unspecified"
+    NOT_NEEDED = "not_needed"
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBuild:
+    """The build of a model's target engine; `progress` in [0, 1], None when the server cannot tell."""
+
+    state: EngineBuildState
+    progress: float | None = None
+    reason: str = ""
+    target_engine: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class BoundingBox:
     x_min: float
@@ -195,6 +215,8 @@ class ModelInfo:
     keypoint_names: tuple[str, ...]
     builtin: bool
     description: str
+    # Set while loaded: the background engine build; `engine` names the engine serving right now.
+    build: EngineBuild | None
     proto: models_pb2.Model = field(repr=False, compare=False)
 
     @property

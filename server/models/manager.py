@@ -3,6 +3,12 @@
 Loading happens off the lock: the first caller of a model version loads it while later callers of the same
 version wait for that one load, and callers of other models are not held up. A model in use is never closed
 under a request: eviction and unloading only detach it, and the last lease closes it.
+
+Engines: each load asks the selector which engine the model should run on. When that is the builder's target
+(TensorRT) and no cached engine exists, the model loads on ONNX Runtime and serves at once while a background
+thread builds the target engine; the predictor then swaps it in between batches. Builds run one at a time
+(a TensorRT build wants the whole GPU and several cores), a failed build leaves the model serving on its
+fallback with the reason in its status, and is not retried until the model is explicitly unloaded.
 """
 
 from __future__ import annotations
@@ -20,14 +26,19 @@ from visionrpc.engines import Engine, EngineError, EngineInfo
 
 from ..errors import FailedPreconditionError, NotFoundError, VisionRpcError
 from ..predictor import Predictor
+from .builds import NOT_NEEDED, BuildState, BuildStatus, EngineBuilder
+from .engine_selection import EngineSelection
 from .manifest import ModelManifest
 from .repository import ModelId, ModelRepository, ResolvedModel
 
-__all__ = ["EngineFactory", "ModelManager", "ModelState", "ModelStatus"]
+__all__ = ["EngineFactory", "EngineSelectorFn", "ModelManager", "ModelState", "ModelStatus"]
 
 logger = logging.getLogger(__name__)
 
+# Creates the engine a model loads with (ONNX Runtime): fast, and the fallback while a better engine builds.
 EngineFactory = Callable[[ResolvedModel], Engine]
+# Decides a model's engine; raises FailedPreconditionError when the engine it insists on cannot run.
+EngineSelectorFn = Callable[[ResolvedModel], EngineSelection]
 
 
 class ModelState(enum.Enum):
@@ -47,6 +58,7 @@ class ModelStatus:
     builtin: bool
     manifest: ModelManifest | None
     engine: EngineInfo | None
+    build: BuildStatus | None = None  # set while loaded
 
 
 class _Slot:
@@ -59,18 +71,43 @@ class _Slot:
         self.done = threading.Event()
         self.leases = 0
         self.detached = False  # evicted or unloaded: close when the last lease ends
+        self.build = NOT_NEEDED
+        # Set on detach: a running build stops at its next progress report.
+        self.cancel_build = threading.Event()
 
 
 class ModelManager:
     def __init__(
-        self, repository: ModelRepository, engine_factory: EngineFactory, *, max_loaded: int
+        self,
+        repository: ModelRepository,
+        engine_factory: EngineFactory,
+        *,
+        max_loaded: int,
+        builder: EngineBuilder | None = None,
+        selector: EngineSelectorFn | None = None,
     ) -> None:
+        """Creates an empty manager; models load on first use.
+
+        Args:
+            repository: where models are found.
+            engine_factory: the engine every model loads with (and falls back to): ONNX Runtime.
+            max_loaded: the LRU cap.
+            builder: builds better engines in the background (TensorRT); None: never build.
+            selector: picks each model's engine; None: the builder's target for every model when there is a
+                builder, else the factory's engine.
+        """
         self._repository = repository
         self._engine_factory = engine_factory
         self._max_loaded = max_loaded
+        self._builder = builder
+        self._selector = selector
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
         self._failures: dict[str, str] = {}
+        # Failed builds by model key: not retried on every reload (each attempt can cost minutes of GPU time);
+        # an explicit unload forgets them.
+        self._build_failures: dict[str, str] = {}
+        self._build_gate = threading.Lock()  # one background build at a time
         # Installing a built-in downloads and converts it: one install per name at a time.
         self._install_locks: dict[str, threading.Lock] = {}
 
@@ -110,6 +147,7 @@ class ModelManager:
                     del self._slots[resolved.key]
                     self._detach(slot)
                 self._failures.pop(resolved.key, None)
+                self._build_failures.pop(resolved.key, None)
         return self.status(model_id)
 
     def status(self, model_id: str) -> ModelStatus:
@@ -122,15 +160,24 @@ class ModelManager:
         with self._lock:
             slot = self._slots.get(resolved.key)
             failure = self._failures.get(resolved.key, "")
+            build = slot.build if slot is not None else None
+            predictor = slot.predictor if slot is not None else None
         if slot is None:
-            state, engine = (ModelState.FAILED if failure else ModelState.AVAILABLE), None
-        elif not slot.done.is_set():
-            state, engine = ModelState.LOADING, None
+            state, engine, build = (ModelState.FAILED if failure else ModelState.AVAILABLE), None, None
+        elif not slot.done.is_set() or predictor is None:
+            state, engine, build = ModelState.LOADING, None, None
         else:
-            assert slot.predictor is not None
-            state, engine = ModelState.READY, slot.predictor.engine_info
+            state, engine = ModelState.READY, predictor.engine_info
         return ModelStatus(
-            resolved.name, resolved.version, versions, state, failure, builtin, resolved.manifest, engine
+            resolved.name,
+            resolved.version,
+            versions,
+            state,
+            failure,
+            builtin,
+            resolved.manifest,
+            engine,
+            build,
         )
 
     def list_models(self) -> list[ModelStatus]:
@@ -195,30 +242,152 @@ class ModelManager:
         start = time.perf_counter()
         logger.info("loading model %s from %s", model.key, model.directory)
         try:
-            engine = self._engine_factory(model)
-            predictor = Predictor(model, engine)
-            predictor.warmup()
+            engine, build, start_build = self._initial_engine(model)
+            predictor, build = self._warm_predictor(model, engine, build)
         except (EngineError, VisionRpcError, ValueError, OSError) as exc:
             reason = str(exc) if not isinstance(exc, VisionRpcError) else exc.message
             logger.warning("model %s failed to load: %s", model.key, reason)
             with self._lock:
                 self._slots.pop(model.key, None)
                 self._failures[model.key] = reason
+            # Keep a specific reason (ENGINE_UNAVAILABLE) when there is one: clients can act on it.
+            code = exc.reason if isinstance(exc, FailedPreconditionError) else "MODEL_LOAD_FAILED"
             slot.error = FailedPreconditionError(
                 f"model {model.key} failed to load: {reason}",
-                reason="MODEL_LOAD_FAILED",
-                metadata={"model_id": model.key},
+                reason=code,
+                metadata={**(exc.metadata if isinstance(exc, VisionRpcError) else {}), "model_id": model.key},
             )
             slot.done.set()
             return
         logger.info(
-            "model %s ready on %s in %.0f ms", model.key, engine.info, (time.perf_counter() - start) * 1e3
+            "model %s ready on %s in %.0f ms",
+            model.key,
+            predictor.engine_info,
+            (time.perf_counter() - start) * 1e3,
         )
         with self._lock:
             slot.predictor = predictor
+            slot.build = build
             self._failures.pop(model.key, None)
             self._evict_beyond_cap(keep=model.key)
         slot.done.set()
+        if start_build:
+            threading.Thread(
+                target=self._build, args=(slot,), name=f"visionrpc-build-{model.key}", daemon=True
+            ).start()
+
+    def _initial_engine(self, model: ResolvedModel) -> tuple[Engine, BuildStatus, bool]:
+        """The engine to serve with now, the build status, and whether a background build should start."""
+        selection = self._select(model)
+        builder = self._builder
+        if selection is None or builder is None or selection.engine != builder.target:
+            if selection is not None and builder is None and selection.engine != "onnxruntime":
+                raise FailedPreconditionError(
+                    f"engine {selection.engine} was selected but this server has no builder for it",
+                    reason="ENGINE_UNAVAILABLE",
+                )
+            return self._engine_factory(model), NOT_NEEDED, False
+        target = builder.target
+        with self._lock:
+            failure = self._build_failures.get(model.key)
+        if failure is not None:
+            logger.info("model %s: not rebuilding %s after a failed build: %s", model.key, target, failure)
+            return self._engine_factory(model), BuildStatus(BuildState.FAILED, target, None, failure), False
+        try:
+            cached = builder.load_cached(model)
+        except EngineError as exc:
+            reason = f"{target} engine unavailable for this model: {exc}"
+            logger.warning("model %s: %s; serving on the fallback engine", model.key, reason)
+            with self._lock:
+                self._build_failures[model.key] = reason
+            return self._engine_factory(model), BuildStatus(BuildState.FAILED, target, None, reason), False
+        if cached is not None:
+            return cached, BuildStatus(BuildState.READY, target, 1.0, "loaded from the engine cache"), False
+        queued = BuildStatus(BuildState.BUILDING, target, None, "queued")
+        return self._engine_factory(model), queued, True
+
+    def _warm_predictor(
+        self, model: ResolvedModel, engine: Engine, build: BuildStatus
+    ) -> tuple[Predictor, BuildStatus]:
+        """A warmed-up predictor; a cached target engine failing its warm-up is replaced by the fallback."""
+        predictor = Predictor(model, engine)
+        try:
+            predictor.warmup()
+            return predictor, build
+        except (EngineError, ValueError) as exc:
+            predictor.close()
+            if build.state is not BuildState.READY:
+                raise
+            reason = f"the cached {build.target_engine} engine failed its warm-up: {exc}"
+        logger.warning("model %s: %s; serving on the fallback engine", model.key, reason)
+        with self._lock:
+            self._build_failures[model.key] = reason
+        fallback = Predictor(model, self._engine_factory(model))
+        fallback.warmup()
+        return fallback, BuildStatus(BuildState.FAILED, build.target_engine, None, reason)
+
+    def _select(self, model: ResolvedModel) -> EngineSelection | None:
+        if self._selector is not None:
+            return self._selector(model)
+        if self._builder is not None:
+            target = self._builder.target
+            return EngineSelection(target, target, "server", "the model manager was given a builder")
+        return None
+
+    def _build(self, slot: _Slot) -> None:
+        """Background thread: builds the target engine and swaps it in; a failure keeps the fallback."""
+        builder = self._builder
+        assert builder is not None
+        model, target = slot.model, builder.target
+
+        def progress(fraction: float | None, phase: str) -> bool:
+            if slot.cancel_build.is_set():
+                return False
+            done = None if fraction is None else min(1.0, max(0.0, fraction))
+            self._set_build(slot, BuildStatus(BuildState.BUILDING, target, done, phase))
+            return True
+
+        with self._build_gate:
+            if slot.cancel_build.is_set():
+                logger.info("model %s: %s build skipped, the model was unloaded", model.key, target)
+                return
+            self._set_build(slot, BuildStatus(BuildState.BUILDING, target, 0.0, "started"))
+            start = time.perf_counter()
+            logger.info("model %s: building its %s engine in the background", model.key, target)
+            try:
+                engine = builder.build(model, progress)
+            except Exception as exc:  # any builder failure must leave the model serving on its fallback
+                if slot.cancel_build.is_set():
+                    logger.info("model %s: %s build stopped, the model was unloaded", model.key, target)
+                    return
+                reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "model %s: %s build failed, still serving on the fallback: %s", model.key, target, reason
+                )
+                with self._lock:
+                    self._build_failures[model.key] = reason
+                self._set_build(slot, BuildStatus(BuildState.FAILED, target, None, reason))
+                return
+        seconds = time.perf_counter() - start
+        with self._lock:
+            predictor = None if slot.detached else slot.predictor
+        try:
+            swapped = predictor is not None and predictor.swap_engine(engine)
+        except EngineError as exc:
+            swapped, reason = False, f"the built {target} engine failed its warm-up: {exc}"
+            logger.warning("model %s: %s; still serving on the fallback", model.key, reason)
+            with self._lock:
+                self._build_failures[model.key] = reason
+            self._set_build(slot, BuildStatus(BuildState.FAILED, target, None, reason))
+        if not swapped:
+            engine.close()  # unloaded meanwhile, or refused: nobody else owns it
+            return
+        logger.info("model %s: %s engine built in %.1f s and swapped in", model.key, target, seconds)
+        self._set_build(slot, BuildStatus(BuildState.READY, target, 1.0, f"built in {seconds:.1f} s"))
+
+    def _set_build(self, slot: _Slot, status: BuildStatus) -> None:
+        with self._lock:
+            slot.build = status
 
     def _evict_beyond_cap(self, keep: str) -> None:
         ready = [key for key, s in self._slots.items() if s.predictor is not None and key != keep]
@@ -237,6 +406,7 @@ class ModelManager:
     def _detach(self, slot: _Slot) -> None:
         """Caller holds the lock."""
         slot.detached = True
+        slot.cancel_build.set()
         if slot.leases == 0:
             self._close(slot)
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from ..domain import ChannelOrder, Task
 
-__all__ = ["MANIFEST_FILE", "Decoder", "ModelManifest", "ResizeMode"]
+__all__ = ["ENGINE_CHOICES", "MANIFEST_FILE", "Decoder", "ModelManifest", "ResizeMode"]
 
 MANIFEST_FILE = "manifest.json"
+ENGINE_CHOICES = ("onnxruntime", "tensorrt", "auto")
 
 
 class Decoder(enum.Enum):
@@ -65,6 +66,9 @@ class ModelManifest:
     default_max_detections: int = 300
     default_top_k: int = 5
     description: str = ""
+    # Engine for this model, overriding the server's --engine: "onnxruntime", "tensorrt" or "auto"; None
+    # follows the server. E.g. "onnxruntime" for a model with operators TensorRT cannot parse.
+    engine: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,8 @@ class ModelManifest:
             raise ValueError(f"expected three means and three non-zero stds, got {self.mean} and {self.std}")
         if "/" in self.onnx_file or self.onnx_file.startswith("."):
             raise ValueError(f"expected a plain file name for onnx_file, got {self.onnx_file!r}")
+        if self.engine is not None and self.engine not in ENGINE_CHOICES:
+            raise ValueError(f"expected engine {', '.join(ENGINE_CHOICES)} or null, got {self.engine!r}")
         for name in ("default_confidence", "default_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -15,9 +15,11 @@ from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
 from ..domain import ChannelOrder, InferOptions, Prediction, Task
 from ..errors import FieldViolation, InvalidArgumentError
 from ..imaging import DecodedImage, decode_image, raw_image
+from ..models.builds import BuildState, BuildStatus
 from ..models.manager import ModelState, ModelStatus
 
 __all__ = [
+    "build_to_proto",
     "decode_request_image",
     "infer_options_from_proto",
     "infer_response",
@@ -38,6 +40,12 @@ _MODEL_STATES = {
     ModelState.LOADING: models_pb2.MODEL_STATE_LOADING,
     ModelState.READY: models_pb2.MODEL_STATE_READY,
     ModelState.FAILED: models_pb2.MODEL_STATE_FAILED,
+}
+_BUILD_STATES = {
+    BuildState.NOT_NEEDED: models_pb2.ENGINE_BUILD_STATE_NOT_NEEDED,
+    BuildState.BUILDING: models_pb2.ENGINE_BUILD_STATE_BUILDING,
+    BuildState.READY: models_pb2.ENGINE_BUILD_STATE_READY,
+    BuildState.FAILED: models_pb2.ENGINE_BUILD_STATE_FAILED,
 }
 _TASKS = {
     Task.DETECTION: models_pb2.MODEL_TASK_DETECTION,
@@ -102,6 +110,15 @@ def engine_to_proto(info: EngineInfo) -> types_pb2.EngineInfo:
     )
 
 
+def build_to_proto(build: BuildStatus) -> models_pb2.EngineBuild:
+    message = models_pb2.EngineBuild(
+        state=_BUILD_STATES[build.state], reason=build.reason, target_engine=build.target_engine
+    )
+    if build.progress is not None:  # unset (not 0) when unknown
+        message.progress = build.progress
+    return message
+
+
 def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
     message = types_pb2.ImagePrediction(
         image_size=types_pb2.ImageSize(
@@ -162,6 +179,8 @@ def model_to_proto(status: ModelStatus) -> models_pb2.Model:
     )
     if status.engine is not None:
         message.engine.CopyFrom(engine_to_proto(status.engine))
+    if status.build is not None:
+        message.build.CopyFrom(build_to_proto(status.build))
     manifest = status.manifest
     if manifest is not None:
         message.task = _TASKS[manifest.task]

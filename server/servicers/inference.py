@@ -64,8 +64,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 raise DeadlineExceededError(
                     "the deadline passed before inference started", reason="DEADLINE_PASSED"
                 )
-            predictions = predictor.predict(images, decode_options)
-            return infer_response(predictor.name, predictor.version, predictor.engine_info, predictions)
+            # The engine that ran the batch, not the current one: a background build may swap engines
+            # meanwhile.
+            result = predictor.run(images, decode_options)
+            return infer_response(predictor.name, predictor.version, result.engine, result.predictions)
 
     @map_stream_errors
     def StreamPredictions(  # noqa: N802

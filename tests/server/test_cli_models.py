@@ -131,11 +131,12 @@ MANIFEST_CASES = [
     # (arguments after the model file, the manifest fields they must produce)
     (
         "--decoder yolov5 --input-size 416 --class-names {names}",
-        dict(task=Task.DETECTION, decoder=Decoder.YOLOV5, input_width=416, input_height=416),
+        dict(task=Task.DETECTION, decoder=Decoder.YOLOV5, input_width=416, input_height=416, engine=None),
     ),
     (
         "--decoder yolov5 --input-size 416x416 --class-names {names} --channel-order bgr --resize stretch "
-        "--scale 1 --mean 1,2,3 --std 4,5,6 --confidence 0.3 --iou 0.6 --description 'tiny, reordered'",
+        "--scale 1 --mean 1,2,3 --std 4,5,6 --confidence 0.3 --iou 0.6 --description 'tiny, reordered' "
+        "--engine onnxruntime",
         dict(
             channel_order=ChannelOrder.BGR,
             resize=ResizeMode.STRETCH,
@@ -145,6 +146,7 @@ MANIFEST_CASES = [
             default_confidence=0.3,
             default_iou=0.6,
             description="tiny, reordered",
+            engine="onnxruntime",
         ),
     ),
     (

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from visionrpc.v1 import types_pb2 as visionrpc_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visionrpc/v1/models.proto\x12\x0cvisionrpc.v1\x1a\x18visionrpc/v1/types.proto\"\x93\x01\n\nModelInput\x12\x14\n\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n\x06height\x18\x02 \x01(\rR\x06height\x12?\n\rchannel_order\x18\x03 \x01(\x0e\x32\x1a.visionrpc.v1.ChannelOrderR\x0c\x63hannelOrder\x12\x16\n\x06resize\x18\x04 \x01(\tR\x06resize\"\xa3\x01\n\rModelDefaults\x12\x31\n\x14\x63onfidence_threshold\x18\x01 \x01(\x02R\x13\x63onfidenceThreshold\x12#\n\riou_threshold\x18\x02 \x01(\x02R\x0ciouThreshold\x12%\n\x0emax_detections\x18\x03 \x01(\rR\rmaxDetections\x12\x13\n\x05top_k\x18\x04 \x01(\rR\x04topK\"\x8a\x04\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12\x1a\n\x08versions\x18\x03 \x03(\tR\x08versions\x12+\n\x04task\x18\x04 \x01(\x0e\x32\x17.visionrpc.v1.ModelTaskR\x04task\x12\x18\n\x07\x64\x65\x63oder\x18\x05 \x01(\tR\x07\x64\x65\x63oder\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x18.visionrpc.v1.ModelStateR\x05state\x12!\n\x0cstate_reason\x18\x07 \x01(\tR\x0bstateReason\x12\x30\n\x06\x65ngine\x18\x08 \x01(\x0b\x32\x18.visionrpc.v1.EngineInfoR\x06\x65ngine\x12.\n\x05input\x18\t \x01(\x0b\x32\x18.visionrpc.v1.ModelInputR\x05input\x12\x37\n\x08\x64\x65\x66\x61ults\x18\n \x01(\x0b\x32\x1b.visionrpc.v1.ModelDefaultsR\x08\x64\x65\x66\x61ults\x12\x1f\n\x0b\x63lass_names\x18\x0b \x03(\tR\nclassNames\x12%\n\x0ekeypoint_names\x18\x0c \x03(\tR\rkeypointNames\x12\x18\n\x07\x62uiltin\x18\r \x01(\x08R\x07\x62uiltin\x12 \n\x0b\x64\x65scription\x18\x0e \x01(\tR\x0b\x64\x65scription\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x13.visionrpc.v1.ModelR\x06models\",\n\x0fGetModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"=\n\x10GetModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x13.visionrpc.v1.ModelR\x05model\"-\n\x10LoadModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\">\n\x11LoadModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x13.visionrpc.v1.ModelR\x05model\"/\n\x12UnloadModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"@\n\x13UnloadModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x13.visionrpc.v1.ModelR\x05model*`\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_TASK_DETECTION\x10\x01\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x02*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x32\xcc\x02\n\x0cModelService\x12O\n\nListModels\x12\x1f.visionrpc.v1.ListModelsRequest\x1a .visionrpc.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.visionrpc.v1.GetModelRequest\x1a\x1e.visionrpc.v1.GetModelResponse\x12L\n\tLoadModel\x12\x1e.visionrpc.v1.LoadModelRequest\x1a\x1f.visionrpc.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .visionrpc.v1.UnloadModelRequest\x1a!.visionrpc.v1.UnloadModelResponseBk\n\x10\x64\x65v.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\x0cVisionRpc.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visionrpc/v1/models.proto\x12\x0cvisionrpc.v1\x1a\x18visionrpc/v1/types.proto\"\x93\x01\n\nModelInput\x12\x14\n\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n\x06height\x18\x02 \x01(\rR\x06height\x12?\n\rchannel_order\x18\x03 \x01(\x0e\x32\x1a.visionrpc.v1.ChannelOrderR\x0c\x63hannelOrder\x12\x16\n\x06resize\x18\x04 \x01(\tR\x06resize\"\xae\x01\n\x0b\x45ngineBuild\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32\x1e.visionrpc.v1.EngineBuildStateR\x05state\x12\x1f\n\x08progress\x18\x02 \x01(\x02H\x00R\x08progress\x88\x01\x01\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n\rtarget_engine\x18\x04 \x01(\tR\x0ctargetEngineB\x0b\n\t_progress\"\xa3\x01\n\rModelDefaults\x12\x31\n\x14\x63onfidence_threshold\x18\x01 \x01(\x02R\x13\x63onfidenceThreshold\x12#\n\riou_threshold\x18\x02 \x01(\x02R\x0ciouThreshold\x12%\n\x0emax_detections\x18\x03 \x01(\rR\rmaxDetections\x12\x13\n\x05top_k\x18\x04 \x01(\rR\x04topK\"\xbb\x04\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12\x1a\n\x08versions\x18\x03 \x03(\tR\x08versions\x12+\n\x04task\x18\x04 \x01(\x0e\x32\x17.visionrpc.v1.ModelTaskR\x04task\x12\x18\n\x07\x64\x65\x63oder\x18\x05 \x01(\tR\x07\x64\x65\x63oder\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x18.visionrpc.v1.ModelStateR\x05state\x12!\n\x0cstate_reason\x18\x07 \x01(\tR\x0bstateReason\x12\x30\n\x06\x65ngine\x18\x08 \x01(\x0b\x32\x18.visionrpc.v1.EngineInfoR\x06\x65ngine\x12.\n\x05input\x18\t \x01(\x0b\x32\x18.visionrpc.v1.ModelInputR\x05input\x12\x37\n\x08\x64\x65\x66\x61ults\x18\n \x01(\x0b\x32\x1b.visionrpc.v1.ModelDefaultsR\x08\x64\x65\x66\x61ults\x12\x1f\n\x0b\x63lass_names\x18\x0b \x03(\tR\nclassNames\x12%\n\x0ekeypoint_names\x18\x0c \x03(\tR\rkeypointNames\x12\x18\n\x07\x62uiltin\x18\r \x01(\x08R\x07\x62uiltin\x12 \n\x0b\x64\x65scription\x18\x0e \x01(\tR\x0b\x64\x65scription\x12/\n\x05\x62uild\x18\x0f \x01(\x0b\x32\x19.visionrpc.v1.EngineBuildR\x05\x62uild\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x13.visionrpc.v1.ModelR\x06models\",\n\x0fGetModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"=\n\x10GetModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x13.visionrpc.v1.ModelR\x05model\"-\n\x10LoadModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\">\n\x11LoadModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x13.visionrpc.v1.ModelR\x05model\"/\n\x12UnloadModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"@\n\x13UnloadModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x13.visionrpc.v1.ModelR\x05model*`\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_TASK_DETECTION\x10\x01\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x02*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04*\xb7\x01\n\x10\x45ngineBuildState\x12\"\n\x1e\x45NGINE_BUILD_STATE_UNSPECIFIED\x10\x00\x12!\n\x1d\x45NGINE_BUILD_STATE_NOT_NEEDED\x10\x01\x12\x1f\n\x1b\x45NGINE_BUILD_STATE_BUILDING\x10\x02\x12\x1c\n\x18\x45NGINE_BUILD_STATE_READY\x10\x03\x12\x1d\n\x19\x45NGINE_BUILD_STATE_FAILED\x10\x04\x32\xcc\x02\n\x0cModelService\x12O\n\nListModels\x12\x1f.visionrpc.v1.ListModelsRequest\x1a .visionrpc.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.visionrpc.v1.GetModelRequest\x1a\x1e.visionrpc.v1.GetModelResponse\x12L\n\tLoadModel\x12\x1e.visionrpc.v1.LoadModelRequest\x1a\x1f.visionrpc.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .visionrpc.v1.UnloadModelRequest\x1a!.visionrpc.v1.UnloadModelResponseBk\n\x10\x64\x65v.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\x0cVisionRpc.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'visionrpc.v1.models_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.visionrpc.v1P\001ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\252\002\014VisionRpc.V1'
-  _globals['_MODELTASK']._serialized_start=1333
-  _globals['_MODELTASK']._serialized_end=1429
-  _globals['_MODELSTATE']._serialized_start=1432
-  _globals['_MODELSTATE']._serialized_end=1572
+  _globals['_MODELTASK']._serialized_start=1559
+  _globals['_MODELTASK']._serialized_end=1655
+  _globals['_MODELSTATE']._serialized_start=1658
+  _globals['_MODELSTATE']._serialized_end=1798
+  _globals['_ENGINEBUILDSTATE']._serialized_start=1801
+  _globals['_ENGINEBUILDSTATE']._serialized_end=1984
   _globals['_MODELINPUT']._serialized_start=70
   _globals['_MODELINPUT']._serialized_end=217
-  _globals['_MODELDEFAULTS']._serialized_start=220
-  _globals['_MODELDEFAULTS']._serialized_end=383
-  _globals['_MODEL']._serialized_start=386
-  _globals['_MODEL']._serialized_end=908
-  _globals['_LISTMODELSREQUEST']._serialized_start=910
-  _globals['_LISTMODELSREQUEST']._serialized_end=929
-  _globals['_LISTMODELSRESPONSE']._serialized_start=931
-  _globals['_LISTMODELSRESPONSE']._serialized_end=996
-  _globals['_GETMODELREQUEST']._serialized_start=998
-  _globals['_GETMODELREQUEST']._serialized_end=1042
-  _globals['_GETMODELRESPONSE']._serialized_start=1044
-  _globals['_GETMODELRESPONSE']._serialized_end=1105
-  _globals['_LOADMODELREQUEST']._serialized_start=1107
-  _globals['_LOADMODELREQUEST']._serialized_end=1152
-  _globals['_LOADMODELRESPONSE']._serialized_start=1154
-  _globals['_LOADMODELRESPONSE']._serialized_end=1216
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1218
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1265
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1267
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1331
-  _globals['_MODELSERVICE']._serialized_start=1575
-  _globals['_MODELSERVICE']._serialized_end=1907
+  _globals['_ENGINEBUILD']._serialized_start=220
+  _globals['_ENGINEBUILD']._serialized_end=394
+  _globals['_MODELDEFAULTS']._serialized_start=397
+  _globals['_MODELDEFAULTS']._serialized_end=560
+  _globals['_MODEL']._serialized_start=563
+  _globals['_MODEL']._serialized_end=1134
+  _globals['_LISTMODELSREQUEST']._serialized_start=1136
+  _globals['_LISTMODELSREQUEST']._serialized_end=1155
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1157
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1222
+  _globals['_GETMODELREQUEST']._serialized_start=1224
+  _globals['_GETMODELREQUEST']._serialized_end=1268
+  _globals['_GETMODELRESPONSE']._serialized_start=1270
+  _globals['_GETMODELRESPONSE']._serialized_end=1331
+  _globals['_LOADMODELREQUEST']._serialized_start=1333
+  _globals['_LOADMODELREQUEST']._serialized_end=1378
+  _globals['_LOADMODELRESPONSE']._serialized_start=1380
+  _globals['_LOADMODELRESPONSE']._serialized_end=1442
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1444
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1491
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1493
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1557
+  _globals['_MODELSERVICE']._serialized_start=1987
+  _globals['_MODELSERVICE']._serialized_end=2319
 # @@protoc_insertion_point(module_scope)

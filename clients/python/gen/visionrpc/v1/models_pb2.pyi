@@ -21,6 +21,14 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATE_LOADING: _ClassVar[ModelState]
     MODEL_STATE_READY: _ClassVar[ModelState]
     MODEL_STATE_FAILED: _ClassVar[ModelState]
+
+class EngineBuildState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENGINE_BUILD_STATE_UNSPECIFIED: _ClassVar[EngineBuildState]
+    ENGINE_BUILD_STATE_NOT_NEEDED: _ClassVar[EngineBuildState]
+    ENGINE_BUILD_STATE_BUILDING: _ClassVar[EngineBuildState]
+    ENGINE_BUILD_STATE_READY: _ClassVar[EngineBuildState]
+    ENGINE_BUILD_STATE_FAILED: _ClassVar[EngineBuildState]
 MODEL_TASK_UNSPECIFIED: ModelTask
 MODEL_TASK_DETECTION: ModelTask
 MODEL_TASK_CLASSIFICATION: ModelTask
@@ -29,6 +37,11 @@ MODEL_STATE_AVAILABLE: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState
 MODEL_STATE_FAILED: ModelState
+ENGINE_BUILD_STATE_UNSPECIFIED: EngineBuildState
+ENGINE_BUILD_STATE_NOT_NEEDED: EngineBuildState
+ENGINE_BUILD_STATE_BUILDING: EngineBuildState
+ENGINE_BUILD_STATE_READY: EngineBuildState
+ENGINE_BUILD_STATE_FAILED: EngineBuildState
 
 class ModelInput(_message.Message):
     __slots__ = ("width", "height", "channel_order", "resize")
@@ -41,6 +54,18 @@ class ModelInput(_message.Message):
     channel_order: _types_pb2.ChannelOrder
     resize: str
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., channel_order: _Optional[_Union[_types_pb2.ChannelOrder, str]] = ..., resize: _Optional[str] = ...) -> None: ...
+
+class EngineBuild(_message.Message):
+    __slots__ = ("state", "progress", "reason", "target_engine")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ENGINE_FIELD_NUMBER: _ClassVar[int]
+    state: EngineBuildState
+    progress: float
+    reason: str
+    target_engine: str
+    def __init__(self, state: _Optional[_Union[EngineBuildState, str]] = ..., progress: _Optional[float] = ..., reason: _Optional[str] = ..., target_engine: _Optional[str] = ...) -> None: ...
 
 class ModelDefaults(_message.Message):
     __slots__ = ("confidence_threshold", "iou_threshold", "max_detections", "top_k")
@@ -55,7 +80,7 @@ class ModelDefaults(_message.Message):
     def __init__(self, confidence_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_detections: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "decoder", "state", "state_reason", "engine", "input", "defaults", "class_names", "keypoint_names", "builtin", "description")
+    __slots__ = ("name", "version", "versions", "task", "decoder", "state", "state_reason", "engine", "input", "defaults", "class_names", "keypoint_names", "builtin", "description", "build")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +95,7 @@ class Model(_message.Message):
     KEYPOINT_NAMES_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -84,7 +110,8 @@ class Model(_message.Message):
     keypoint_names: _containers.RepeatedScalarFieldContainer[str]
     builtin: bool
     description: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[_Union[ModelTask, str]] = ..., decoder: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_reason: _Optional[str] = ..., engine: _Optional[_Union[_types_pb2.EngineInfo, _Mapping]] = ..., input: _Optional[_Union[ModelInput, _Mapping]] = ..., defaults: _Optional[_Union[ModelDefaults, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., keypoint_names: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    build: EngineBuild
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[_Union[ModelTask, str]] = ..., decoder: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_reason: _Optional[str] = ..., engine: _Optional[_Union[_types_pb2.EngineInfo, _Mapping]] = ..., input: _Optional[_Union[ModelInput, _Mapping]] = ..., defaults: _Optional[_Union[ModelDefaults, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., keypoint_names: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., description: _Optional[str] = ..., build: _Optional[_Union[EngineBuild, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
