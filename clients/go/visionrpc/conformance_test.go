@@ -1,0 +1,424 @@
+package visionrpc_test
+
+// The cross-language conformance table, tests/conformance/cases.json, run through this client against a real
+// server. The harness starts one and exports its address and a folder of photos:
+//
+//	python tests/conformance/harness.py --cwd clients/go -- go test ./...     (or scripts/test-go)
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	visionrpcv1 "github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1"
+	"github.com/visionrpc/visionrpc/clients/go/visionrpc"
+)
+
+const casesPath = "../../../tests/conformance/cases.json"
+
+// caseTimeout bounds one case: a first request may load (and, on a cold cache, fetch and convert) a model.
+const caseTimeout = 300 * time.Second
+
+type conformanceCase struct {
+	Name    string          `json:"name"`
+	RPC     string          `json:"rpc"`
+	Request json.RawMessage `json:"request"`
+	Expect  expectation     `json:"expect"`
+}
+
+type inferRequestSpec struct {
+	ModelID string       `json:"model_id"`
+	Images  []imageSpec  `json:"images"`
+	Options *optionsSpec `json:"options"`
+}
+
+type imageSpec struct {
+	File   string `json:"file"`
+	Base64 string `json:"base64"`
+}
+
+// optionsSpec is InferOptions in proto field names, mapped onto the client's InferOptions.
+type optionsSpec struct {
+	ConfidenceThreshold *float32 `json:"confidence_threshold"`
+	IouThreshold        *float32 `json:"iou_threshold"`
+	MaxDetections       *uint32  `json:"max_detections"`
+	ClassIDs            []uint32 `json:"class_ids"`
+	ClassNames          []string `json:"class_names"`
+	TopK                *uint32  `json:"top_k"`
+}
+
+type expectation struct {
+	// Infer success.
+	Predictions []predictionExpect `json:"predictions"`
+	// StreamPredictions success.
+	Frames            *int     `json:"frames"`
+	FirstStatus       string   `json:"first_status"`
+	LastStatus        string   `json:"last_status"`
+	ClassesSeen       []string `json:"classes_seen"`
+	CancelAfterFrames *int     `json:"cancel_after_frames"`
+	// Errors.
+	Code   *codes.Code `json:"code"`
+	Reason string      `json:"reason"`
+	Field  *string     `json:"field"`
+}
+
+type predictionExpect struct {
+	ImageSize         []uint32          `json:"image_size"`
+	DetectionsInclude []detectionExpect `json:"detections_include"`
+	OnlyClasses       []string          `json:"only_classes"`
+}
+
+type detectionExpect struct {
+	ClassName     string    `json:"class_name"`
+	MinConfidence float32   `json:"min_confidence"`
+	Box           []float32 `json:"box"`
+	BoxTolerance  float32   `json:"box_tolerance"`
+	Keypoints     *int      `json:"keypoints"`
+}
+
+// decodeStrict fails on fields this runner does not know, so a new kind of expectation in cases.json cannot
+// pass unchecked.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// serverAddress is the server under test; without one the suite fails (a skip would pass CI silently).
+func serverAddress(t *testing.T) string {
+	t.Helper()
+	address := os.Getenv("VISIONRPC_ADDRESS")
+	if address == "" {
+		t.Fatal("VISIONRPC_ADDRESS is not set: the conformance suite needs a real visionrpc server. From the " +
+			"repository root run `scripts/test-go`, or `python tests/conformance/harness.py --cwd clients/go -- go test ./...`, " +
+			"which starts one and sets VISIONRPC_ADDRESS and VISIONRPC_CONFORMANCE_MEDIA")
+	}
+	return address
+}
+
+func dialServer(t *testing.T) *visionrpc.Client {
+	t.Helper()
+	address := serverAddress(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client, err := visionrpc.Dial(ctx, address, visionrpc.WithTimeout(caseTimeout), visionrpc.WithBlock())
+	if err != nil {
+		t.Fatalf("dial %s: %v", address, err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+func TestConformance(t *testing.T) {
+	client := dialServer(t)
+	data, err := os.ReadFile(casesPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []conformanceCase
+	if err := decodeStrict(data, &cases); err != nil {
+		t.Fatalf("%s: %v", casesPath, err)
+	}
+	if len(cases) == 0 {
+		t.Fatalf("%s has no cases", casesPath)
+	}
+	for _, tc := range cases {
+		t.Run(tc.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
+			defer cancel()
+			switch tc.RPC {
+			case "Infer":
+				runInferCase(ctx, t, client, tc)
+			case "StreamPredictions":
+				runStreamCase(ctx, t, client, tc)
+			default:
+				t.Fatalf("unknown rpc %q", tc.RPC)
+			}
+		})
+	}
+}
+
+func runInferCase(ctx context.Context, t *testing.T, client *visionrpc.Client, tc conformanceCase) {
+	var spec inferRequestSpec
+	if err := decodeStrict(tc.Request, &spec); err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	images := make([]visionrpc.Image, len(spec.Images))
+	for i, im := range spec.Images {
+		images[i] = caseImage(t, im)
+	}
+	opts := inferOptions(spec.Options)
+	if spec.ModelID != "" {
+		opts = append(opts, visionrpc.WithModel(spec.ModelID))
+	}
+	resp, err := client.Infer(ctx, images, opts...)
+	if tc.Expect.Code != nil {
+		checkError(t, err, tc.Expect)
+		return
+	}
+	if err != nil {
+		t.Fatalf("Infer: %v", err)
+	}
+	predictions := resp.GetPredictions()
+	if len(predictions) != len(tc.Expect.Predictions) {
+		t.Fatalf("%d predictions, want %d", len(predictions), len(tc.Expect.Predictions))
+	}
+	for i, want := range tc.Expect.Predictions {
+		checkPrediction(t, i, predictions[i], want)
+	}
+}
+
+func caseImage(t *testing.T, spec imageSpec) visionrpc.Image {
+	t.Helper()
+	switch {
+	case spec.File != "" && spec.Base64 == "":
+		media := os.Getenv("VISIONRPC_CONFORMANCE_MEDIA")
+		if media == "" {
+			t.Fatal("VISIONRPC_CONFORMANCE_MEDIA is not set (the harness sets it to a folder of the cases' photos)")
+		}
+		return visionrpc.ImageFromFile(filepath.Join(media, spec.File))
+	case spec.Base64 != "" && spec.File == "":
+		data, err := base64.StdEncoding.DecodeString(spec.Base64)
+		if err != nil {
+			t.Fatalf("image base64: %v", err)
+		}
+		return visionrpc.ImageFromBytes(data)
+	}
+	t.Fatalf("expected an image with one of file or base64, got %+v", spec)
+	return visionrpc.Image{}
+}
+
+func inferOptions(spec *optionsSpec) []visionrpc.InferOption {
+	if spec == nil {
+		return nil
+	}
+	var opts []visionrpc.InferOption
+	if spec.ConfidenceThreshold != nil {
+		opts = append(opts, visionrpc.WithConfidence(*spec.ConfidenceThreshold))
+	}
+	if spec.IouThreshold != nil {
+		opts = append(opts, visionrpc.WithIoU(*spec.IouThreshold))
+	}
+	if spec.MaxDetections != nil {
+		opts = append(opts, visionrpc.WithMaxDetections(*spec.MaxDetections))
+	}
+	if len(spec.ClassIDs) > 0 {
+		opts = append(opts, visionrpc.WithClassIDs(spec.ClassIDs...))
+	}
+	if len(spec.ClassNames) > 0 {
+		opts = append(opts, visionrpc.WithClassNames(spec.ClassNames...))
+	}
+	if spec.TopK != nil {
+		opts = append(opts, visionrpc.WithTopK(*spec.TopK))
+	}
+	return opts
+}
+
+func checkPrediction(t *testing.T, index int, got *visionrpcv1.ImagePrediction, want predictionExpect) {
+	t.Helper()
+	if want.ImageSize != nil {
+		size := []uint32{got.GetImageSize().GetWidth(), got.GetImageSize().GetHeight()}
+		if !slices.Equal(size, want.ImageSize) {
+			t.Errorf("predictions[%d]: image size %v, want %v", index, size, want.ImageSize)
+		}
+	}
+	for _, wanted := range want.DetectionsInclude {
+		if !slices.ContainsFunc(got.GetDetections(), func(d *visionrpcv1.Detection) bool { return detectionMatches(d, wanted) }) {
+			t.Errorf("predictions[%d]: no detection matching %+v in %v", index, wanted, got.GetDetections())
+		}
+	}
+	if want.OnlyClasses != nil {
+		for _, d := range got.GetDetections() {
+			if !slices.Contains(want.OnlyClasses, d.GetClassName()) {
+				t.Errorf("predictions[%d]: detection of class %q, want only %v", index, d.GetClassName(), want.OnlyClasses)
+			}
+		}
+	}
+}
+
+func detectionMatches(d *visionrpcv1.Detection, want detectionExpect) bool {
+	if d.GetClassName() != want.ClassName || d.GetConfidence() < want.MinConfidence {
+		return false
+	}
+	if want.Box != nil {
+		b := d.GetBox()
+		got := []float32{b.GetXMin(), b.GetYMin(), b.GetXMax(), b.GetYMax()}
+		if len(want.Box) != len(got) {
+			return false
+		}
+		for i := range got {
+			if math.Abs(float64(got[i]-want.Box[i])) > float64(want.BoxTolerance) {
+				return false
+			}
+		}
+	}
+	return want.Keypoints == nil || len(d.GetKeypoints()) == *want.Keypoints
+}
+
+func checkError(t *testing.T, err error, want expectation) {
+	t.Helper()
+	var rpcErr *visionrpc.Error
+	if !errors.As(err, &rpcErr) {
+		t.Fatalf("got %v, want an *Error with code %v", err, *want.Code)
+	}
+	if rpcErr.Code != *want.Code {
+		t.Errorf("code %v, want %v (%v)", rpcErr.Code, *want.Code, rpcErr)
+	}
+	if rpcErr.Reason != want.Reason {
+		t.Errorf("reason %q, want %q (%v)", rpcErr.Reason, want.Reason, rpcErr)
+	}
+	if rpcErr.Domain != "visionrpc.dev" {
+		t.Errorf("domain %q, want visionrpc.dev", rpcErr.Domain)
+	}
+	if want.Field != nil {
+		if len(rpcErr.FieldViolations) == 0 || rpcErr.FieldViolations[0].Field != *want.Field {
+			t.Errorf("field violations %v, want the first on %q", rpcErr.FieldViolations, *want.Field)
+		}
+	}
+}
+
+func runStreamCase(ctx context.Context, t *testing.T, client *visionrpc.Client, tc conformanceCase) {
+	// The request is StreamPredictionsRequest in proto JSON; protojson refuses unknown fields.
+	req := &visionrpcv1.StreamPredictionsRequest{}
+	if err := protojson.Unmarshal(tc.Request, req); err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	stream, err := client.Stream(ctx, req)
+	if err != nil {
+		t.Fatalf("Stream: %v", err)
+	}
+	defer stream.Close()
+
+	var frames []*visionrpcv1.FramePrediction
+	var statuses []*visionrpcv1.StreamStatus
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if tc.Expect.Code != nil {
+				checkError(t, err, tc.Expect)
+				return
+			}
+			t.Fatalf("Recv after %d frames: %v", len(frames), err)
+		}
+		if frame := msg.GetFrame(); frame != nil {
+			frames = append(frames, frame)
+			if n := tc.Expect.CancelAfterFrames; n != nil && len(frames) == *n {
+				stream.Close() // the next Recv ends the loop with io.EOF
+			}
+		} else {
+			statuses = append(statuses, msg.GetStatus())
+		}
+	}
+	switch {
+	case tc.Expect.Code != nil:
+		t.Fatalf("the stream ended normally after %d frames, want code %v", len(frames), *tc.Expect.Code)
+	case tc.Expect.CancelAfterFrames != nil:
+		if len(frames) != *tc.Expect.CancelAfterFrames {
+			t.Errorf("%d frames before the clean end, want %d", len(frames), *tc.Expect.CancelAfterFrames)
+		}
+	default:
+		checkStream(t, frames, statuses, tc.Expect)
+	}
+}
+
+func checkStream(t *testing.T, frames []*visionrpcv1.FramePrediction, statuses []*visionrpcv1.StreamStatus, want expectation) {
+	t.Helper()
+	if want.Frames != nil && len(frames) != *want.Frames {
+		t.Errorf("%d frames, want %d", len(frames), *want.Frames)
+	}
+	if len(statuses) == 0 {
+		t.Fatal("no status messages")
+	}
+	if want.FirstStatus != "" && statuses[0].GetEvent().String() != want.FirstStatus {
+		t.Errorf("first status %v, want %s", statuses[0].GetEvent(), want.FirstStatus)
+	}
+	if want.LastStatus != "" && statuses[len(statuses)-1].GetEvent().String() != want.LastStatus {
+		t.Errorf("last status %v, want %s", statuses[len(statuses)-1].GetEvent(), want.LastStatus)
+	}
+	seen := map[string]bool{}
+	for _, f := range frames {
+		for _, d := range f.GetPrediction().GetDetections() {
+			seen[d.GetClassName()] = true
+		}
+	}
+	for _, class := range want.ClassesSeen {
+		if !seen[class] {
+			t.Errorf("class %q never detected in %d frames", class, len(frames))
+		}
+	}
+}
+
+// Beyond the table: what only a real server shows.
+
+func TestServerHealthAndModels(t *testing.T) {
+	client := dialServer(t)
+	ctx := context.Background()
+	for _, service := range []string{"", visionrpc.InferenceServiceName} {
+		if s, err := client.Health(ctx, service); err != nil || s.String() != "SERVING" {
+			t.Errorf("Health(%q) = %v, %v; want SERVING", service, s, err)
+		}
+	}
+	models, err := client.ListModels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(models, func(m *visionrpcv1.Model) bool { return m.GetName() == "yolov3-tiny-coco" }) {
+		t.Errorf("ListModels has no yolov3-tiny-coco: %v", models)
+	}
+	model, err := client.GetModel(ctx, "yolov3-tiny-coco")
+	if err != nil || model.GetState() != visionrpcv1.ModelState_MODEL_STATE_READY || len(model.GetClassNames()) != 80 {
+		t.Errorf("GetModel(yolov3-tiny-coco) = %v, %v; want READY with 80 classes", model, err)
+	}
+	_, err = client.GetModel(ctx, "no-such-model")
+	var rpcErr *visionrpc.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != codes.NotFound || rpcErr.Reason != "MODEL_NOT_FOUND" {
+		t.Errorf("GetModel(no-such-model) = %v, want NotFound MODEL_NOT_FOUND", err)
+	}
+}
+
+func TestServerStreamContextCancel(t *testing.T) {
+	client := dialServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := client.Stream(ctx, &visionrpcv1.StreamPredictionsRequest{
+		Sources:       []*visionrpcv1.VideoSource{visionrpc.PathSource("bikes.mp4")},
+		StreamOptions: &visionrpcv1.StreamOptions{MaxFps: ptr(float32(10))},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for frames := 0; frames < 2; {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.GetFrame() != nil {
+			frames++
+		}
+	}
+	cancel()
+	for err == nil {
+		_, err = stream.Recv()
+	}
+	var rpcErr *visionrpc.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != codes.Canceled || !errors.Is(err, context.Canceled) {
+		t.Errorf("after cancelling the context: %v, want a Canceled *Error wrapping context.Canceled", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,311 @@
+/**
+ * The protobuf edge of the client: user inputs -> request messages, stream responses -> plain events.
+ * Nothing else in the package builds generated messages by hand.
+ */
+
+import { readFile } from "node:fs/promises";
+
+import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+
+import {
+  Delivery,
+  FrameImage,
+  FramePolicy,
+  InferRequestSchema,
+  StreamEvent,
+  StreamPredictionsRequestSchema,
+  type InferRequest,
+  type StreamPredictionsRequest,
+  type StreamPredictionsResponse,
+  type VideoSourceSchema,
+} from "./gen/visionrpc/v1/inference_pb.js";
+import {
+  ChannelOrder,
+  ImageSchema,
+  InferOptionsSchema,
+  type Image,
+  type ImagePrediction,
+  type InferOptions as InferOptionsMessage,
+} from "./gen/visionrpc/v1/types_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+
+// ------------------------------------------------------------------------------------------------ inputs
+
+/** Channel order of raw 8-bit pixels. */
+export type ChannelOrderName = "rgb" | "bgr" | "gray" | "rgba" | "bgra";
+
+/** Decoded 8-bit pixels, rows top to bottom, channels interleaved, no row padding (e.g. from sharp's `.raw()`). */
+export interface RawPixels {
+  readonly data: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+  readonly channelOrder: ChannelOrderName;
+}
+
+/**
+ * One image: encoded file bytes (JPEG, PNG, BMP, WebP, GIF; a Buffer is a Uint8Array), a path to such a file
+ * (read here, sent encoded, decoded by the server), or raw pixels (no decoding on either side).
+ */
+export type ImageInput = Uint8Array | string | RawPixels;
+
+/** Post-processing options; unset ones take the model's defaults. */
+export interface InferOptions {
+  /** Minimum detection confidence in [0, 1]. */
+  confidence?: number;
+  /** NMS IoU threshold in [0, 1]. */
+  iou?: number;
+  /** At most this many detections per image. */
+  maxDetections?: number;
+  /** Keep only these classes, by name ("cup") or id (41), mixed freely. */
+  classes?: readonly (string | number)[];
+  /** Classifiers: how many top classes to return. */
+  topK?: number;
+}
+
+/** What `stream()` subscribes to. */
+export interface StreamRequest extends Omit<InferOptions, "topK"> {
+  /**
+   * Paths below the server's media root ("clips/bikes.mp4"), URLs ("rtsp://…", "http://…"), or device indexes
+   * (numbers); results carry the source's index in this list.
+   */
+  sources?: readonly (string | number)[];
+  /** "name" or "name/version"; the server's default model when omitted. */
+  model?: string;
+  /** Join a running stream by id instead (every message carries it); the other fields are then ignored. */
+  streamId?: string;
+  /** Cap on processed frames per second per source. */
+  maxFps?: number;
+  /** The server chooses when omitted: files every frame, live sources the newest frame. */
+  framePolicy?: "every_frame" | "newest_frame";
+  /** Receive every result, making the pipeline wait for you (one subscriber, file sources only). */
+  everyFrameDelivery?: boolean;
+  /** Receive each frame as JPEG, as decoded or with the predictions drawn on it. */
+  frameImage?: "raw" | "annotated";
+  /** JPEG quality 1-100 for frame images; the server's default when omitted. */
+  jpegQuality?: number;
+}
+
+const CHANNEL_ORDERS: Readonly<Record<ChannelOrderName, readonly [ChannelOrder, number]>> = {
+  rgb: [ChannelOrder.RGB, 3],
+  bgr: [ChannelOrder.BGR, 3],
+  gray: [ChannelOrder.GRAY, 1],
+  rgba: [ChannelOrder.RGBA, 4],
+  bgra: [ChannelOrder.BGRA, 4],
+};
+
+/** Builds one request image; paths are read here. Throws TypeError / RangeError before any RPC. */
+export async function imageToProto(image: ImageInput, index = 0): Promise<Image> {
+  if (typeof image === "string") {
+    return create(ImageSchema, { source: { case: "encoded", value: await readFile(image) } });
+  }
+  if (image instanceof Uint8Array) {
+    return create(ImageSchema, { source: { case: "encoded", value: image } });
+  }
+  if (typeof image === "object" && image !== null && image.data instanceof Uint8Array) {
+    const entry = CHANNEL_ORDERS[image.channelOrder];
+    if (entry === undefined) {
+      throw new TypeError(
+        `images[${index}]: expected channelOrder one of ${Object.keys(CHANNEL_ORDERS).join(", ")}, ` +
+          `got ${String(image.channelOrder)}`,
+      );
+    }
+    const [channelOrder, channels] = entry;
+    const expected = image.width * image.height * channels;
+    if (!Number.isInteger(image.width) || !Number.isInteger(image.height) || image.width < 1 || image.height < 1) {
+      throw new RangeError(
+        `images[${index}]: expected positive integer width and height, got ${image.width}x${image.height}`,
+      );
+    }
+    if (image.data.length !== expected) {
+      throw new RangeError(
+        `images[${index}]: expected ${expected} bytes (${image.width}x${image.height}x${channels}), got ${image.data.length}`,
+      );
+    }
+    return create(ImageSchema, {
+      source: {
+        case: "raw",
+        value: { data: image.data, width: image.width, height: image.height, channelOrder },
+      },
+    });
+  }
+  throw new TypeError(`images[${index}]: expected a Uint8Array, a file path or RawPixels, got ${describe(image)}`);
+}
+
+/** One image or an array of images -> an array (a Uint8Array is one image, not many). */
+export function imageList(images: ImageInput | readonly ImageInput[]): readonly ImageInput[] {
+  return Array.isArray(images) ? images : [images as ImageInput];
+}
+
+export function optionsToProto(options: InferOptions): InferOptionsMessage {
+  const classes = options.classes ?? [];
+  for (const cls of classes) {
+    if (typeof cls !== "string" && !(Number.isInteger(cls) && cls >= 0)) {
+      throw new TypeError(`classes: expected class names or non-negative integer ids, got ${describe(cls)}`);
+    }
+  }
+  return create(InferOptionsSchema, {
+    confidenceThreshold: options.confidence,
+    iouThreshold: options.iou,
+    maxDetections: options.maxDetections,
+    topK: options.topK,
+    classNames: classes.filter((c): c is string => typeof c === "string"),
+    classIds: classes.filter((c): c is number => typeof c === "number"),
+  });
+}
+
+export async function buildInferRequest(
+  images: ImageInput | readonly ImageInput[],
+  model: string | undefined,
+  options: InferOptions,
+): Promise<InferRequest> {
+  const protos = await Promise.all(imageList(images).map((image, i) => imageToProto(image, i)));
+  return create(InferRequestSchema, { modelId: model ?? "", images: protos, options: optionsToProto(options) });
+}
+
+const FRAME_POLICIES = { every_frame: FramePolicy.EVERY_FRAME, newest_frame: FramePolicy.NEWEST_FRAME } as const;
+const FRAME_IMAGES = { raw: FrameImage.RAW, annotated: FrameImage.ANNOTATED } as const;
+
+function sourceToProto(source: string | number, index: number): MessageInitShape<typeof VideoSourceSchema> {
+  if (typeof source === "number") {
+    if (!Number.isInteger(source) || source < 0) {
+      throw new TypeError(`sources[${index}]: expected a device index >= 0, got ${source}`);
+    }
+    return { source: { case: "device", value: source } };
+  }
+  if (typeof source !== "string") {
+    throw new TypeError(`sources[${index}]: expected a path, a URL or a device index, got ${describe(source)}`);
+  }
+  return { source: source.includes("://") ? { case: "url", value: source } : { case: "path", value: source } };
+}
+
+export function buildStreamRequest(request: StreamRequest): StreamPredictionsRequest {
+  const framePolicy = request.framePolicy === undefined ? FramePolicy.UNSPECIFIED : FRAME_POLICIES[request.framePolicy];
+  const frameImage = request.frameImage === undefined ? FrameImage.UNSPECIFIED : FRAME_IMAGES[request.frameImage];
+  if (framePolicy === undefined) {
+    throw new TypeError(`framePolicy: expected "every_frame" or "newest_frame", got ${String(request.framePolicy)}`);
+  }
+  if (frameImage === undefined) {
+    throw new TypeError(`frameImage: expected "raw" or "annotated", got ${String(request.frameImage)}`);
+  }
+  return create(StreamPredictionsRequestSchema, {
+    streamId: request.streamId ?? "",
+    modelId: request.model ?? "",
+    sources: (request.sources ?? []).map(sourceToProto),
+    options: optionsToProto(request),
+    streamOptions: {
+      maxFps: request.maxFps,
+      framePolicy,
+      delivery: request.everyFrameDelivery === true ? Delivery.EVERY_FRAME : Delivery.LOSSY,
+      frameImage,
+      jpegQuality: request.jpegQuality ?? 0,
+    },
+  });
+}
+
+// ----------------------------------------------------------------------------------------------- outputs
+
+export type StreamEventName = "started" | "reconnecting" | "reconnected" | "source_ended" | "error";
+
+const EVENT_NAMES: Readonly<Partial<Record<StreamEvent, StreamEventName>>> = {
+  [StreamEvent.STARTED]: "started",
+  [StreamEvent.RECONNECTING]: "reconnecting",
+  [StreamEvent.RECONNECTED]: "reconnected",
+  [StreamEvent.SOURCE_ENDED]: "source_ended",
+  [StreamEvent.ERROR]: "error",
+};
+
+export interface SourceInfo {
+  readonly sourceIndex: number;
+  readonly width: number;
+  readonly height: number;
+  readonly fps: number;
+  /** 0 when unknown (live sources). */
+  readonly frameCount: number;
+}
+
+/** The predictions for one processed frame. */
+export interface StreamFrame {
+  readonly kind: "frame";
+  readonly streamId: string;
+  readonly modelName: string;
+  readonly modelVersion: string;
+  readonly sourceIndex: number;
+  /** Position of the frame in its source, counting every decoded frame from 0 (skipped ones included). */
+  readonly sequenceNumber: number;
+  readonly sourceTimestampMs: number;
+  /** Wall-clock time the server read the frame. */
+  readonly captureTime: Date | undefined;
+  readonly prediction: ImagePrediction | undefined;
+  /** Cumulative: frames the pipeline skipped on this source to stay live. */
+  readonly framesSkipped: number;
+  /** Cumulative: results this subscriber lost by falling behind. */
+  readonly resultsDropped: number;
+  /** The frame as JPEG when `frameImage` asked for it, else empty. */
+  readonly frameJpeg: Uint8Array;
+}
+
+/** A change in the stream's state: started (with every source's properties), reconnecting, ended, error. */
+export interface StreamStatus {
+  readonly kind: "status";
+  readonly streamId: string;
+  readonly event: StreamEventName;
+  readonly sourceIndex: number;
+  readonly sources: readonly SourceInfo[];
+  /** RECONNECTING: attempt number from 1. */
+  readonly attempt: number;
+  readonly reason: string;
+}
+
+export type StreamMessage = StreamFrame | StreamStatus;
+
+/** A raw response -> a frame or a status; undefined for a payload this client does not know (a newer server). */
+export function streamMessageFromProto(message: StreamPredictionsResponse): StreamMessage | undefined {
+  const payload = message.payload;
+  if (payload.case === "frame") {
+    const frame = payload.value;
+    return {
+      kind: "frame",
+      streamId: message.streamId,
+      modelName: message.modelName,
+      modelVersion: message.modelVersion,
+      sourceIndex: frame.sourceIndex,
+      sequenceNumber: Number(frame.sequenceNumber),
+      sourceTimestampMs: frame.sourceTimestampMs,
+      captureTime: frame.captureTime === undefined ? undefined : timestampDate(frame.captureTime),
+      prediction: frame.prediction,
+      framesSkipped: Number(frame.drops?.framesSkipped ?? 0n),
+      resultsDropped: Number(frame.drops?.resultsDropped ?? 0n),
+      frameJpeg: frame.frameJpeg,
+    };
+  }
+  if (payload.case === "status") {
+    const status = payload.value;
+    return {
+      kind: "status",
+      streamId: message.streamId,
+      event: EVENT_NAMES[status.event] ?? "error",
+      sourceIndex: status.sourceIndex,
+      sources: status.sources.map((s) => ({
+        sourceIndex: s.sourceIndex,
+        width: s.width,
+        height: s.height,
+        fps: s.fps,
+        frameCount: Number(s.frameCount),
+      })),
+      attempt: status.attempt,
+      reason: status.reason,
+    };
+  }
+  return undefined;
+}
+
+function describe(value: unknown): string {
+  if (value === null) {
+    return "null";
+  }
+  if (typeof value === "object") {
+    return value.constructor?.name ?? "object";
+  }
+  return `${typeof value} ${String(value)}`;
+}

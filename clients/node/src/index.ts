@@ -1,0 +1,53 @@
+/**
+ * @visionrpc/client — the Node.js client of the visionrpc inference server.
+ *
+ * The hand-written surface is small: `createClient` / `VisionRpcClient`, `PredictionStream`, `VisionRpcError`
+ * and the input/event types. Results are the generated protobuf-es messages (`InferResponse`, `Model`, ...),
+ * re-exported here as types; the whole generated contract is under `./gen/` for anything else.
+ */
+
+export {
+  DEFAULT_ADDRESS,
+  VisionRpcClient,
+  createClient,
+  type CallOptions,
+  type ClientOptions,
+  type HeadersInit,
+  type HealthStatus,
+  type InferCallOptions,
+  type StreamCallOptions,
+  type TlsOptions,
+} from "./client.js";
+export type {
+  ChannelOrderName,
+  ImageInput,
+  InferOptions,
+  RawPixels,
+  SourceInfo,
+  StreamEventName,
+  StreamFrame,
+  StreamMessage,
+  StreamRequest,
+  StreamStatus,
+} from "./convert.js";
+export { VisionRpcError, codeName, type FieldViolation } from "./errors.js";
+export { PredictionStream } from "./stream.js";
+export { Code, ConnectError } from "@connectrpc/connect";
+export type {
+  EngineInfo,
+  Detection,
+  Classification,
+  BoundingBox,
+  Keypoint,
+  ImagePrediction,
+  ImageSize,
+  Timings,
+} from "./gen/visionrpc/v1/types_pb.js";
+export type { InferResponse, StreamPredictionsResponse } from "./gen/visionrpc/v1/inference_pb.js";
+export {
+  ModelState,
+  ModelTask,
+  type Model,
+  type ModelDefaults,
+  type ModelInput,
+} from "./gen/visionrpc/v1/models_pb.js";

@@ -1,0 +1,316 @@
+// The cross-language conformance cases (tests/conformance/cases.json) against one real server, through the
+// public client API. Run through the harness (scripts/test-node); without VISIONRPC_ADDRESS this suite FAILS.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+
+import {
+  createClient,
+  VisionRpcError,
+  type ImageInput,
+  type ImagePrediction,
+  type InferOptions,
+  type StreamMessage,
+  type StreamRequest,
+} from "../src/index.js";
+import { repositoryRoot, serverFromEnvironment, sleep } from "./support.js";
+
+// ---------------------------------------------------------------------------------------------- case format
+
+interface DetectionExpectation {
+  class_name: string;
+  min_confidence?: number;
+  box?: [number, number, number, number];
+  box_tolerance?: number;
+  keypoints?: number;
+}
+
+interface PredictionExpectation {
+  image_size?: [number, number];
+  detections_include?: DetectionExpectation[];
+  only_classes?: string[];
+}
+
+interface Case {
+  name: string;
+  rpc: "Infer" | "StreamPredictions";
+  request: {
+    model_id?: string;
+    images?: ({ file: string } | { base64: string })[];
+    options?: Record<string, unknown>;
+    sources?: ({ path: string } | { url: string })[];
+    stream_options?: Record<string, unknown>;
+  };
+  expect: {
+    predictions?: PredictionExpectation[];
+    frames?: number;
+    first_status?: string;
+    last_status?: string;
+    classes_seen?: string[];
+    cancel_after_frames?: number;
+    code?: string;
+    reason?: string;
+    field?: string;
+  };
+}
+
+const CASES_PATH = join(repositoryRoot(), "tests", "conformance", "cases.json");
+const CASE_TIMEOUT_MS = 180_000;
+const server = serverFromEnvironment("conformance");
+
+// ----------------------------------------------------------------------------- case fields -> client options
+
+/** Proto field names of InferOptions -> the client's options. An unknown field fails the case loudly. */
+function inferOptions(options: Record<string, unknown> = {}): InferOptions {
+  const out: InferOptions = {};
+  const classes: (string | number)[] = [];
+  for (const [key, value] of Object.entries(options)) {
+    switch (key) {
+      case "confidence_threshold":
+        out.confidence = value as number;
+        break;
+      case "iou_threshold":
+        out.iou = value as number;
+        break;
+      case "max_detections":
+        out.maxDetections = value as number;
+        break;
+      case "top_k":
+        out.topK = value as number;
+        break;
+      case "class_names":
+      case "class_ids":
+        classes.push(...(value as (string | number)[]));
+        break;
+      default:
+        throw new Error(`the Node conformance runner does not know options.${key}; teach it`);
+    }
+  }
+  if (classes.length > 0) {
+    out.classes = classes;
+  }
+  return out;
+}
+
+function streamRequest(request: Case["request"]): StreamRequest {
+  const { topK, ...options } = inferOptions(request.options);
+  assert.equal(topK, undefined, "streams take no top_k");
+  const out: StreamRequest = {
+    ...options,
+    sources: (request.sources ?? []).map((s) => ("path" in s ? s.path : s.url)),
+  };
+  if (request.model_id !== undefined) {
+    out.model = request.model_id;
+  }
+  for (const [key, value] of Object.entries(request.stream_options ?? {})) {
+    switch (key) {
+      case "max_fps":
+        out.maxFps = value as number;
+        break;
+      case "jpeg_quality":
+        out.jpegQuality = value as number;
+        break;
+      case "frame_policy":
+        out.framePolicy = (value as string).replace(/^FRAME_POLICY_/, "").toLowerCase() as "every_frame";
+        break;
+      case "frame_image":
+        out.frameImage = (value as string).replace(/^FRAME_IMAGE_/, "").toLowerCase() as "raw";
+        break;
+      case "delivery":
+        out.everyFrameDelivery = value === "DELIVERY_EVERY_FRAME";
+        break;
+      default:
+        throw new Error(`the Node conformance runner does not know stream_options.${key}; teach it`);
+    }
+  }
+  return out;
+}
+
+function images(request: Case["request"], media: string): ImageInput[] {
+  // Files go in as paths (the client reads them), inline bytes as a Buffer.
+  return (request.images ?? []).map((image) =>
+    "file" in image ? join(media, image.file) : new Uint8Array(Buffer.from(image.base64, "base64")),
+  );
+}
+
+/** "started" -> "STREAM_EVENT_STARTED", the proto enum name cases.json uses. */
+const protoEventName = (event: string): string => `STREAM_EVENT_${event.toUpperCase()}`;
+
+// -------------------------------------------------------------------------------------------------- checks
+
+function checkPrediction(actual: ImagePrediction | undefined, expected: PredictionExpectation, index: number): void {
+  assert.ok(actual !== undefined, `no prediction for image ${index}`);
+  const where = `image ${index}`;
+  if (expected.image_size !== undefined) {
+    assert.deepEqual([actual.imageSize?.width, actual.imageSize?.height], expected.image_size, `${where}: image size`);
+  }
+  const seen = actual.detections.map((d) => `${d.className} ${d.confidence.toFixed(2)} ${JSON.stringify(d.box)}`);
+  for (const want of expected.detections_include ?? []) {
+    const tolerance = want.box_tolerance ?? 0;
+    const match = actual.detections.find((d) => {
+      if (d.className !== want.class_name || d.confidence < (want.min_confidence ?? 0)) {
+        return false;
+      }
+      if (want.box !== undefined) {
+        const box = d.box;
+        if (box === undefined) {
+          return false;
+        }
+        const got = [box.xMin, box.yMin, box.xMax, box.yMax];
+        if (!got.every((v, i) => Math.abs(v - (want.box?.[i] ?? Number.NaN)) <= tolerance)) {
+          return false;
+        }
+      }
+      return want.keypoints === undefined || d.keypoints.length === want.keypoints;
+    });
+    assert.ok(
+      match !== undefined,
+      `${where}: no detection matches ${JSON.stringify(want)}; got:\n  ${seen.join("\n  ")}`,
+    );
+  }
+  if (expected.only_classes !== undefined) {
+    const others = actual.detections.filter((d) => !expected.only_classes?.includes(d.className));
+    assert.deepEqual(
+      others.map((d) => d.className),
+      [],
+      `${where}: classes outside ${expected.only_classes.join(", ")}`,
+    );
+  }
+}
+
+function checkError(err: unknown, expect: Case["expect"]): void {
+  assert.ok(err instanceof VisionRpcError, `expected a VisionRpcError, got ${String(err)}`);
+  assert.equal(err.codeName, expect.code, `status code of ${err.toString()}`);
+  if (expect.reason !== undefined) {
+    assert.equal(err.reason, expect.reason, `ErrorInfo.reason of ${err.toString()}`);
+    assert.equal(err.domain, "visionrpc.dev", "ErrorInfo.domain");
+  }
+  if (expect.field !== undefined) {
+    assert.equal(err.fieldViolations[0]?.field, expect.field, `first BadRequest field violation of ${err.toString()}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------- cases
+
+if (server !== undefined) {
+  const cases = JSON.parse(readFileSync(CASES_PATH, "utf8")) as Case[];
+  const client = createClient(server.address, { timeoutMs: 120_000 });
+  after(() => client.close());
+
+  describe("conformance", () => {
+    test("cases.json has cases", () => {
+      assert.ok(cases.length > 0, `no cases in ${CASES_PATH}`);
+    });
+
+    for (const c of cases) {
+      test(c.name, { timeout: CASE_TIMEOUT_MS }, async () => {
+        if (c.rpc === "Infer") {
+          await runInfer(c);
+        } else if (c.rpc === "StreamPredictions") {
+          await runStream(c);
+        } else {
+          assert.fail(`unknown rpc ${String(c.rpc)}`);
+        }
+      });
+    }
+  });
+
+  async function runInfer(c: Case): Promise<void> {
+    const call = client.infer(images(c.request, server!.media), {
+      ...inferOptions(c.request.options),
+      ...(c.request.model_id === undefined ? {} : { model: c.request.model_id }),
+    });
+    if (c.expect.code !== undefined) {
+      const err = await call.then(
+        (response) => assert.fail(`expected ${c.expect.code}, got a response for model ${response.modelName}`),
+        (e: unknown) => e,
+      );
+      checkError(err, c.expect);
+      return;
+    }
+    const response = await call;
+    const expected = c.expect.predictions ?? [];
+    assert.equal(response.predictions.length, c.request.images?.length ?? 0, "one prediction per image");
+    expected.forEach((want, i) => checkPrediction(response.predictions[i], want, i));
+  }
+
+  async function runStream(c: Case): Promise<void> {
+    const controller = new AbortController();
+    const stream = client.stream(streamRequest(c.request), { signal: controller.signal });
+    const cancelAfter = c.expect.cancel_after_frames;
+    const events: StreamMessage[] = [];
+    let frames = 0;
+    let error: unknown;
+    try {
+      for await (const event of stream) {
+        events.push(event);
+        if (event.kind === "frame") {
+          frames += 1;
+          if (cancelAfter !== undefined && frames === cancelAfter) {
+            controller.abort();
+          }
+        }
+      }
+    } catch (err) {
+      error = err;
+    }
+    if (c.expect.code !== undefined) {
+      assert.ok(
+        error !== undefined,
+        `expected ${c.expect.code}, the stream ended normally after ${events.length} messages`,
+      );
+      checkError(error, c.expect);
+      return;
+    }
+    if (error !== undefined) {
+      throw error;
+    }
+    const statuses = events.filter((e) => e.kind === "status");
+    if (cancelAfter !== undefined) {
+      // A clean CANCELLED end: no error, nothing delivered after the cancel beyond what was already in flight.
+      assert.ok(stream.cancelled, "the stream reports that we cancelled it");
+      assert.ok(frames >= cancelAfter, `expected at least ${cancelAfter} frames before cancelling, got ${frames}`);
+      assert.ok(!statuses.some((s) => s.event === "source_ended"), "the source must not have ended: it was cancelled");
+      await assertStreamFreed(events[0]?.streamId);
+    }
+    if (c.expect.frames !== undefined) {
+      assert.equal(frames, c.expect.frames, "frames received");
+    }
+    if (c.expect.first_status !== undefined) {
+      assert.equal(events[0]?.kind, "status", "the first message is a status");
+      assert.equal(protoEventName(statuses[0]?.event ?? "none"), c.expect.first_status, "first status");
+    }
+    if (c.expect.last_status !== undefined) {
+      assert.equal(protoEventName(statuses.at(-1)?.event ?? "none"), c.expect.last_status, "last status");
+    }
+    if (c.expect.classes_seen !== undefined) {
+      const seen = new Set(
+        events.flatMap((e) => (e.kind === "frame" ? (e.prediction?.detections ?? []).map((d) => d.className) : [])),
+      );
+      for (const name of c.expect.classes_seen) {
+        assert.ok(seen.has(name), `class ${name} never seen; saw ${[...seen].join(", ")}`);
+      }
+    }
+  }
+
+  /**
+   * The cancel reached the server: once the pipeline's linger (2 s by default) has passed without subscribers,
+   * joining the stream by id answers NOT_FOUND. A subscription the server still held would keep it running.
+   */
+  async function assertStreamFreed(streamId: string | undefined): Promise<void> {
+    assert.ok(streamId, "the stream sent its id");
+    await sleep(4_000);
+    const rejoin = client.stream({ streamId });
+    const err = await (async () => {
+      for await (const event of rejoin) {
+        return new Error(`stream ${streamId} still runs after the cancel (got a ${event.kind})`);
+      }
+      return new Error(`joining stream ${streamId} ended without NOT_FOUND`);
+    })().catch((e: unknown) => e);
+    assert.ok(err instanceof VisionRpcError, String(err));
+    assert.equal(err.codeName, "NOT_FOUND");
+    assert.equal(err.reason, "STREAM_NOT_FOUND");
+  }
+}
