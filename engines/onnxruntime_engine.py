@@ -69,6 +69,7 @@ class OnnxRuntimeEngine:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
+        allow_spinning: bool = False,
     ) -> OnnxRuntimeEngine:
         """Creates a session for the ONNX file at `path`.
 
@@ -81,6 +82,10 @@ class OnnxRuntimeEngine:
                 run on (CPU affinity and the container's CPU quota).
             inter_op_threads: threads running independent operators in parallel; only used by the parallel
                 execution mode, which we do not enable, so 1 is right for nearly every model.
+            allow_spinning: let idle intra-op threads busy-wait for the next operator (ONNX Runtime's
+                default). Off: the server's batch scheduler runs one batch per model at a time, and the cores
+                a spinning pool burns between operators are the ones request threads need for decoding,
+                letterboxing and NMS (measured on 2 cores: equal or better throughput, less CPU).
 
         Raises:
             EngineError: an unknown provider name, a missing or invalid model file, or a failed session.
@@ -101,6 +106,7 @@ class OnnxRuntimeEngine:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = intra_op_threads or available_cores()
         options.inter_op_num_threads = inter_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind11 classes, all plain Exception subclasses

@@ -37,6 +37,7 @@ from .models.engine_selection import EngineSelector, RuntimeProbe, best_ort_prov
 from .models.manager import ModelManager
 from .models.repository import ModelRepository, ResolvedModel
 from .models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
+from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
 from .servicers.models import ModelServicer
 from .streams.manager import StreamManager
@@ -84,6 +85,11 @@ def tensorrt_settings(config: ServerConfig) -> TensorRTSettings:
         dla_core=config.dla_core,
         calibration_cache=Path(config.trt_calibration_cache) if config.trt_calibration_cache else None,
     )
+
+
+def batch_settings(config: ServerConfig) -> BatchSettings:
+    """The server's dynamic batching defaults; each model's manifest may override the first two."""
+    return BatchSettings(config.max_batch_size, config.max_queue_delay_ms, config.batch_queue_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,7 @@ def build_model_manager(
         max_loaded=config.max_loaded_models,
         builder=builder if builder is not None else TensorRTBuilder(tensorrt_settings(config)),
         selector=selector,
+        batching=batch_settings(config),
     )
 
 

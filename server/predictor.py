@@ -1,7 +1,12 @@
 """One loaded model: preprocess -> engine -> decode, in-process, with no gRPC anywhere.
 
-This is the whole inference path; the servicers only translate messages around it, and the benchmark runs
-it directly as the in-process baseline the server is held to.
+This is the whole inference path; the servicers only translate messages around it. Two ways in:
+
+- `submit` (what Infer and stream pipelines use): through the model's `BatchScheduler`, which merges
+  concurrent callers' images into shared engine calls (dynamic batching, `scheduler.py`); each caller
+  preprocesses and decodes its own images in its own thread.
+- `predict` / `run`: the images as one engine call in the calling thread, no scheduler; the benchmark runs
+  this as the in-process baseline the server is held to.
 """
 
 from __future__ import annotations
@@ -10,15 +15,25 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from visionrpc.engines import Engine, EngineError, EngineInfo
 
 from .domain import ChannelOrder, ImageArray, ImageSize, InferOptions, Prediction, Timings
 from .models.repository import ResolvedModel
-from .processing import DecodeOptions, decode_batch, preprocess, resolve_options, stack_batch
+from .processing import (
+    Decoded,
+    DecodeOptions,
+    Transform,
+    decode_batch,
+    preprocess,
+    resolve_options,
+    stack_batch,
+)
+from .scheduler import BatchScheduler, BatchSettings, Origin
 
 __all__ = ["BatchResult", "InputImage", "Predictor"]
 
@@ -64,12 +79,14 @@ class Predictor:
     swap.
     """
 
-    def __init__(self, model: ResolvedModel, engine: Engine) -> None:
+    def __init__(self, model: ResolvedModel, engine: Engine, batching: BatchSettings | None = None) -> None:
+        """Wraps a loaded engine. `batching`: the scheduler's settings (default: the device defaults)."""
         self.model = model
         self._input_name = engine.inputs[0].name
         self._lock = threading.Lock()
         self._current = _EngineRef(engine)
         self._closed = False
+        self._scheduler = BatchScheduler(self, batching)
 
     @property
     def name(self) -> str:
@@ -78,6 +95,18 @@ class Predictor:
     @property
     def version(self) -> str:
         return self.model.version
+
+    @property
+    def key(self) -> str:
+        return self.model.key
+
+    @property
+    def input_name(self) -> str:
+        return self._input_name
+
+    @property
+    def scheduler(self) -> BatchScheduler:
+        return self._scheduler
 
     @property
     def engine(self) -> Engine:
@@ -92,8 +121,60 @@ class Predictor:
         """Checks request options against this model (class names exist, ...); raises InvalidArgumentError."""
         return resolve_options(options, self.model.manifest)
 
+    def submit(
+        self,
+        images: Sequence[InputImage],
+        options: DecodeOptions,
+        *,
+        origin: Origin = Origin.UNARY,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> BatchResult:
+        """Runs the images through the batch scheduler, sharing engine calls with other callers' images.
+
+        Preprocessing and decoding (with these options) run in this thread; only the engine call is shared.
+        Each prediction's queue_ms adds the time spent waiting for a batch to the image's own queue_ms. The
+        engine reported is the one that ran the first image (a swap may fall between two batches).
+
+        Args:
+            origin: whose work this is (unary request or stream frames), for fairness between the two.
+            deadline: `time.monotonic()` after which the images are dropped instead of run.
+            cancelled: set when the caller goes away; its images still queued are dropped.
+
+        Raises:
+            ResourceExhaustedError: the queue is full.  DeadlineExceededError: the deadline passed first.
+            UnavailableError: the model is being unloaded.  EngineError: the engine failed.
+        """
+        manifest = self.model.manifest
+        transforms: list[Transform] = []
+        preprocess_ms: list[float] = []
+
+        def prepare(index: int) -> npt.NDArray[np.float32]:
+            t0 = time.perf_counter()
+            tensor, transform = preprocess(images[index].pixels, images[index].order, manifest)
+            transforms.append(transform)
+            preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
+            return tensor
+
+        items = self._scheduler.submit(
+            len(images), prepare, origin=origin, deadline=deadline, cancelled=cancelled
+        )
+        predictions = []
+        for image, item, transform, prep_ms in zip(images, items, transforms, preprocess_ms, strict=True):
+            t0 = time.perf_counter()
+            (decoded,) = decode_batch(manifest, item.outputs, [transform], options)
+            timings = Timings(
+                decode_ms=image.decode_ms,
+                queue_ms=image.queue_ms + item.queue_ms,
+                preprocess_ms=prep_ms,
+                inference_ms=item.inference_ms,
+                postprocess_ms=(time.perf_counter() - t0) * 1000.0,
+            )
+            predictions.append(_prediction(image, decoded, timings))
+        return BatchResult(predictions, items[0].engine)
+
     def predict(self, images: Sequence[InputImage], options: DecodeOptions) -> list[Prediction]:
-        """Runs the images as one batch and returns one Prediction per image, in order."""
+        """Runs the images as one batch in this thread (no scheduler); one Prediction per image, in order."""
         return self.run(images, options).predictions
 
     def run(self, images: Sequence[InputImage], options: DecodeOptions) -> BatchResult:
@@ -140,7 +221,9 @@ class Predictor:
         return True
 
     def close(self) -> None:
-        """Closes the engine once no batch runs on it; later calls fail with EngineError. Idempotent."""
+        """Fails images still queued in the scheduler, then closes the engine once no batch runs on it;
+        later calls fail (UnavailableError from `submit`, EngineError from `run`). Idempotent."""
+        self._scheduler.close()
         with self._lock:
             if self._closed:
                 return
@@ -150,6 +233,10 @@ class Predictor:
             close_now = current.users == 0
         if close_now:
             current.engine.close()
+
+    def lease(self) -> AbstractContextManager[Engine]:
+        """The current engine, kept open (a swap or close defers closing it) until the block ends."""
+        return self._lease()
 
     @contextmanager
     def _lease(self) -> Iterator[Engine]:
@@ -187,11 +274,10 @@ class Predictor:
         postprocess_ms = (t_end - t_decode) * 1000.0
         logger.debug("%s: batch of %d in %.1f ms", self.model.key, len(images), (t_end - start) * 1000.0)
         return [
-            Prediction(
-                image_size=ImageSize(width=image.pixels.shape[1], height=image.pixels.shape[0]),
-                detections=result.detections,
-                classifications=result.classifications,
-                timings=Timings(
+            _prediction(
+                image,
+                result,
+                Timings(
                     decode_ms=image.decode_ms,
                     queue_ms=image.queue_ms,
                     preprocess_ms=prep_ms,
@@ -206,6 +292,15 @@ class Predictor:
         manifest = self.model.manifest
         blank = np.zeros((manifest.input_height, manifest.input_width, 3), dtype=np.uint8)
         self._predict_on(engine, [InputImage(blank, ChannelOrder.BGR)], self.resolve_options(InferOptions()))
+
+
+def _prediction(image: InputImage, decoded: Decoded, timings: Timings) -> Prediction:
+    return Prediction(
+        image_size=ImageSize(width=image.pixels.shape[1], height=image.pixels.shape[0]),
+        detections=decoded.detections,
+        classifications=decoded.classifications,
+        timings=timings,
+    )
 
 
 def _names(engine: Engine) -> dict[str, list[str]]:

@@ -26,6 +26,7 @@ from visionrpc.engines import Engine, EngineError, EngineInfo
 
 from ..errors import FailedPreconditionError, NotFoundError, VisionRpcError
 from ..predictor import Predictor
+from ..scheduler import BatchSettings
 from .builds import NOT_NEEDED, BuildState, BuildStatus, EngineBuilder
 from .engine_selection import EngineSelection
 from .manifest import ModelManifest
@@ -85,6 +86,7 @@ class ModelManager:
         max_loaded: int,
         builder: EngineBuilder | None = None,
         selector: EngineSelectorFn | None = None,
+        batching: BatchSettings | None = None,
     ) -> None:
         """Creates an empty manager; models load on first use.
 
@@ -95,12 +97,15 @@ class ModelManager:
             builder: builds better engines in the background (TensorRT); None: never build.
             selector: picks each model's engine; None: the builder's target for every model when there is a
                 builder, else the factory's engine.
+            batching: the dynamic batching defaults (a model's manifest may override them); None: the
+                device defaults. Each loaded model has its own scheduler, closed when the model closes.
         """
         self._repository = repository
         self._engine_factory = engine_factory
         self._max_loaded = max_loaded
         self._builder = builder
         self._selector = selector
+        self._batching = batching or BatchSettings()
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
         self._failures: dict[str, str] = {}
@@ -310,7 +315,9 @@ class ModelManager:
         self, model: ResolvedModel, engine: Engine, build: BuildStatus
     ) -> tuple[Predictor, BuildStatus]:
         """A warmed-up predictor; a cached target engine failing its warm-up is replaced by the fallback."""
-        predictor = Predictor(model, engine)
+        manifest = model.manifest
+        batching = self._batching.overridden(manifest.max_batch_size, manifest.max_queue_delay_ms)
+        predictor = Predictor(model, engine, batching)
         try:
             predictor.warmup()
             return predictor, build
@@ -322,7 +329,7 @@ class ModelManager:
         logger.warning("model %s: %s; serving on the fallback engine", model.key, reason)
         with self._lock:
             self._build_failures[model.key] = reason
-        fallback = Predictor(model, self._engine_factory(model))
+        fallback = Predictor(model, self._engine_factory(model), batching)
         fallback.warmup()
         return fallback, BuildStatus(BuildState.FAILED, build.target_engine, None, reason)
 

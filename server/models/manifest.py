@@ -69,6 +69,10 @@ class ModelManifest:
     # Engine for this model, overriding the server's --engine: "onnxruntime", "tensorrt" or "auto"; None
     # follows the server. E.g. "onnxruntime" for a model with operators TensorRT cannot parse.
     engine: str | None = None
+    # Dynamic batching for this model, overriding the server's --max-batch-size / --max-queue-delay-ms; None
+    # follows the server. E.g. max_batch_size 1 for a model that misbehaves batched.
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +86,12 @@ class ModelManifest:
             raise ValueError(f"expected a plain file name for onnx_file, got {self.onnx_file!r}")
         if self.engine is not None and self.engine not in ENGINE_CHOICES:
             raise ValueError(f"expected engine {', '.join(ENGINE_CHOICES)} or null, got {self.engine!r}")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ValueError(f"expected max_batch_size >= 1 or null, got {self.max_batch_size}")
+        if self.max_queue_delay_ms is not None and not 0.0 <= self.max_queue_delay_ms <= 1000.0:
+            raise ValueError(
+                f"expected max_queue_delay_ms in [0, 1000] or null, got {self.max_queue_delay_ms}"
+            )
         for name in ("default_confidence", "default_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +15,7 @@ from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgu
 from ..models.manager import ModelManager
 from ..models.repository import ModelId
 from ..predictor import InputImage
+from ..scheduler import Origin
 from ..streams.manager import StreamManager
 from ..streams.pipeline import SHUTDOWN_REASON, Subscription
 from ..streams.sources import SourcePolicy, resolve_source
@@ -57,6 +59,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         for index, image in enumerate(request.images):
             decoded = decode_request_image(image, index, max_pixels=self._config.max_image_pixels)
             images.append(InputImage(decoded.pixels, decoded.order, decode_ms=decoded.decode_ms))
+        # A cancelled or expired call drops its images still queued for a batch (add_callback also fires on
+        # normal completion, when nothing is queued any more).
+        gone = threading.Event()
+        context.add_callback(gone.set)
         with self._models.acquire(model_id) as predictor:
             decode_options = predictor.resolve_options(options)
             remaining = context.time_remaining()
@@ -64,9 +70,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 raise DeadlineExceededError(
                     "the deadline passed before inference started", reason="DEADLINE_PASSED"
                 )
-            # The engine that ran the batch, not the current one: a background build may swap engines
-            # meanwhile.
-            result = predictor.run(images, decode_options)
+            deadline = None if remaining is None else time.monotonic() + remaining
+            # Through the model's batch scheduler, shared with other calls and with stream frames. The engine
+            # reported is the one that ran the images, not the current one: a background build may swap
+            # engines meanwhile.
+            result = predictor.submit(
+                images, decode_options, origin=Origin.UNARY, deadline=deadline, cancelled=gone
+            )
             return infer_response(predictor.name, predictor.version, result.engine, result.predictions)
 
     @map_stream_errors

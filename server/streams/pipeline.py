@@ -3,7 +3,8 @@
 Threads (all owned by the pipeline; none outlives it):
 
     SourceReader thread per source --Frame/SourceEvent--> SourceBuffer (this source's FrameSink)
-    one inference thread: ready frames round-robin over sources, batched across sources into one predict,
+    one inference thread: ready frames round-robin over sources, submitted (up to max_batch at a time) to
+        the model's batch scheduler, which may merge them with unary requests and other pipelines' frames,
         -> FrameResult (JPEG encoded once when asked) -> each Subscription's bounded queue (subscription.py)
 
 Decisions, for the servicer and clients:
@@ -35,10 +36,11 @@ from typing import TYPE_CHECKING, Protocol, cast
 import cv2
 
 from ..domain import ChannelOrder, Prediction
-from ..errors import InvalidArgumentError, VisionRpcError
+from ..errors import InvalidArgumentError, ResourceExhaustedError, VisionRpcError
 from ..models.manager import ModelManager
 from ..predictor import InputImage, Predictor
 from ..processing import DecodeOptions
+from ..scheduler import Origin
 from .buffers import Gate, SourceBuffer
 from .sources import SourceReader
 from .subscription import Subscription
@@ -76,7 +78,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 8  # frames of different sources inferred in one predict call
+MAX_BATCH = 8  # frames of different sources submitted together (the scheduler may split or merge them)
 # Frames queued per every-frame source: enough for decoding to overlap inference, few enough that a source
 # holds only a few decoded frames in memory.
 FRAME_BUFFER = 4
@@ -453,7 +455,9 @@ class Pipeline:
             InputImage(frame.pixels, ChannelOrder.BGR, queue_ms=max(0.0, (now - frame.capture_time) * 1000.0))
             for frame in frames
         ]
-        predictions = predictor.predict(images, self.decode_options)
+        predictions = self._submit(predictor, images)
+        if predictions is None:  # stopping
+            return
         with self._gate.lock:
             self._frames_inferred += len(frames)
         for frame, prediction in zip(frames, predictions, strict=True):
@@ -469,6 +473,18 @@ class Pipeline:
                     frame_jpeg=self._jpeg(frame, prediction),
                 )
             )
+
+    def _submit(self, predictor: Predictor, images: list[InputImage]) -> list[Prediction] | None:
+        """Through the model's batch scheduler; a full queue is waited out (None: the pipeline stops)."""
+        while True:
+            try:
+                return predictor.submit(images, self.decode_options, origin=Origin.STREAM).predictions
+            except ResourceExhaustedError as exc:
+                with self._gate.lock:
+                    if not self._gate.stopping:
+                        self._gate.work.wait(exc.retry_after_s)
+                    if self._gate.stopping:
+                        return None
 
     def _jpeg(self, frame: Frame, prediction: Prediction) -> bytes:
         """The frame image, encoded once per frame however many subscribers receive it."""

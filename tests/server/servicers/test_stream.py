@@ -350,3 +350,7 @@ def test_unary_infer_is_served_while_a_stream_runs(
         pipelines = server.server.streams.pipelines()
         # The stream kept inferring (its lossy queue overflows while we do not read) while Infer was answered.
         assert pipelines and pipelines[0].running and pipelines[0].frames_inferred > 0
+        # Both went through the model's one batch scheduler.
+        with server.server.models.acquire(server.config.default_model) as predictor:
+            stats = predictor.scheduler.stats()
+        assert stats.unary_images >= 5 and stats.stream_images > 0
