@@ -1,0 +1,55 @@
+"""`python -m bench [--quick] [--out DIR]`: run the benchmark once, write latest.json and latest.md."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .modes import FULL, QUICK
+from .report import NOISY_SHARE, write_reports
+from .run import run_benchmark
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Holds the visionrpc server to the speed of its own in-process pipeline, in one run.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts (seconds): a smoke test for CI")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})"
+    )
+    parser.add_argument("--model", help="model to measure (default: the server's default, yolov3-tiny-coco)")
+    parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads (default: the server's)")
+    ns = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the server process is stopped and the temporary folder removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings: dict[str, Any] = {}
+    if ns.model:
+        settings["default_model"] = ns.model
+    if ns.intra_op_threads is not None:
+        settings["intra_op_threads"] = ns.intra_op_threads
+    results, targets = run_benchmark(QUICK if ns.quick else FULL, settings)
+    json_path, md_path = write_reports(results, targets, ns.out)
+    for target in targets:
+        result = "met   " if target.met else "MISSED"
+        print(f"{result} {target.name}: {target.measured} (target {target.target})")
+    share = results["noise"].get("other_processes_share_of_machine", 0.0)
+    if share > NOISY_SHARE:
+        print(
+            f"warning: other processes used {share:.0%} of the machine's CPU during the run; rerun when idle"
+        )
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

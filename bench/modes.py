@@ -1,0 +1,65 @@
+"""How much the benchmark measures: the full mode for people, the quick mode for CI (seconds on 2 cores)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FULL", "QUICK", "Mode"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    name: str
+    # In-process sweep.
+    latency_images: int  # single-image predict calls, one thread
+    throughput_images: int  # images per (batch size, threads) configuration, at least one batch per thread
+    batch_sizes: tuple[int, ...]
+    thread_counts: tuple[int, ...]
+    # Unary Infer through gRPC: concurrency -> timed requests (each phase starts with untimed warm-up calls).
+    unary_requests: tuple[tuple[int, int], ...]
+    png_requests: int  # informational: c=1 with PNG-encoded images (the server decodes them)
+    warmup_requests: int  # before "RSS after warm-up", at the highest concurrency
+    # RSS checkpoints: Infer requests after the warm-up, sent at the highest concurrency before any other
+    # phase (the later phases then run on a server in its steady state).
+    memory_checkpoints: tuple[int, int]
+    # The targets' interleaved comparisons (paired.py).
+    latency_pairs: int  # one in-process call + one Infer each
+    rounds: int  # rounds of each side for throughput, stream and fan-out
+    round_images: int  # images per throughput round and side
+    stream_frames: int | None  # frames per stream round and side (None: the whole file, 250 frames)
+    fanout_frames: int | None  # frames per fan-out window (None: to the end of the file)
+
+
+FULL = Mode(
+    name="full",
+    latency_images=300,
+    throughput_images=160,
+    batch_sizes=(1, 2, 4, 8),
+    thread_counts=(1, 2, 4),
+    unary_requests=((1, 300), (4, 300), (16, 400)),
+    png_requests=100,
+    warmup_requests=32,
+    memory_checkpoints=(1_000, 10_000),
+    latency_pairs=300,
+    rounds=2,
+    round_images=240,
+    stream_frames=None,
+    fanout_frames=None,
+)
+
+QUICK = Mode(
+    name="quick",
+    latency_images=20,
+    throughput_images=16,
+    batch_sizes=(1, 4),
+    thread_counts=(1, 2),
+    unary_requests=((1, 20), (4, 24), (16, 32)),
+    png_requests=10,
+    warmup_requests=16,
+    memory_checkpoints=(100, 500),
+    latency_pairs=20,
+    rounds=1,
+    round_images=16,
+    stream_frames=40,
+    fanout_frames=30,
+)

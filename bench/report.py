@@ -1,0 +1,250 @@
+"""Targets as ratios of this run's own measurements, and the JSON and Markdown reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Target", "evaluate_targets", "render_markdown", "write_reports"]
+
+# DESIGN.md, "Performance yardsticks": the server's overhead is a ratio to the in-process pipeline.
+UNARY_P50_OVERHEAD_MS = 1.5
+THROUGHPUT_RATIO = 0.95
+STREAM_RATIO = 0.95
+FANOUT_CPU_RATIO = 1.15
+RSS_GROWTH_MB = 30.0
+NOISY_SHARE = 0.05  # other processes' share of the machine's CPU above which a run is flagged as noisy
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    measured: str  # the measurement, in words and units
+    target: str
+    ratio: float  # measured against the limit, oriented so that <= 1.0 always means met
+    met: bool
+
+
+def _unary_latency(pairs: dict[str, Any]) -> Target:
+    base, served = pairs["in_process"]["p50_ms"], pairs["served"]["p50_ms"]
+    limit = base + UNARY_P50_OVERHEAD_MS
+    return Target(
+        "unary p50 latency, c=1",
+        f"{served:.2f} ms vs in-process {base:.2f} ms: {served - base:+.2f} ms ({pairs['pairs']} interleaved "
+        f"pairs; median pair difference {pairs['median_pair_difference_ms']:+.2f} ms)",
+        f"<= in-process + {UNARY_P50_OVERHEAD_MS} ms = {limit:.2f} ms",
+        served / limit,
+        served <= limit,
+    )
+
+
+def _unary_throughput(paired: dict[str, Any]) -> Target:
+    local, served = paired["in_process"], paired["served"]
+    ratio = served["requests_per_s"] / local["images_per_s"]
+    return Target(
+        f"unary throughput, c={served['concurrency']}",
+        f"{served['requests_per_s']:.1f} img/s = {ratio:.3f} x in-process best {local['images_per_s']:.1f} "
+        f"img/s (batch {local['batch']}, {local['threads']} thread(s); {paired['rounds']} rounds each)",
+        f">= {THROUGHPUT_RATIO} x in-process best",
+        THROUGHPUT_RATIO / ratio,
+        ratio >= THROUGHPUT_RATIO,
+    )
+
+
+def _stream(paired: dict[str, Any]) -> Target:
+    served, loop = paired["served"]["fps"], paired["in_process"]["fps"]
+    ratio = served / loop
+    return Target(
+        "stream frames/s, every-frame delivery",
+        f"{served:.1f} fps = {ratio:.3f} x in-process loop {loop:.1f} fps ({paired['rounds']} rounds each)",
+        f">= {STREAM_RATIO} x in-process loop",
+        STREAM_RATIO / ratio,
+        ratio >= STREAM_RATIO,
+    )
+
+
+def _fanout(paired: dict[str, Any]) -> Target:
+    one, many = paired["1"]["server_cpu_ms_per_frame"], paired["8"]["server_cpu_ms_per_frame"]
+    ratio = many / one
+    return Target(
+        "fan-out: server CPU per frame, 8 subscribers vs 1",
+        f"{many:.1f} vs {one:.1f} ms/frame = {ratio:.3f} x ({paired['rounds']} rounds each)",
+        f"<= {FANOUT_CPU_RATIO} x",
+        ratio / FANOUT_CPU_RATIO,
+        ratio <= FANOUT_CPU_RATIO,
+    )
+
+
+def _memory(memory: dict[str, Any], full: bool) -> Target:
+    first, last = memory["checkpoints"]
+    growth = memory["growth_mb"]
+    return Target(
+        f"server RSS growth, {first['requests']:,} -> {last['requests']:,} requests",
+        f"{growth:+.1f} MB ({first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB)",
+        f"<= {RSS_GROWTH_MB:.0f} MB" + ("" if full else " (defined for 1k -> 10k)"),
+        max(growth, 0.0) / RSS_GROWTH_MB,
+        growth <= RSS_GROWTH_MB,
+    )
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[Target]:
+    """The targets, each from the interleaved comparison of its two sides (paired.py), memory aside."""
+    paired = results["paired"]
+    return [
+        _unary_latency(paired["latency"]),
+        _unary_throughput(paired["throughput"]),
+        _stream(paired["stream"]),
+        _fanout(paired["fanout"]),
+        _memory(results["memory"], results["mode"] == "full"),
+    ]
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _latency(summary: dict[str, float]) -> str:
+    return f"p50 {summary['p50_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms (n={summary['count']:.0f})"
+
+
+def _steps(timings: dict[str, float]) -> str:
+    names = ("decode", "queue", "preprocess", "inference", "postprocess", "total")
+    return ", ".join(f"{name} {timings[name + '_ms']:.2f}" for name in names) + " ms"
+
+
+def _measurements(results: dict[str, Any]) -> list[str]:
+    ip, unary, paired = results["in_process"], results["unary"], results["paired"]
+    memory, quick = results["memory"], results["mode"] != "full"
+    rows = [_row("in-process latency, 1 image, 1 thread", _latency(ip["latency"]))]
+    for run in ip["throughput"]["tried"]:
+        rows.append(
+            _row(
+                f"in-process throughput, batch {run['batch']}, {run['threads']} thread(s)",
+                f"{run['images_per_s']:.1f} img/s ({run['images']} images)",
+            )
+        )
+    for key, phase in unary.items():
+        payload = "PNG-encoded (the server decodes)" if key == "c1_png" else "raw pixels"
+        rows.append(
+            _row(
+                f"unary Infer c={phase['concurrency']}, {payload}",
+                f"{_latency(phase['latency'])}; {phase['requests_per_s']:.1f} req/s; "
+                f"load generator {phase['client_cpu_ms_per_request']:.2f} ms CPU/request",
+            )
+        )
+    steps = ip["latency"]["pipeline_p50_ms"], unary["c1"]["server_pipeline_p50_ms"]
+    rows.append(_row("pipeline steps p50, in-process, 1 image", _steps(steps[0])))
+    outside = unary["c1"]["latency"]["p50_ms"] - steps[1]["total_ms"]
+    rows.append(
+        _row(
+            "pipeline steps p50, server at c=1 (from the responses)",
+            f"{_steps(steps[1])}; outside the pipeline (gRPC, transport, servicer) {outside:.2f} ms",
+        )
+    )
+    pairs = paired["latency"]
+    for side in ("in_process", "served"):
+        rows.append(_row(f"interleaved latency pairs, {side.replace('_', '-')}", _latency(pairs[side])))
+    throughput = paired["throughput"]
+    rows.append(
+        _row(
+            "interleaved throughput rounds (img/s)",
+            f"in-process {throughput['in_process_rounds']}, served {throughput['served_rounds']}",
+        )
+    )
+    stream = paired["stream"]
+    for side, label in (
+        ("served", "StreamPredictions, 1 every-frame subscriber"),
+        ("in_process", "in-process loop: cv2.VideoCapture + predict"),
+    ):
+        runs = ", ".join(f"{r['fps']:.1f}" for r in stream[side]["runs"])
+        frames = sum(int(r["frames"]) for r in stream[side]["runs"])
+        rows.append(_row(label, f"{stream[side]['fps']:.1f} fps ({frames} frames; rounds: {runs} fps)"))
+    for key in ("1", "8"):
+        side = paired["fanout"][key]
+        runs = side["runs"]
+        fps = ", ".join(f"{r['fps']:.1f}" for r in runs)
+        frames, dropped = sum(r["frames"] for r in runs), max(r["results_dropped_max"] for r in runs)
+        rows.append(
+            _row(
+                f"fan-out, {key} lossy subscriber(s) on {max(r['pipelines'] for r in runs)} pipeline",
+                f"server {side['server_cpu_ms_per_frame']:.1f} ms CPU/frame over {frames} frames "
+                f"({fps} fps); results dropped (max) {dropped}",
+            )
+        )
+    warm = memory["warmup"]
+    rows.append(_row("server RSS after warm-up", f"{warm['rss_mb']:.1f} MB ({warm['requests']} requests)"))
+    for point in memory["checkpoints"]:
+        rows.append(
+            _row(
+                f"server RSS after {point['requests']:,} requests past the warm-up"
+                + (" (quick: small count)" if quick else ""),
+                f"{point['rss_mb']:.1f} MB; {point['requests_per_s']:.1f} req/s at c={memory['concurrency']}",
+            )
+        )
+    return rows
+
+
+def _noise_warning(noise: dict[str, Any]) -> list[str]:
+    noisy = {k: v for k, v in noise.get("other_processes_share_by_phase", {}).items() if v > NOISY_SHARE}
+    if not noisy:
+        return []
+    phases = ", ".join(f"{label} {share:.0%}" for label, share in noisy.items())
+    return [
+        f"**Noisy run: other processes used the CPU during some phases ({phases}); those numbers are not a "
+        "result. Run it again on an idle machine.**",
+        "",
+    ]
+
+
+def render_markdown(results: dict[str, Any], targets: Sequence[Target]) -> str:
+    settings, quick, noise = results["settings"], results["mode"] != "full", results["noise"]
+    title = f"# visionrpc benchmark, {results['mode']} mode"
+    lines = [
+        title + (" (small counts: a smoke test, not a result)" if quick else ""),
+        "",
+        f"{results['started_at']}, {results['duration_s']:.0f} s; model `{settings['default_model']}` on "
+        f"{results['engine']}, {settings['intra_op_threads']} intra-op threads; commit {results['commit']}.",
+        "",
+        *_noise_warning(noise),
+        "## Targets",
+        "",
+        _row("target", "measured", "limit", "ratio (<= 1 met)", "result"),
+        _row("---", "---", "---", "---:", "---"),
+        *(
+            _row(t.name, t.measured, t.target, f"{t.ratio:.3f}", "met" if t.met else "**missed**")
+            for t in targets
+        ),
+        "",
+        "## Measurements",
+        "",
+        _row("measurement", "value"),
+        _row("---", "---"),
+        *_measurements(results),
+        "",
+        "## Machine",
+        "",
+        _row("", ""),
+        _row("---", "---"),
+        *(_row(key, value) for key, value in results["machine"].items()),
+        _row(
+            "load average at start, at end",
+            f"{noise['load_average_at_start']}, {noise['load_average_at_end']}",
+        ),
+        _row("other processes' share of the CPU", f"{noise.get('other_processes_share_of_machine', 'n/a')}"),
+        "",
+        "Server: `python " + " ".join(results["server_argv"][1:]) + "`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_reports(results: dict[str, Any], targets: Sequence[Target], out_dir: Path) -> tuple[Path, Path]:
+    """Writes latest.json (every measurement and the targets) and latest.md (the tables) into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "latest.json", out_dir / "latest.md"
+    json_path.write_text(json.dumps({**results, "targets": [asdict(t) for t in targets]}, indent=2) + "\n")
+    md_path.write_text(render_markdown(results, targets))
+    return json_path, md_path

@@ -1,0 +1,178 @@
+"""One benchmark run: the in-process sweep, then the same model behind a real server process, then the
+targets' interleaved comparisons (paired.py), with the predictor and the server both loaded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import visionrpc.server
+from visionrpc.engines.onnxruntime_engine import available_cores
+
+from . import assets, paired, procstat
+from .inprocess import Baseline, Pixels, loaded_predictor
+from .modes import Mode
+from .report import NOISY_SHARE, Target, evaluate_targets
+from .server_process import ServerProcess, server_config
+from .unary import LoadResult, encoded_requests, raw_requests, run_load
+
+__all__ = ["run_benchmark"]
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _phase(meter: procstat.NoiseMeter, label: str) -> Iterator[None]:
+    start = time.perf_counter()
+    with meter.phase(label):
+        yield
+    noise = meter.phases.get(label, 0.0)
+    warning = f" (other processes took {noise:.0%} of the CPU)" if noise > NOISY_SHARE else ""
+    _say(f"{label}: {time.perf_counter() - start:.1f} s{warning}")
+
+
+def _server_source() -> Path:
+    """The folder the measured server code is imported from (both processes import the same one)."""
+    return Path(next(iter(visionrpc.server.__path__))).resolve()
+
+
+def _commit() -> str:
+    """The commit of the server code being measured, "-dirty" with uncommitted changes to tracked files."""
+    root = _server_source()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def run_benchmark(mode: Mode, settings: dict[str, Any]) -> tuple[dict[str, Any], list[Target]]:
+    """Runs every measurement of `mode` once; `settings` are ServerConfig fields given to both sides."""
+    started = time.perf_counter()
+    meter = procstat.NoiseMeter()
+    results: dict[str, Any] = {
+        "mode": mode.name,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "server_source": str(_server_source()),
+        "machine": procstat.machine_info(),
+    }
+    images = [assets.load_image(name) for name in assets.IMAGES]
+    video = assets.asset(assets.VIDEO)
+    with tempfile.TemporaryDirectory(prefix="visionrpc-bench-") as tmp:
+        root = Path(tmp)
+        media_root = root / "media"
+        media_root.mkdir()
+        shutil.copyfile(video, media_root / video.name)  # a copy: links out of the media root are refused
+        settings = {
+            "model_repository": root / "models",
+            "cache_dir": assets.model_cache_dir(),
+            "media_root": media_root,
+            # A cancelled stream's pipeline lingers this long; the fan-out runs wait it out between runs.
+            "pipeline_linger_s": 0.5,
+            **settings,
+        }
+        config = server_config(settings)
+        results["settings"] = {key: str(value) for key, value in settings.items()} | {
+            "default_model": config.default_model,
+            "intra_op_threads": config.intra_op_threads or available_cores(),
+            "worker_threads": config.worker_threads,
+        }
+        with loaded_predictor(config) as predictor:
+            info = predictor.engine_info
+            results["engine"] = f"{info.engine} ({info.provider}, {info.device}, {info.precision})"
+            baseline = Baseline(predictor, images)
+            results["in_process"] = _sweep(mode, baseline, meter)
+            with ServerProcess(settings, root / "server.log") as server:
+                meter.server_pid = server.pid
+                results["server_argv"] = server.argv
+                with _phase(meter, "server start-up"):
+                    ready_s = server.wait_ready()
+                results.update(_served(mode, server, images, meter))
+                results["memory"]["server_ready_s"] = round(ready_s, 2)
+                results["paired"] = _paired(mode, baseline, server, video, meter, config.pipeline_linger_s)
+                results["server_log_tail"] = server.log_tail(5).splitlines()
+                status = server.stop()
+                meter.server_pid = None  # reaped: its CPU now counts among our children's
+                if status != 0:
+                    raise RuntimeError(f"the server exited with {status} after SIGTERM:\n{server.log_tail()}")
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    results["noise"] = meter.report()
+    return results, evaluate_targets(results)
+
+
+def _sweep(mode: Mode, baseline: Baseline, meter: procstat.NoiseMeter) -> dict[str, Any]:
+    with _phase(meter, "in-process latency"):
+        latency = baseline.latency(mode.latency_images)
+    with _phase(meter, "in-process throughput sweep"):
+        throughput = baseline.best_throughput(mode.batch_sizes, mode.thread_counts, mode.throughput_images)
+    return {"latency": latency, "throughput": throughput}
+
+
+def _served(
+    mode: Mode, server: ServerProcess, images: Sequence[Pixels], meter: procstat.NoiseMeter
+) -> dict[str, Any]:
+    raw, png = raw_requests(images), encoded_requests(images)
+    top = max(c for c, _ in mode.unary_requests)
+    warm = run_load(server.address, raw, concurrency=top, count=mode.warmup_requests, warmup=0)
+    memory: dict[str, Any] = {
+        "concurrency": top,
+        "warmup": {"requests": warm.requests + 1, "rss_mb": round(server.rss_mb(), 1)},
+        "checkpoints": [],
+    }
+    done = 0
+    for checkpoint in mode.memory_checkpoints:
+        with _phase(meter, f"memory: {checkpoint} requests"):
+            load = run_load(server.address, raw, concurrency=top, count=checkpoint - done, warmup=0)
+        done = checkpoint
+        rss, rate = round(server.rss_mb(), 1), round(load.requests_per_s, 2)
+        memory["checkpoints"].append({"requests": checkpoint, "rss_mb": rss, "requests_per_s": rate})
+    first, last = memory["checkpoints"]
+    memory["growth_mb"] = round(last["rss_mb"] - first["rss_mb"], 1)
+
+    unary: dict[str, LoadResult] = {}
+    for concurrency, count in mode.unary_requests:
+        with _phase(meter, f"unary c={concurrency}"):
+            unary[f"c{concurrency}"] = run_load(server.address, raw, concurrency=concurrency, count=count)
+    with _phase(meter, "unary c=1 PNG"):
+        unary["c1_png"] = run_load(server.address, png, concurrency=1, count=mode.png_requests)
+    return {"memory": memory, "unary": {key: load.summary() for key, load in unary.items()}}
+
+
+def _paired(
+    mode: Mode,
+    baseline: Baseline,
+    server: ServerProcess,
+    video: Path,
+    meter: procstat.NoiseMeter,
+    linger_s: float,
+) -> dict[str, Any]:
+    raw = raw_requests(baseline.images)
+    top = max(c for c, _ in mode.unary_requests)
+    out: dict[str, Any] = {}
+    with _phase(meter, "paired latency"):
+        out["latency"] = paired.paired_latency(baseline, server, raw, mode.latency_pairs)
+    with _phase(meter, "paired throughput"):
+        out["throughput"] = paired.paired_throughput(
+            baseline, server, raw, concurrency=top, images=mode.round_images, rounds=mode.rounds
+        )
+    with _phase(meter, "paired stream"):
+        out["stream"] = paired.paired_stream(baseline, server, video, mode.stream_frames, mode.rounds)
+    with _phase(meter, "paired fan-out"):
+        out["fanout"] = paired.paired_fanout(server, video.name, mode.fanout_frames, mode.rounds, linger_s)
+    return out
