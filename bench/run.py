@@ -18,11 +18,12 @@ import visionrpc.server
 from visionrpc.engines.onnxruntime_engine import available_cores
 
 from . import assets, paired, procstat
+from .floor import measure_floor
 from .inprocess import Baseline, Pixels, loaded_predictor
 from .modes import Mode
 from .report import NOISY_SHARE, Target, evaluate_targets
 from .server_process import ServerProcess, server_config
-from .unary import LoadResult, encoded_requests, raw_requests, run_load
+from .unary import LoadResult, encoded_requests, one_response, raw_requests, run_load
 
 __all__ = ["run_benchmark"]
 
@@ -106,11 +107,17 @@ def run_benchmark(mode: Mode, settings: dict[str, Any]) -> tuple[dict[str, Any],
                 results.update(_served(mode, server, images, meter))
                 results["memory"]["server_ready_s"] = round(ready_s, 2)
                 results["paired"] = _paired(mode, baseline, server, video, meter, config.pipeline_linger_s)
+                response = one_response(server.address, raw_requests(images[:1])[0])
                 results["server_log_tail"] = server.log_tail(5).splitlines()
                 status = server.stop()
                 meter.server_pid = None  # reaped: its CPU now counts among our children's
                 if status != 0:
                     raise RuntimeError(f"the server exited with {status} after SIGTERM:\n{server.log_tail()}")
+            with _phase(meter, "transport floor"):
+                wait_ms = results["paired"]["latency"]["in_process"]["p50_ms"]
+                results["floor"] = measure_floor(
+                    wait_ms, raw_requests(images), response, mode.latency_pairs, root
+                )
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["noise"] = meter.report()
     return results, evaluate_targets(results)

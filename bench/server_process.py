@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -71,12 +71,23 @@ def _free_port() -> int:
 class ServerProcess:
     """Starts `visionrpc serve` on a free loopback port; `stop()` (or leaving the block) sends SIGTERM."""
 
-    def __init__(self, settings: Mapping[str, Any], log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        log_path: Path,
+        *,
+        module: str = "visionrpc.server.cli",
+        extra: Sequence[str] = (),
+    ) -> None:
+        """`python -m module serve --host 127.0.0.1 --port P <settings as flags>`; any other module (the
+        transport floor's) gets `--port P <extra>`."""
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        argv = [sys.executable, "-m", "visionrpc.server.cli", "serve", "--host", "127.0.0.1"]
-        argv += ["--port", str(self.port), *server_flags(settings)]
+        argv = [sys.executable, "-m", module]
+        if module == "visionrpc.server.cli":
+            argv += ["serve", "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port), *server_flags(settings), *extra]
         self.argv = argv
         self._log = log_path.open("wb")
         self._process = subprocess.Popen(
@@ -118,6 +129,14 @@ class ServerProcess:
                     pass  # not listening yet
                 time.sleep(0.1)
         raise RuntimeError(f"the server was not SERVING within {timeout_s} s:\n{self.log_tail()}")
+
+    def wait_listening(self, timeout_s: float = 60.0) -> None:
+        """Waits until the port accepts gRPC connections (for servers without a health service)."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=timeout_s)
+            except grpc.FutureTimeoutError:
+                raise RuntimeError(f"nothing listened on {self.address}:\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()

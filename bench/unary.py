@@ -20,7 +20,15 @@ from visionrpc.v1 import inference_pb2, types_pb2
 
 from .stats import TIMING_FIELDS, latency_summary, median_timings
 
-__all__ = ["CHANNEL_OPTIONS", "INFER_METHOD", "LoadResult", "encoded_requests", "raw_requests", "run_load"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "INFER_METHOD",
+    "LoadResult",
+    "encoded_requests",
+    "one_response",
+    "raw_requests",
+    "run_load",
+]
 
 INFER_METHOD = "/visionrpc.v1.InferenceService/Infer"
 MIB = 1024 * 1024
@@ -86,7 +94,17 @@ class LoadResult:
             "client_cpu_ms_per_request": round(self.client_cpu_s / self.requests * 1000.0, 3),
             "detections_in_checked_response": self.detections,
             "server_pipeline_p50_ms": median_timings(self.server_timings),
+            "outside_pipeline_p50_ms": round(self.outside_pipeline_ms(), 3),
         }
+
+    def outside_pipeline_ms(self) -> float:
+        """Median over requests of the client's latency minus the server's own pipeline total: transport,
+        gRPC, protobuf and the servicer (at concurrency > 1 also the wait for a worker thread)."""
+        outside = [
+            latency * 1000.0 - timings["total_ms"]
+            for latency, timings in zip(self.latencies_s, self.server_timings, strict=True)
+        ]
+        return float(np.median(outside))
 
 
 async def _load(
@@ -129,6 +147,18 @@ async def _load(
 def _timings(response: bytes) -> dict[str, float]:
     timings = inference_pb2.InferResponse.FromString(response).predictions[0].timings
     return {name: float(getattr(timings, name)) for name in TIMING_FIELDS}
+
+
+def one_response(address: str, request: bytes, timeout_s: float = 60.0) -> bytes:
+    """The serialised InferResponse to one request."""
+
+    async def call() -> bytes:
+        async with aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            infer = channel.unary_unary(INFER_METHOD, request_serializer=None, response_deserializer=None)
+            response: bytes = await infer(request, timeout=timeout_s)
+            return response
+
+    return asyncio.run(call())
 
 
 def run_load(

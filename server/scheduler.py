@@ -13,8 +13,9 @@ Decisions:
 - **When a batch starts.** As soon as the engine is free and something is queued, unless more work is known to
   be on its way (a caller has reserved room and is still preprocessing) and the batch is not full: then it
   waits for that work, but never longer than `max_queue_delay_ms` after the oldest queued item arrived. A lone
-  request on an idle engine therefore runs at once (no added latency at concurrency 1), and under load the
-  queue that builds up while a batch computes becomes the next batch.
+  request on an idle engine therefore runs at once, in its caller's own thread (no queueing and no thread
+  hand-off at concurrency 1: ~0.2 ms less per call on 2 cores), and under load the queue that builds up
+  while a batch computes becomes the next batch, run by the scheduler thread.
 - **Fairness.** Work is queued per origin (unary, stream), FIFO within each. Each batch gives the origin whose
   turn it is first pick of half the slots (rounded up), the other origin the rest, then fills what is left
   from either; the turn alternates every batch. A busy origin can therefore never starve the other: with both
@@ -32,7 +33,8 @@ Decisions:
   a [1, 3, H, W] export; a fixed N > 1 is padded up to N), or the TensorRT profile's `max_batch`. Larger
   requests are split over several batches. The batch leases the engine it starts on for its whole run, so a
   TensorRT hot swap only redirects later batches.
-- **Threads.** The scheduler thread only stacks tensors and calls the engine; decoding, letterboxing and NMS
+- **Threads.** The batch runner (the scheduler thread, or an inline caller) only stacks tensors and calls the
+  engine; decoding, letterboxing and NMS
   run in the callers' threads (OpenCV and numpy do the heavy parts outside the GIL), overlapping the next
   batch's compute. One batch per model runs at a time, so ONNX Runtime's intra-op pool, sized to the cores the
   process may use (`--intra-op-threads 0`), serves one run at a time instead of being shared by up to
@@ -236,6 +238,7 @@ class BatchScheduler:
         self._turn = Origin.UNARY
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._running = False  # a batch is running (in the scheduler thread or inline in a caller's)
         self._batch_s = 0.0  # moving average of a batch's engine time, for RetryInfo
         self._stats = SchedulerStats()
 
@@ -292,7 +295,15 @@ class BatchScheduler:
             self._check_open()
             now = time.monotonic()
             self._queues[origin].extend(_Item(ticket, i, t, now) for i, t in enumerate(tensors))
-            self._cond.notify_all()
+            # Idle engine, nobody else preparing work: the batch would start at once anyway, so run it here
+            # and spare the two thread hand-offs (~0.1-0.3 ms at concurrency 1).
+            inline = not self._running and not any(self._reserved.values())
+            if inline:
+                self._running = True
+            else:
+                self._cond.notify_all()
+        if inline:
+            self._run_claimed_batch()
         ticket.done.wait()
         if ticket.error is not None:
             raise _copy(ticket.error) from ticket.error
@@ -351,29 +362,42 @@ class BatchScheduler:
             with self._cond:
                 if not self._gather():
                     return
-            try:
-                self._run_batch()
-            except Exception:  # never let the thread die: its callers would wait forever
-                logger.exception("bug in the batch scheduler of %s", self._runner.key)
+                self._running = True
+            self._run_claimed_batch()
+
+    def _run_claimed_batch(self) -> None:
+        """Runs one batch in this thread (the scheduler's, or a caller's); `_running` was set by the caller
+        under the lock, so no other batch of this model runs meanwhile."""
+        try:
+            self._run_batch()
+        except Exception:  # never let a bug escape: callers would wait forever
+            logger.exception("bug in the batch scheduler of %s", self._runner.key)
+        finally:
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()  # the scheduler thread takes over whatever queued meanwhile
 
     def _gather(self) -> bool:
-        """Waits (lock held) until a batch should start; False once closed."""
-        while not self._closed and not any(self._queues.values()):
-            self._cond.wait()
-        if self._closed:
-            return False
-        batch, delay_ms = self.settings.limits(self._runner.engine.info.device)
-        oldest = min(q[0].enqueued for q in self._queues.values() if q)
-        while (
-            not self._closed
-            and sum(self._reserved.values()) > 0
-            and sum(len(q) for q in self._queues.values()) < batch
-        ):
-            remaining = oldest + delay_ms / 1000.0 - time.monotonic()
-            if remaining <= 0:
-                break
-            self._cond.wait(remaining)
-        return not self._closed
+        """Waits (lock held) until a batch should start and no other is running; False once closed."""
+        while True:
+            while not self._closed and (self._running or not any(self._queues.values())):
+                self._cond.wait()
+            if self._closed:
+                return False
+            batch, delay_ms = self.settings.limits(self._runner.engine.info.device)
+            oldest = min(q[0].enqueued for q in self._queues.values() if q)
+            while (
+                not self._closed
+                and sum(self._reserved.values()) > 0
+                and sum(len(q) for q in self._queues.values()) < batch
+            ):
+                remaining = oldest + delay_ms / 1000.0 - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            # While this thread waited, a caller may have run the queue inline (or be running it).
+            if self._closed or (not self._running and any(self._queues.values())):
+                return not self._closed
 
     def _run_batch(self) -> None:
         with self._runner.lease() as engine:

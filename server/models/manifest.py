@@ -18,13 +18,23 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..domain import ChannelOrder, Task
 
-__all__ = ["ENGINE_CHOICES", "MANIFEST_FILE", "Decoder", "ModelManifest", "ResizeMode"]
+__all__ = [
+    "ENGINE_CHOICES",
+    "MANIFEST_FILE",
+    "Decoder",
+    "FileSignature",
+    "ModelManifest",
+    "ResizeMode",
+    "file_signature",
+]
 
 MANIFEST_FILE = "manifest.json"
 ENGINE_CHOICES = ("onnxruntime", "tensorrt", "auto")
@@ -129,7 +139,26 @@ class ModelManifest:
 
     @classmethod
     def read(cls, directory: Path) -> ModelManifest:
+        """Reads `directory/manifest.json`; an unchanged file is parsed once (see `_cached`).
+
+        Raises:
+            ValueError: missing, not JSON, or not a valid manifest (the message names the file).
+        """
         path = directory / MANIFEST_FILE
+        try:
+            signature = file_signature(path)
+        except FileNotFoundError:
+            raise ValueError(f"{path} is missing") from None
+        cached = _READ_CACHE.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        manifest = cls._read_uncached(path)
+        if signature.settled():
+            _READ_CACHE[path] = (signature, manifest)
+        return manifest
+
+    @classmethod
+    def _read_uncached(cls, path: Path) -> ModelManifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -143,3 +172,33 @@ class ModelManifest:
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / MANIFEST_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class FileSignature:
+    """What identifies one version of a file or directory without reading it: a cache key.
+
+    Timestamps tick coarsely (a few ms on Linux), so an entry changed within `SETTLE_S` of now may change
+    again without its signature changing; such entries are not cached (git's "racy" rule).
+    """
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    SETTLE_S = 1.0
+
+    def settled(self) -> bool:
+        return time.time_ns() - max(self.mtime_ns, self.ctime_ns) > self.SETTLE_S * 1e9
+
+
+def file_signature(path: Path) -> FileSignature:
+    """Raises OSError (FileNotFoundError, ...) like os.stat."""
+    st = os.stat(path)
+    return FileSignature(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# Every request resolves its model, and reading + parsing the manifest was ~0.1-0.4 ms of it. Manifests are
+# frozen, so one parsed copy per unchanged file can be shared; the map holds one entry per model version.
+_READ_CACHE: dict[Path, tuple[FileSignature, ModelManifest]] = {}

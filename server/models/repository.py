@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .builtins import BUILTIN_MODELS, install_builtin, is_builtin
-from .manifest import ModelManifest
+from .manifest import FileSignature, ModelManifest, file_signature
 
 __all__ = ["ModelId", "ModelRepository", "ResolvedModel"]
 
@@ -74,6 +74,7 @@ class ModelRepository:
         self._user_root = user_root
         self._builtin_root = builtin_root
         self._download_dir = download_dir
+        self._versions: dict[Path, tuple[FileSignature, tuple[str, ...]]] = {}
 
     def names(self) -> list[str]:
         """Every model name: user models, then built-ins (whether installed yet or not)."""
@@ -81,12 +82,26 @@ class ModelRepository:
         return sorted(user) + sorted(BUILTIN_MODELS)
 
     def versions(self, name: str) -> list[str]:
-        """Versions on disk, oldest first (a built-in not installed yet reports none)."""
+        """Versions on disk, oldest first (a built-in not installed yet reports none).
+
+        Listed once per change of the model's directory (adding, removing or renaming a version changes its
+        signature), so resolving a model per request costs one stat here, not a directory scan.
+        """
         directory = self._root_for(name) / name
+        try:
+            signature = file_signature(directory)
+        except OSError:
+            return []
+        cached = self._versions.get(directory)
+        if cached is not None and cached[0] == signature:
+            return list(cached[1])
         if not directory.is_dir():
             return []
         found = [p.name for p in directory.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
-        return sorted(found, key=int)
+        versions = sorted(found, key=int)
+        if signature.settled():
+            self._versions[directory] = (signature, tuple(versions))
+        return versions
 
     def is_builtin(self, name: str) -> bool:
         return self._root_for(name) == self._builtin_root

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 # May be zero or negative: drop counters, step timings (a raw image has no decode step), differences.
 _NOT_POSITIVE = {
     "results_dropped", "results_dropped_max", "growth_mb", "noise", "targets", "pipeline_p50_ms",
-    "server_pipeline_p50_ms", "median_pair_difference_ms",
+    "server_pipeline_p50_ms", "median_pair_difference_ms", "outside_pipeline_p50_ms",
+    "outside_handler_p50_ms",
 }  # fmt: skip
 
 
@@ -53,7 +54,7 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "quick"
-    for section in ("machine", "in_process", "unary", "memory", "paired", "targets"):
+    for section in ("machine", "in_process", "unary", "memory", "paired", "floor", "targets"):
         assert report[section], section
     for key in ("latency", "throughput"):
         assert _positive_numbers(report["in_process"][key], key) > 0
@@ -71,6 +72,9 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
         for run in paired["fanout"][key]["runs"]:
             assert run["pipelines"] == 1  # the subscribers shared one pipeline
             assert run["frames"] > 0
+    floor = report["floor"]  # a do-nothing grpcio server waiting as long as the model takes
+    assert floor["latency"]["p50_ms"] >= floor["handler_wait_ms"] > 0
+    assert isinstance(floor["outside_handler_p50_ms"], float)
     memory = report["memory"]
     assert memory["warmup"]["rss_mb"] > 0
     assert [point["requests"] for point in memory["checkpoints"]] == [100, 500]

@@ -62,6 +62,7 @@ class StepEngine:
         self._fixed = fixed_batch
         self.max_batch = max_batch
         self.batches: list[int] = []
+        self.threads: list[str] = []  # the thread that ran each batch
         self.stepping = False
         self.fail_next = False
         self._steps = threading.Semaphore(0)
@@ -102,6 +103,7 @@ class StepEngine:
         outputs = self._inner.infer(inputs)
         with self._cond:
             self.batches.append(size)
+            self.threads.append(threading.current_thread().name)
         return outputs
 
     def warmup(self) -> None:
@@ -229,6 +231,8 @@ def test_concurrent_submissions_share_one_engine_call_and_match_unbatched_result
     results = [call.join() for call in calls]
     assert blocker.join().error is None
     assert engine.batches == [1, 8]  # the eight queued images ran as one engine call
+    # The first ran inline in its caller's thread (idle engine); the queue, on the scheduler's thread.
+    assert engine.threads == [blocker.thread.name, f"visionrpc-batch-{model.key}"]
     stats = predictor.scheduler.stats()
     assert (stats.batches, stats.images, stats.largest_batch) == (2, 9, 8)
     for call, (photo, options) in zip(results, jobs, strict=True):
@@ -243,7 +247,7 @@ def test_concurrent_submissions_share_one_engine_call_and_match_unbatched_result
     predictor.close()
 
 
-def test_a_lone_request_on_an_idle_engine_is_not_held_for_the_queue_delay(
+def test_a_lone_request_on_an_idle_engine_runs_at_once_in_its_own_thread(
     model: ResolvedModel, photos: list[InputImage]
 ) -> None:
     # A ten-minute window: if a lone request waited for company, this test would hang, not pass.
@@ -252,6 +256,8 @@ def test_a_lone_request_on_an_idle_engine_is_not_held_for_the_queue_delay(
         result = predictor.submit([photo], options_for(predictor))
         assert result.predictions[0].detections
     assert engine.batches == [1, 1]
+    # No hand-off to the scheduler thread and back: the caller ran its batch itself.
+    assert engine.threads == [threading.current_thread().name] * 2
     predictor.close()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from visionrpc.server.app import OnnxRuntimeEngineFactory
 from visionrpc.server.domain import ChannelOrder, InferOptions
 from visionrpc.server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from visionrpc.server.models.manager import ModelManager, ModelState
+from visionrpc.server.models.manifest import FileSignature
 from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
 from visionrpc.server.predictor import InputImage
 
@@ -107,6 +110,28 @@ def test_newest_version_is_default_and_explicit_versions_resolve(user_repo: Path
         assert predictor.version == "1"
     assert manager.status("alpha").versions == ("1", "2")
     manager.close()
+
+
+def test_resolution_reads_the_disk_once_and_sees_every_change(user_repo: Path, builtin_root: Path) -> None:
+    """Each request resolves its model; unchanged manifests and version lists come from memory, and any change
+    on disk (a new version, an edited manifest) is seen by the very next resolution."""
+    repository = ModelRepository(user_repo, builtin_root, cache_root() / "downloads")
+    time.sleep(FileSignature.SETTLE_S + 0.1)  # files this fresh are never cached (coarse timestamps)
+    first = repository.resolve(ModelId("alpha"))
+    assert repository.resolve(ModelId("alpha")).manifest is first.manifest  # parsed once, shared
+    assert first.version == "2"
+
+    shutil.copytree(user_repo / "alpha" / "2", user_repo / "alpha" / "3")
+    assert repository.resolve(ModelId("alpha")).version == "3"  # a new version, at once
+
+    manifest_path = user_repo / "alpha" / "2" / "manifest.json"
+    edited = json.loads(manifest_path.read_text())
+    edited["default_confidence"] = 0.75
+    manifest_path.write_text(json.dumps(edited))
+    assert repository.resolve(ModelId("alpha", "2")).manifest.default_confidence == 0.75
+
+    shutil.rmtree(user_repo / "alpha" / "3")
+    assert repository.resolve(ModelId("alpha")).version == "2"
 
 
 @pytest.mark.parametrize(
