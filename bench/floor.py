@@ -1,33 +1,40 @@
-"""The transport floor: what gRPC itself costs a unary call of this size here, with no visionrpc code.
+"""The transport floor: what gRPC itself adds to a call of this size here, around the same engine work.
 
-A server process built like visionrpc's (grpcio's sync server, the same thread pool size and channel
-arguments, the same InferRequest/InferResponse (de)serialisation) whose Infer does nothing but wait for as
-long as the model takes in-process, then answers a canned response of the real size. Each response carries
-the handler's own measured wait in `timings.total_ms`, so the floor is, per request, the client's latency
-minus the handler's time: transport, HTTP/2, protobuf and grpcio's thread hand-offs, after an idle wait like
-the one inference causes. The served latency's own "outside the pipeline" share is measured the same way
-(`LoadResult.outside_pipeline_ms`); the difference between the two is what visionrpc's servicer adds.
+A bare grpcio server built like visionrpc's (the sync server, the same thread pool size and channel arguments,
+the same InferRequest/InferResponse (de)serialisation) whose Infer runs the model's engine on one fixed,
+preprocessed tensor and answers a canned response of the real size: no decoding, preprocessing, scheduler,
+postprocessing or servicer code. The engine keeps the cores busy exactly as in the real server (an idle
+handler, `time.sleep`, measures more: idle virtual CPUs wake up slower). Each response carries the engine's
+own time in `timings.total_ms`, so the floor is, per request, the client's latency minus that: transport,
+HTTP/2, protobuf and grpcio's thread hand-offs. The real server's "outside the pipeline" share is measured
+the same way (`LoadResult.outside_pipeline_ms`); the difference is what visionrpc's servicer adds.
 
-    python -m bench.floor --port 50051 --wait-ms 28 --response response.bin   # what the benchmark starts
+    python -m bench.floor --port P --settings '{"model_repository": ...}' --response response.bin
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
+from visionrpc.engines import Engine
 from visionrpc.server.app import grpc_options
 from visionrpc.server.config import ServerConfig
+from visionrpc.server.domain import ChannelOrder
+from visionrpc.server.processing import preprocess, stack_batch
 from visionrpc.v1 import inference_pb2
 
+from . import assets
+from .inprocess import loaded_predictor
 from .server_process import ServerProcess, server_config
 from .unary import run_load
 
@@ -36,14 +43,16 @@ __all__ = ["FloorServer", "measure_floor"]
 _SERVICE = "visionrpc.v1.InferenceService"
 
 
-def _serve(port: int, wait_s: float, response: inference_pb2.InferResponse, config: ServerConfig) -> None:
+def _serve(port: int, engine: Engine, inputs: dict[str, Any], response: bytes, config: ServerConfig) -> None:
+    canned = inference_pb2.InferResponse.FromString(response)
+
     def infer(
         request: inference_pb2.InferRequest, context: grpc.ServicerContext
     ) -> inference_pb2.InferResponse:
         start = time.perf_counter()
-        time.sleep(wait_s)  # releases the GIL, as ONNX Runtime does while it computes
+        engine.infer(inputs)
         answer = inference_pb2.InferResponse()
-        answer.CopyFrom(response)
+        answer.CopyFrom(canned)
         answer.predictions[0].timings.total_ms = (time.perf_counter() - start) * 1000.0
         return answer
 
@@ -72,41 +81,48 @@ def _serve(port: int, wait_s: float, response: inference_pb2.InferResponse, conf
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description="the transport floor's server")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--wait-ms", type=float, required=True)
+    parser.add_argument("--settings", required=True, help="ServerConfig fields as JSON (paths as strings)")
     parser.add_argument("--response", type=Path, required=True, help="a serialised InferResponse to answer")
     ns = parser.parse_args(argv)
-    response = inference_pb2.InferResponse.FromString(ns.response.read_bytes())
-    _serve(ns.port, ns.wait_ms / 1000.0, response, server_config({}))
+    settings = {key: Path(value) if key.endswith(("_dir", "_repository", "_root")) else value
+                for key, value in json.loads(ns.settings).items()}  # fmt: skip
+    config = server_config(settings)
+    with loaded_predictor(config) as predictor:
+        image = assets.load_image(assets.IMAGES[0])
+        tensor, _ = preprocess(image, ChannelOrder.BGR, predictor.model.manifest)
+        inputs = {predictor.input_name: stack_batch([tensor])}
+        _serve(ns.port, predictor.engine, inputs, ns.response.read_bytes(), config)
     return 0
 
 
 class FloorServer(ServerProcess):
     """`python -m bench.floor` on a free loopback port (started, stopped and logged like the real server)."""
 
-    def __init__(self, wait_ms: float, response: bytes, work_dir: Path) -> None:
+    def __init__(self, settings: Mapping[str, Any], response: bytes, work_dir: Path) -> None:
         response_path = work_dir / "floor-response.bin"
         response_path.write_bytes(response)
-        extra = ["--wait-ms", f"{wait_ms:.3f}", "--response", str(response_path)]
+        as_json = json.dumps(dict(settings), default=str)  # paths as strings, numbers as numbers
+        extra = ["--settings", as_json, "--response", str(response_path)]
         super().__init__({}, work_dir / "floor.log", module="bench.floor", extra=extra)
 
 
 def measure_floor(
-    wait_ms: float, requests: Sequence[bytes], response: bytes, count: int, work_dir: Path
+    settings: Mapping[str, Any], requests: Sequence[bytes], response: bytes, count: int, work_dir: Path
 ) -> dict[str, Any]:
     """c=1 through the floor server: the same request bytes and load generator as the served phases."""
-    with FloorServer(wait_ms, response, work_dir) as floor:
-        floor.wait_listening()
+    with FloorServer(settings, response, work_dir) as floor:
+        floor.wait_listening(timeout_s=300.0)
         load = run_load(floor.address, requests, concurrency=1, count=count)
         status = floor.stop()
     if status != 0:
         raise RuntimeError(f"the floor server exited with {status}:\n{floor.log_tail()}")
     summary = load.summary()
     return {
-        "handler_wait_ms": round(wait_ms, 3),
         "requests": count,
         "latency": summary["latency"],
+        "engine_p50_ms": summary["server_pipeline_p50_ms"]["total_ms"],
         "outside_handler_p50_ms": summary["outside_pipeline_p50_ms"],
     }
 

@@ -72,8 +72,8 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
         for run in paired["fanout"][key]["runs"]:
             assert run["pipelines"] == 1  # the subscribers shared one pipeline
             assert run["frames"] > 0
-    floor = report["floor"]  # a do-nothing grpcio server waiting as long as the model takes
-    assert floor["latency"]["p50_ms"] >= floor["handler_wait_ms"] > 0
+    floor = report["floor"]  # a bare grpcio server around the same engine call
+    assert floor["latency"]["p50_ms"] >= floor["engine_p50_ms"] > 0
     assert isinstance(floor["outside_handler_p50_ms"], float)
     memory = report["memory"]
     assert memory["warmup"]["rss_mb"] > 0
