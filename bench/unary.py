@@ -108,7 +108,13 @@ class LoadResult:
 
 
 async def _load(
-    address: str, requests: Sequence[bytes], concurrency: int, count: int, warmup: int, timeout_s: float
+    address: str,
+    requests: Sequence[bytes],
+    concurrency: int,
+    count: int,
+    warmup: int,
+    timeout_s: float,
+    stop_after_s: float | None,
 ) -> LoadResult:
     async with aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         # No serialisers: requests go out as the bytes built above, responses come back as bytes.
@@ -117,9 +123,11 @@ async def _load(
         latencies: list[float] = []
         responses: list[bytes] = []
 
+        stop_at = float("inf")
+
         async def worker(limit: int, record: bool) -> None:
             nonlocal next_index
-            while next_index < limit:
+            while next_index < limit and time.perf_counter() < stop_at:
                 index = next_index
                 next_index += 1
                 request = requests[index % len(requests)]
@@ -137,11 +145,13 @@ async def _load(
             await asyncio.gather(*(worker(warmup, False) for _ in range(concurrency)))
         next_index = 0
         cpu_start, start = time.process_time(), time.perf_counter()
+        if stop_after_s is not None:
+            stop_at = start + stop_after_s
         await asyncio.gather(*(worker(count, True) for _ in range(concurrency)))
         seconds = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
     timings = tuple(_timings(response) for response in responses)  # parsed after the clock stopped
-    return LoadResult(concurrency, count, seconds, tuple(latencies), cpu, detections, timings)
+    return LoadResult(concurrency, len(latencies), seconds, tuple(latencies), cpu, detections, timings)
 
 
 def _timings(response: bytes) -> dict[str, float]:
@@ -169,14 +179,24 @@ def run_load(
     count: int,
     warmup: int | None = None,
     timeout_s: float = 60.0,
+    stop_after_s: float | None = None,
 ) -> LoadResult:
     """Sends `count` Infer requests (cycling through `requests`) from `concurrency` workers and times each.
 
     `warmup` untimed requests go first at the same concurrency (default: 2 per worker), so connection set-up
-    and the server's thread pool warming up are not in the numbers. Any failed RPC aborts the run.
+    and the server's thread pool warming up are not in the numbers. With `stop_after_s`, no request starts
+    after that many seconds (fewer than `count` may be sent). Any failed RPC aborts the run.
     """
     if concurrency < 1 or count < 1:
         raise ValueError(f"expected concurrency and count >= 1, got {concurrency}, {count}")
     return asyncio.run(
-        _load(address, requests, concurrency, count, 2 * concurrency if warmup is None else warmup, timeout_s)
+        _load(
+            address,
+            requests,
+            concurrency,
+            count,
+            2 * concurrency if warmup is None else warmup,
+            timeout_s,
+            stop_after_s,
+        )
     )
