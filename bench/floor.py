@@ -9,33 +9,31 @@ own time in `timings.total_ms`, so the floor is, per request, the client's laten
 HTTP/2, protobuf and grpcio's thread hand-offs. The real server's "outside the pipeline" share is measured
 the same way (`LoadResult.outside_pipeline_ms`); the difference is what visionrpc's servicer adds.
 
-    python -m bench.floor --port P --settings '{"model_repository": ...}' --response response.bin
+    python -m bench.floor --host 127.0.0.1 --port P --model-repository ... --response response.bin
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 from visionrpc.engines import Engine
-from visionrpc.server.app import grpc_options
-from visionrpc.server.config import ServerConfig
+from visionrpc.server.app import grpc_server
+from visionrpc.server.config import ServerConfig, add_server_arguments
 from visionrpc.server.domain import ChannelOrder
 from visionrpc.server.processing import preprocess, stack_batch
 from visionrpc.v1 import inference_pb2
 
 from . import assets
 from .inprocess import loaded_predictor
-from .server_process import ServerProcess, server_config
+from .server_process import ServerProcess
 from .unary import run_load
 
 __all__ = ["FloorServer", "measure_floor"]
@@ -43,7 +41,7 @@ __all__ = ["FloorServer", "measure_floor"]
 _SERVICE = "visionrpc.v1.InferenceService"
 
 
-def _serve(port: int, engine: Engine, inputs: dict[str, Any], response: bytes, config: ServerConfig) -> None:
+def _serve(engine: Engine, inputs: dict[str, Any], response: bytes, config: ServerConfig) -> None:
     canned = inference_pb2.InferResponse.FromString(response)
 
     def infer(
@@ -66,13 +64,9 @@ def _serve(port: int, engine: Engine, inputs: dict[str, Any], response: bytes, c
             )
         },
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.worker_threads),
-        options=grpc_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
+    server = grpc_server(config)  # the very server visionrpc builds, before its services are added
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(config.address)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -81,19 +75,17 @@ def _serve(port: int, engine: Engine, inputs: dict[str, Any], response: bytes, c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`visionrpc serve`'s own flags (so the model loads as the server loads it) plus `--response`."""
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description="the transport floor's server")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--settings", required=True, help="ServerConfig fields as JSON (paths as strings)")
+    add_server_arguments(parser)
     parser.add_argument("--response", type=Path, required=True, help="a serialised InferResponse to answer")
     ns = parser.parse_args(argv)
-    settings = {key: Path(value) if key.endswith(("_dir", "_repository", "_root")) else value
-                for key, value in json.loads(ns.settings).items()}  # fmt: skip
-    config = server_config(settings)
+    config = ServerConfig.from_namespace(ns)
     with loaded_predictor(config) as predictor:
         image = assets.load_image(assets.IMAGES[0])
         tensor, _ = preprocess(image, ChannelOrder.BGR, predictor.model.manifest)
         inputs = {predictor.input_name: stack_batch([tensor])}
-        _serve(ns.port, predictor.engine, inputs, ns.response.read_bytes(), config)
+        _serve(predictor.engine, inputs, ns.response.read_bytes(), config)
     return 0
 
 
@@ -103,9 +95,8 @@ class FloorServer(ServerProcess):
     def __init__(self, settings: Mapping[str, Any], response: bytes, work_dir: Path) -> None:
         response_path = work_dir / "floor-response.bin"
         response_path.write_bytes(response)
-        as_json = json.dumps(dict(settings), default=str)  # paths as strings, numbers as numbers
-        extra = ["--settings", as_json, "--response", str(response_path)]
-        super().__init__({}, work_dir / "floor.log", module="bench.floor", extra=extra)
+        extra = ["--response", str(response_path)]
+        super().__init__(settings, work_dir / "floor.log", command=("bench.floor",), extra=extra)
 
 
 def measure_floor(

@@ -42,40 +42,56 @@ def _unary_latency(pairs: dict[str, Any], floor: dict[str, Any]) -> Target:
     )
 
 
+def _ratio_target(
+    name: str,
+    measured: str,
+    ratio: float,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    of: str = "",
+) -> Target:
+    """A target on served / baseline, with the limit in words and the ratio oriented so <= 1 means met."""
+    of = f" {of}" if of else ""
+    if at_least is not None:
+        return Target(name, measured, f">= {at_least} x{of}", at_least / ratio, ratio >= at_least)
+    assert at_most is not None, "a ratio target needs at_least or at_most"
+    return Target(name, measured, f"<= {at_most} x{of}", ratio / at_most, ratio <= at_most)
+
+
 def _unary_throughput(paired: dict[str, Any]) -> Target:
     local, served = paired["in_process"], paired["served"]
     ratio = served["requests_per_s"] / local["images_per_s"]
-    return Target(
+    return _ratio_target(
         f"unary throughput, c={served['concurrency']}",
         f"{served['requests_per_s']:.1f} img/s = {ratio:.3f} x in-process best {local['images_per_s']:.1f} "
         f"img/s (batch {local['batch']}, {local['threads']} thread(s); {paired['rounds']} rounds each)",
-        f">= {THROUGHPUT_RATIO} x in-process best",
-        THROUGHPUT_RATIO / ratio,
-        ratio >= THROUGHPUT_RATIO,
+        ratio,
+        at_least=THROUGHPUT_RATIO,
+        of="in-process best",
     )
 
 
 def _stream(paired: dict[str, Any]) -> Target:
     served, loop = paired["served"]["fps"], paired["in_process"]["fps"]
     ratio = served / loop
-    return Target(
+    return _ratio_target(
         "stream frames/s, every-frame delivery",
         f"{served:.1f} fps = {ratio:.3f} x in-process loop {loop:.1f} fps ({paired['rounds']} rounds each)",
-        f">= {STREAM_RATIO} x in-process loop",
-        STREAM_RATIO / ratio,
-        ratio >= STREAM_RATIO,
+        ratio,
+        at_least=STREAM_RATIO,
+        of="in-process loop",
     )
 
 
 def _fanout(paired: dict[str, Any]) -> Target:
     one, many = paired["1"]["server_cpu_ms_per_frame"], paired["8"]["server_cpu_ms_per_frame"]
     ratio = many / one
-    return Target(
+    return _ratio_target(
         "fan-out: server CPU per frame, 8 subscribers vs 1",
         f"{many:.1f} vs {one:.1f} ms/frame = {ratio:.3f} x ({paired['rounds']} rounds each)",
-        f"<= {FANOUT_CPU_RATIO} x",
-        ratio / FANOUT_CPU_RATIO,
-        ratio <= FANOUT_CPU_RATIO,
+        ratio,
+        at_most=FANOUT_CPU_RATIO,
     )
 
 

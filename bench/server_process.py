@@ -76,18 +76,16 @@ class ServerProcess:
         settings: Mapping[str, Any],
         log_path: Path,
         *,
-        module: str = "visionrpc.server.cli",
+        command: Sequence[str] = ("visionrpc.server.cli", "serve"),
         extra: Sequence[str] = (),
     ) -> None:
-        """`python -m module serve --host 127.0.0.1 --port P <settings as flags>`; any other module (the
-        transport floor's) gets `--port P <extra>`."""
+        """`python -m <command> --host 127.0.0.1 --port P <settings as flags> <extra>`: `visionrpc serve` by
+        default; the transport floor's server takes the same flags."""
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        argv = [sys.executable, "-m", module]
-        if module == "visionrpc.server.cli":
-            argv += ["serve", "--host", "127.0.0.1"]
-        argv += ["--port", str(self.port), *server_flags(settings), *extra]
+        argv = [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += [*server_flags(settings), *extra]
         self.argv = argv
         self._log = log_path.open("wb")
         self._process = subprocess.Popen(

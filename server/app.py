@@ -42,7 +42,7 @@ from .servicers.inference import InferenceServicer
 from .servicers.models import ModelServicer
 from .streams.manager import StreamManager
 
-__all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "serve"]
+__all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "grpc_server", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,15 @@ def build_model_manager(
     )
 
 
+def grpc_server(config: ServerConfig) -> grpc.Server:
+    """The bare grpcio server, no services yet: its request threads, channel arguments and RPC limit."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="visionrpc-rpc"),
+        options=grpc_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+
+
 def create_server(config: ServerConfig, *, models: ModelManager | None = None) -> tuple[VisionRpcServer, int]:
     """Builds the server and binds its port (port 0 picks a free one); returns it unstarted with the port.
 
@@ -219,11 +228,7 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             stand-in engine builder); the server closes it when it stops.
     """
     models = models if models is not None else build_model_manager(config)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="visionrpc-rpc"),
-        options=grpc_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
+    server = grpc_server(config)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     streams = StreamManager(models, config)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(

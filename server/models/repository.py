@@ -87,7 +87,9 @@ class ModelRepository:
         Listed once per change of the model's directory (adding, removing or renaming a version changes its
         signature), so resolving a model per request costs one stat here, not a directory scan.
         """
-        directory = self._root_for(name) / name
+        return self._versions_in(self._root_for(name) / name)
+
+    def _versions_in(self, directory: Path) -> list[str]:
         try:
             signature = file_signature(directory)
         except OSError:
@@ -114,10 +116,12 @@ class ModelRepository:
             FailedPreconditionError: the version's manifest is unreadable (reported with its path), or
                 a built-in cannot be installed (no cache, no registry).
         """
-        builtin = self.is_builtin(model_id.name)
+        # Every request resolves its model: the root is looked up once (each lookup is a stat).
+        root = self._root_for(model_id.name)
+        builtin = root == self._builtin_root
         if builtin and install:
             install_builtin(model_id.name, self._builtin_root, self._download_dir)
-        versions = self.versions(model_id.name)
+        versions = self._versions_in(root / model_id.name)
         if not versions:
             raise NotFoundError(
                 f"model {model_id.name!r} not found; known models: {', '.join(self.names()) or 'none'}",
@@ -131,7 +135,7 @@ class ModelRepository:
                 reason="MODEL_VERSION_NOT_FOUND",
                 metadata={"model_id": str(model_id)},
             )
-        directory = self._root_for(model_id.name) / model_id.name / version
+        directory = root / model_id.name / version
         try:
             manifest = ModelManifest.read(directory)
         except ValueError as exc:
