@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +18,16 @@ import pytest
 from media import media
 from visionrpc.server.app import VisionRpcServer, create_server
 from visionrpc.server.config import ServerConfig
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 10.0) -> bool:
+    """Polls `condition` until it holds (True) or `timeout_s` passes (False); callers assert the result."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def cache_root() -> Path:

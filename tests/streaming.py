@@ -35,7 +35,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import pytest
-from visionrpc.server.streams.types import Frame, SourceEvent, SourceEventKind
+from visionrpc.server.streams.pipeline import Subscription
+from visionrpc.server.streams.types import Frame, SourceEvent, SourceEventKind, StreamEnd, StreamMessage
 
 __all__ = [
     "FrameRecord",
@@ -61,6 +62,20 @@ _BIND_EXIT = 2  # rtsp_server.py: the port is taken
 
 class GStreamerMissing(RuntimeError):  # noqa: N818 - reads better at the raise site than ...Error
     """The packages of the RTSP test server are not installed."""
+
+
+def drain(
+    subscription: Subscription, *, pause_s: float = 0.0, timeout_s: float = 60.0
+) -> list[StreamMessage]:
+    """Every message up to and including the StreamEnd, optionally sleeping between gets (a slow consumer)."""
+    messages: list[StreamMessage] = []
+    while True:
+        message = subscription.get(timeout_s=timeout_s)
+        assert message is not None, f"no message within {timeout_s} s after {len(messages)}"
+        messages.append(message)
+        if isinstance(message, StreamEnd):
+            return messages
+        time.sleep(pause_s)
 
 
 def free_port() -> int:

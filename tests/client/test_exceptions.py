@@ -8,7 +8,6 @@ test says in one place which error the wire carries.
 from __future__ import annotations
 
 import pickle
-import socket
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -18,6 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from streaming import free_port
 from visionrpc.client import (
     CancelledError,
     Client,
@@ -91,14 +91,6 @@ def call_failing(
     with pytest.raises(grpc.RpcError) as info:
         channel.unary_unary(f"/{SERVICE}/{method}", None, None)(status.SerializeToString(), timeout=10)
     return info.value
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def packed(*messages: Message) -> list[any_pb2.Any]:

@@ -7,6 +7,7 @@ meanwhile is queued, and the next batches can be asserted one by one: by counts,
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import cache_root
+from conftest import cache_root, wait_for
 from google.rpc import error_details_pb2
 from media import media
 from visionrpc.engines import EngineError, EngineInfo, OnnxRuntimeEngine, TensorSpec
@@ -43,6 +44,9 @@ PHOTOS = (
     "rocket.jpg",
     "grace_hopper.jpg",
 )
+
+# The real engine runs the batches being waited for: generous on a busy machine.
+wait_for = functools.partial(wait_for, timeout_s=60.0)
 
 
 class StepEngine:
@@ -152,13 +156,6 @@ def submit_in_thread(
     return call
 
 
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.005)
-
-
 @pytest.fixture(scope="module")
 def model() -> ResolvedModel:
     root = cache_root() / "downloads"
@@ -226,7 +223,7 @@ def test_concurrent_submissions_share_one_engine_call_and_match_unbatched_result
     ]
     jobs = [(photos[i % len(photos)], options_for(predictor, **variants[i % 3])) for i in range(8)]
     calls = [submit_in_thread(predictor, [photo], options) for photo, options in jobs]
-    wait_for(lambda: predictor.scheduler.stats().queued_unary == 8)
+    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 8)
     engine.step(2)
     results = [call.join() for call in calls]
     assert blocker.join().error is None
@@ -303,9 +300,9 @@ def test_a_passed_deadline_or_a_departed_caller_is_dropped_before_compute(
     gone = threading.Event()
     departed = submit_in_thread(predictor, [photos[3]], options, cancelled=gone)
     on_time = submit_in_thread(predictor, [photos[4]], options, deadline=time.monotonic() + 600)
-    wait_for(lambda: predictor.scheduler.stats().queued_unary == 4)
+    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 4)
     gone.set()
-    wait_for(lambda: time.monotonic() > deadline)
+    assert wait_for(lambda: time.monotonic() > deadline)
     engine.step(2)
     assert isinstance(late.join().error, DeadlineExceededError)
     assert late.error.reason == "DEADLINE_PASSED"  # type: ignore[attr-defined]
@@ -325,7 +322,7 @@ def test_a_full_queue_answers_resource_exhausted_with_a_retry_delay(
     blocker = hold_engine(predictor, engine, photos[0])
     options = options_for(predictor)
     queued = [submit_in_thread(predictor, [photo], options) for photo in photos[1:4]]
-    wait_for(lambda: predictor.scheduler.stats().queued_unary == 3)
+    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 3)
     with pytest.raises(ResourceExhaustedError) as full:
         predictor.submit([photos[4]], options)
     assert full.value.reason == "QUEUE_FULL" and full.value.retry_after_s > 0
@@ -334,7 +331,7 @@ def test_a_full_queue_answers_resource_exhausted_with_a_retry_delay(
     assert any(detail.Unpack(retry) for detail in details) and retry.retry_delay.ToMilliseconds() > 0
     # Each origin has its own bound: the unary flood does not shut stream frames out.
     frame = submit_in_thread(predictor, [photos[5]], options, origin=Origin.STREAM)
-    wait_for(lambda: predictor.scheduler.stats().queued_stream == 1)
+    assert wait_for(lambda: predictor.scheduler.stats().queued_stream == 1)
     engine.step(10)
     assert all(call.join().error is None for call in [blocker, frame, *queued])
     assert predictor.scheduler.stats().rejected == 1
@@ -352,9 +349,9 @@ def test_a_flood_of_one_origin_cannot_starve_the_other(
     # 32 flood images queued first (four submissions of 8, like stream pipelines), then one lone image.
     flooders = [submit_in_thread(predictor, photos[:4] * 2, options, origin=flood) for _ in range(4)]
     queued = "queued_stream" if flood is Origin.STREAM else "queued_unary"
-    wait_for(lambda: getattr(predictor.scheduler.stats(), queued) == 32)
+    assert wait_for(lambda: getattr(predictor.scheduler.stats(), queued) == 32)
     single = submit_in_thread(predictor, [photos[5]], options, origin=lone)
-    wait_for(lambda: _queued(predictor) == 33)
+    assert wait_for(lambda: _queued(predictor) == 33)
     engine.step(2)  # the held batch, then exactly one more
     assert single.join().error is None  # served by the first batch after the hold, ahead of 32 older images
     assert engine.batches == [1, 8]
@@ -380,7 +377,7 @@ def test_close_fails_queued_work_at_once_and_lets_the_batch_in_flight_finish(
     blocker = hold_engine(predictor, engine, photos[0])
     options = options_for(predictor)
     queued = [submit_in_thread(predictor, [photo], options) for photo in photos[1:4]]
-    wait_for(lambda: predictor.scheduler.stats().queued_unary == 3)
+    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 3)
     predictor.close()  # the model is being unloaded
     for call in queued:  # failed while the engine is still held: none of them was computed
         assert isinstance(call.join().error, UnavailableError)
@@ -390,7 +387,7 @@ def test_close_fails_queued_work_at_once_and_lets_the_batch_in_flight_finish(
     assert blocker.join().error is None and blocker.result is not None
     assert blocker.result.predictions[0].detections
     assert engine.batches == [1]
-    wait_for(lambda: engine.closed)  # closed by the last batch on it
+    assert wait_for(lambda: engine.closed)  # closed by the last batch on it
     with pytest.raises(UnavailableError):
         predictor.submit([photos[1]], options)
 
@@ -400,7 +397,7 @@ def test_an_engine_failure_fails_that_batch_only(model: ResolvedModel, photos: l
     blocker = hold_engine(predictor, engine, photos[0])
     options = options_for(predictor)
     doomed = [submit_in_thread(predictor, [photo], options) for photo in photos[1:3]]
-    wait_for(lambda: predictor.scheduler.stats().queued_unary == 2)
+    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 2)
     engine.step()
     assert blocker.join().error is None
     engine.fail_next = True  # the batch holding both queued images
@@ -422,7 +419,7 @@ def test_a_batch_keeps_the_engine_it_started_on_across_a_swap(
     old.step()
     assert blocker.join().result is not None and blocker.result.engine.engine == "onnxruntime"
     assert queued.join().result is not None and queued.result.engine.engine == "new"
-    wait_for(lambda: old.closed)
+    assert wait_for(lambda: old.closed)
     assert old.batches == [1] and new.batches[-1:] == [1]
     predictor.close()
 

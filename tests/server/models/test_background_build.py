@@ -4,9 +4,10 @@ the swap, failures keep the fallback serving, and the model service shows the bu
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import cache_root
+from conftest import cache_root, wait_for
 from media import media
 from onnx import TensorProto, helper
 from visionrpc.client import Client, EngineBuildState
@@ -31,6 +32,8 @@ from visionrpc.server.predictor import InputImage, Predictor
 from .conftest import builtin_models
 
 BUILT = "standin-tensorrt"  # what engines from the stand-in builder call themselves
+
+wait_for = functools.partial(wait_for, timeout_s=30.0)  # real engines built in the background
 
 
 class RelabelledEngine:
@@ -116,14 +119,6 @@ class SlowBuilder:
         return engine
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 @pytest.fixture(scope="module")
 def coffee() -> InputImage:
     pixels = cv2.imread(str(media("coffee.png")), cv2.IMREAD_COLOR)
@@ -152,7 +147,9 @@ def test_the_model_serves_during_the_build_and_no_request_fails_across_the_swap(
     assert loaded.build is not None and loaded.build.target_engine == "tensorrt"
     assert loaded.build.state is BuildState.BUILDING
     assert builder.started.wait(10)
-    wait_for(lambda: manager.status("alpha").build == replace(loaded.build, progress=0.25, reason="building"))
+    assert wait_for(
+        lambda: manager.status("alpha").build == replace(loaded.build, progress=0.25, reason="building")
+    )
     with manager.acquire("alpha") as predictor:
         fallback = predictor.engine
 
@@ -176,11 +173,11 @@ def test_the_model_serves_during_the_build_and_no_request_fails_across_the_swap(
     clients = [threading.Thread(target=client) for _ in range(3)]
     for thread in clients:
         thread.start()
-    wait_for(lambda: len(ran_on) >= 6)
+    assert wait_for(lambda: len(ran_on) >= 6)
     builder.release.set()
-    wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
+    assert wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
     swapped_at = len(ran_on)
-    wait_for(lambda: ran_on[swapped_at:].count(BUILT) >= 6)
+    assert wait_for(lambda: ran_on[swapped_at:].count(BUILT) >= 6)
     stop.set()
     for thread in clients:
         thread.join(30)
@@ -256,7 +253,7 @@ def test_a_failed_build_keeps_serving_reports_why_and_is_retried_only_after_unlo
     builder.release.set()
     manager = make_manager(yolo_repo, builder, cap=1)
     manager.load("alpha")
-    wait_for(lambda: build_state(manager, "alpha") is BuildState.FAILED)
+    assert wait_for(lambda: build_state(manager, "alpha") is BuildState.FAILED)
     status = manager.status("alpha")
     assert status.state is ModelState.READY  # the model itself is fine
     assert status.build is not None and status.build.progress is None
@@ -266,13 +263,13 @@ def test_a_failed_build_keeps_serving_reports_why_and_is_retried_only_after_unlo
     assert result.engine.engine == "onnxruntime" and result.predictions[0].detections
 
     manager.load("beta")  # cap 1: evicts alpha
-    wait_for(lambda: build_state(manager, "beta") is BuildState.FAILED)
+    assert wait_for(lambda: build_state(manager, "beta") is BuildState.FAILED)
     manager.load("alpha")  # reloaded after eviction: the failure is remembered, no new build
     assert build_state(manager, "alpha") is BuildState.FAILED
     assert builder.calls == ["alpha/1", "beta/1"]
     manager.unload("alpha")  # an explicit unload forgets it: the next load tries again
     manager.load("alpha")
-    wait_for(lambda: builder.calls.count("alpha/1") == 2)
+    assert wait_for(lambda: builder.calls.count("alpha/1") == 2)
     manager.close()
 
 
@@ -281,7 +278,7 @@ def test_a_built_engine_is_loaded_from_the_cache_next_time(yolo_repo: Path) -> N
     builder.release.set()
     manager = make_manager(yolo_repo, builder)
     manager.load("alpha")
-    wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
+    assert wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
     manager.unload("alpha")
     status = manager.load("alpha")  # straight onto the built engine, no fallback, no build
     assert status.engine is not None and status.engine.engine == BUILT
@@ -303,7 +300,7 @@ def test_unloading_during_a_build_cancels_it(yolo_repo: Path) -> None:
     manager.load("alpha")  # a cancelled build is no failure: loading again builds again
     assert builder.started.wait(10)
     builder.release.set()
-    wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
+    assert wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
     manager.close()
 
 
@@ -318,7 +315,7 @@ def test_builds_run_one_at_a_time_and_the_next_shows_as_queued(yolo_repo: Path) 
     time.sleep(0.2)
     assert builder.calls == ["alpha/1"]  # beta waits for alpha's build
     builder.release.set()
-    wait_for(lambda: build_state(manager, "alpha") is build_state(manager, "beta") is BuildState.READY)
+    assert wait_for(lambda: build_state(manager, "alpha") is build_state(manager, "beta") is BuildState.READY)
     assert builder.calls == ["alpha/1", "beta/1"]
     manager.close()
 
@@ -350,14 +347,16 @@ def test_get_model_shows_the_build_through_a_real_server(served: tuple[Client, S
     assert loaded.engine is not None and loaded.engine.engine == "onnxruntime"
     assert loaded.build is not None and loaded.build.state is EngineBuildState.BUILDING
     assert loaded.build.target_engine == "tensorrt"
-    wait_for(lambda: (b := client.get_model("alpha").build) is not None and b.progress == 0.25)
+    assert wait_for(lambda: (b := client.get_model("alpha").build) is not None and b.progress == 0.25)
     building = client.get_model("alpha")
     assert building.build is not None and building.build.reason == "building"
     result = client.infer(photo, model="alpha")
     assert result.engine is not None and result.engine.engine == "onnxruntime"
 
     builder.release.set()
-    wait_for(lambda: (b := client.get_model("alpha").build) is not None and b.state is EngineBuildState.READY)
+    assert wait_for(
+        lambda: (b := client.get_model("alpha").build) is not None and b.state is EngineBuildState.READY
+    )
     ready = client.get_model("alpha")
     assert ready.engine is not None and ready.engine.engine == BUILT
     assert ready.build is not None and ready.build.progress == 1.0

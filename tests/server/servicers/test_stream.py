@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import RunningServer, start_server
+from conftest import RunningServer, start_server, wait_for
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from visionrpc.client import Client, StreamFrame, StreamStatus
@@ -20,21 +20,13 @@ from visionrpc.server.config import ServerConfig
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 BIKES_FRAMES = 250
+wait_for = functools.partial(wait_for, timeout_s=20.0)  # streams start and stop in seconds
 
 
 @pytest.fixture(scope="module")
 def stub(server: RunningServer) -> Iterator[inference_pb2_grpc.InferenceServiceStub]:
     with grpc.insecure_channel(server.address) as channel:
         yield inference_pb2_grpc.InferenceServiceStub(channel)
-
-
-def wait_for(condition: object, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def frames_of(events: list[StreamFrame | StreamStatus]) -> list[StreamFrame]:

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
+from streaming import drain
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.errors import (
     InvalidArgumentError,
@@ -49,30 +51,12 @@ def streams(models: ModelManager, config: ServerConfig) -> Iterator[StreamManage
     manager.close()
 
 
-def drain(subscription: Subscription, timeout_s: float = 60.0) -> list[StreamMessage]:
-    messages: list[StreamMessage] = []
-    while not isinstance(messages[-1:] and messages[-1], StreamEnd):
-        message = subscription.get(timeout_s=timeout_s)
-        assert message is not None, f"no message within {timeout_s} s after {len(messages)}"
-        messages.append(message)
-    return messages
-
-
 def first_result(subscription: Subscription, timeout_s: float = 30.0) -> FrameResult:
     while True:
         message = subscription.get(timeout_s=timeout_s)
         assert message is not None and not isinstance(message, StreamEnd), message
         if isinstance(message, FrameResult):
             return message
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_identical_requests_share_one_pipeline_that_decodes_and_infers_each_frame_once(

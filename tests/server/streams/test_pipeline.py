@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 import pytest
+from conftest import wait_for
 from media import media
-from streaming import RtspServer, free_port, running_rtsp_server
+from streaming import RtspServer, drain, free_port, running_rtsp_server
 from visionrpc.engines.onnxruntime_engine import OnnxRuntimeEngine
 from visionrpc.server.errors import InvalidArgumentError
 from visionrpc.server.models.manager import ModelManager
@@ -43,20 +44,6 @@ BIKES_FRAMES = 250
 BIKES_INFO = SourceInfo(index=0, width=640, height=272, fps=25.0, frame_count=BIKES_FRAMES)
 
 
-def drain(
-    subscription: Subscription, *, pause_s: float = 0.0, timeout_s: float = 60.0
-) -> list[StreamMessage]:
-    """Every message up to and including the StreamEnd, optionally sleeping between gets (a slow consumer)."""
-    messages: list[StreamMessage] = []
-    while True:
-        message = subscription.get(timeout_s=timeout_s)
-        assert message is not None, f"no message within {timeout_s} s after {len(messages)}"
-        messages.append(message)
-        if isinstance(message, StreamEnd):
-            return messages
-        time.sleep(pause_s)
-
-
 def take_results(subscription: Subscription, count: int, timeout_s: float = 30.0) -> list[FrameResult]:
     results: list[FrameResult] = []
     while len(results) < count:
@@ -77,15 +64,6 @@ def is_status(message: StreamMessage, event: SourceEventKind, source_index: int 
 
 def results_of(messages: Sequence[StreamMessage]) -> list[FrameResult]:
     return [m for m in messages if isinstance(m, FrameResult)]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def drain_in_background(subscription: Subscription) -> Callable[[], list[StreamMessage]]:
