@@ -125,7 +125,15 @@ func fromError(ctx context.Context, err error) error {
 		st = status.New(code, err.Error())
 	}
 	out := decodeStatus(st)
-	if ctxErr := ctx.Err(); ctxErr != nil && (st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded) {
+	ctxErr := ctx.Err()
+	if ctxErr == nil && st.Code() == codes.DeadlineExceeded {
+		// grpc-go decides "deadline exceeded" by comparing the deadline with the clock, which can happen just
+		// before the context's own timer fires and sets ctx.Err(): the deadline has passed all the same.
+		if deadline, ok := ctx.Deadline(); ok && !time.Now().Before(deadline) {
+			ctxErr = context.DeadlineExceeded
+		}
+	}
+	if ctxErr != nil && (st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded) {
 		out.cause = ctxErr
 	} else if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		out.cause = err
