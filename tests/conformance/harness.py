@@ -1,4 +1,4 @@
-"""Starts one real visionrpc server for a client's conformance suite, runs the suite, stops the server.
+"""Starts the real visionrpc servers for a client's conformance suite, runs the suite, stops the servers.
 
     python tests/conformance/harness.py --cwd clients/go -- go test ./...
     python tests/conformance/harness.py --cwd clients/node -- npm test
@@ -66,27 +66,46 @@ def main() -> int:
         shutil.copyfile(media("bikes.mp4"), root / "media" / "bikes.mp4")
         for photo in PHOTOS:
             shutil.copyfile(media(photo), root / "photos" / photo)
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        server_command = [
-            sys.executable, "-m", "visionrpc.server.cli", "serve", "--port", str(port),
-            "--media-root", str(root / "media"), "--model-repository", str(root / "models"),
-        ]  # fmt: skip
-        with open(root / "server.log", "w") as log:
-            server = subprocess.Popen(server_command, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                if not wait_serving(address, timeout_s=300):
-                    sys.stderr.write(
-                        "the server did not become SERVING:\n" + (root / "server.log").read_text()
-                    )
+        servers: list[subprocess.Popen[bytes]] = []
+        try:
+            # The first server is the plain one; the second recycles its connections every ~2 s, so a stream
+            # on it is cut several times and the client's resume is what keeps it whole.
+            # One after the other: the first installs the built-in model into the shared cache.
+            addresses: dict[str, str] = {}
+            for name, flags in (
+                ("plain", ()),
+                ("recycling", ("--max-connection-age-s", "2", "--max-connection-age-grace-s", "1")),
+            ):
+                addresses[name] = start_server(root, name, servers, *flags)
+                if not wait_serving(addresses[name], timeout_s=300):
+                    log = (root / f"{name}-server.log").read_text()
+                    sys.stderr.write(f"the {name} server did not become SERVING:\n{log}")
                     return 1
-                env = dict(
-                    os.environ, VISIONRPC_ADDRESS=address, VISIONRPC_CONFORMANCE_MEDIA=str(root / "photos")
-                )
-                return subprocess.call(args.command, cwd=args.cwd, env=env)
-            finally:
+            env = dict(
+                os.environ,
+                VISIONRPC_ADDRESS=addresses["plain"],
+                VISIONRPC_RECYCLING_ADDRESS=addresses["recycling"],
+                VISIONRPC_CONFORMANCE_MEDIA=str(root / "photos"),
+            )
+            return subprocess.call(args.command, cwd=args.cwd, env=env)
+        finally:
+            for server in servers:
                 server.terminate()
+            for server in servers:
                 server.wait(timeout=30)
+
+
+def start_server(root: Path, name: str, servers: list[subprocess.Popen[bytes]], *flags: str) -> str:
+    """Starts a server on a free port, serving root/media with a model repository of its own; its address."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "visionrpc.server.cli", "serve", "--port", str(port),
+        "--media-root", str(root / "media"), "--model-repository", str(root / f"{name}-models"),
+        *flags,
+    ]  # fmt: skip
+    with open(root / f"{name}-server.log", "w") as log:
+        servers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    return f"127.0.0.1:{port}"
 
 
 if __name__ == "__main__":

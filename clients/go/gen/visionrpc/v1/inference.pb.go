@@ -191,6 +191,8 @@ const (
 	StreamEvent_STREAM_EVENT_RECONNECTED  StreamEvent = 3
 	StreamEvent_STREAM_EVENT_SOURCE_ENDED StreamEvent = 4
 	StreamEvent_STREAM_EVENT_ERROR        StreamEvent = 5
+	// The subscription continued a broken one: StreamStatus.resume says whether anything was lost.
+	StreamEvent_STREAM_EVENT_RESUMED StreamEvent = 6
 )
 
 // Enum value maps for StreamEvent.
@@ -202,6 +204,7 @@ var (
 		3: "STREAM_EVENT_RECONNECTED",
 		4: "STREAM_EVENT_SOURCE_ENDED",
 		5: "STREAM_EVENT_ERROR",
+		6: "STREAM_EVENT_RESUMED",
 	}
 	StreamEvent_value = map[string]int32{
 		"STREAM_EVENT_UNSPECIFIED":  0,
@@ -210,6 +213,7 @@ var (
 		"STREAM_EVENT_RECONNECTED":  3,
 		"STREAM_EVENT_SOURCE_ENDED": 4,
 		"STREAM_EVENT_ERROR":        5,
+		"STREAM_EVENT_RESUMED":      6,
 	}
 )
 
@@ -238,6 +242,65 @@ func (x StreamEvent) Number() protoreflect.EnumNumber {
 // Deprecated: Use StreamEvent.Descriptor instead.
 func (StreamEvent) EnumDescriptor() ([]byte, []int) {
 	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+// How a resumed subscription continued.
+type ResumeOutcome int32
+
+const (
+	ResumeOutcome_RESUME_OUTCOME_UNSPECIFIED ResumeOutcome = 0
+	// The stream was still running here: every message after the cursor follows, nothing was lost.
+	ResumeOutcome_RESUME_OUTCOME_REPLAYED ResumeOutcome = 1
+	// The stream was still running here, but its replay buffer no longer held the oldest messages wanted:
+	// ResumeGap.messages_lost of them are lost; the rest follow.
+	ResumeOutcome_RESUME_OUTCOME_PARTIAL ResumeOutcome = 2
+	// The stream was not running here (another replica, or after a restart) and was started again under a new
+	// stream_id: results between the break and the new STARTED are lost. File sources continue at the
+	// requested next sequence numbers; live sources continue from their present.
+	ResumeOutcome_RESUME_OUTCOME_RESTARTED ResumeOutcome = 3
+)
+
+// Enum value maps for ResumeOutcome.
+var (
+	ResumeOutcome_name = map[int32]string{
+		0: "RESUME_OUTCOME_UNSPECIFIED",
+		1: "RESUME_OUTCOME_REPLAYED",
+		2: "RESUME_OUTCOME_PARTIAL",
+		3: "RESUME_OUTCOME_RESTARTED",
+	}
+	ResumeOutcome_value = map[string]int32{
+		"RESUME_OUTCOME_UNSPECIFIED": 0,
+		"RESUME_OUTCOME_REPLAYED":    1,
+		"RESUME_OUTCOME_PARTIAL":     2,
+		"RESUME_OUTCOME_RESTARTED":   3,
+	}
+)
+
+func (x ResumeOutcome) Enum() *ResumeOutcome {
+	p := new(ResumeOutcome)
+	*p = x
+	return p
+}
+
+func (x ResumeOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResumeOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_visionrpc_v1_inference_proto_enumTypes[4].Descriptor()
+}
+
+func (ResumeOutcome) Type() protoreflect.EnumType {
+	return &file_visionrpc_v1_inference_proto_enumTypes[4]
+}
+
+func (x ResumeOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResumeOutcome.Descriptor instead.
+func (ResumeOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{4}
 }
 
 type InferRequest struct {
@@ -560,6 +623,10 @@ type StreamPredictionsRequest struct {
 	Sources       []*VideoSource `protobuf:"bytes,3,rep,name=sources,proto3" json:"sources,omitempty"`
 	Options       *InferOptions  `protobuf:"bytes,4,opt,name=options,proto3" json:"options,omitempty"`
 	StreamOptions *StreamOptions `protobuf:"bytes,5,opt,name=stream_options,json=streamOptions,proto3" json:"stream_options,omitempty"`
+	// Continues a subscription whose call broke (connection recycled, server drained or restarted). The fields
+	// above still describe the stream, so a server that no longer knows `resume.stream_id` (another replica, or
+	// the same one after a restart) starts it again. The SDKs set this when they resume on UNAVAILABLE.
+	Resume        *StreamResume `protobuf:"bytes,6,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -629,6 +696,78 @@ func (x *StreamPredictionsRequest) GetStreamOptions() *StreamOptions {
 	return nil
 }
 
+func (x *StreamPredictionsRequest) GetResume() *StreamResume {
+	if x != nil {
+		return x.Resume
+	}
+	return nil
+}
+
+// Where a resumed subscription picks up.
+type StreamResume struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream being resumed: the stream_id of the messages received so far.
+	StreamId string `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	// The cursor of the last message received from that stream; the server sends the messages after it.
+	AfterCursor uint64 `protobuf:"varint,2,opt,name=after_cursor,json=afterCursor,proto3" json:"after_cursor,omitempty"`
+	// Per source, by index: the sequence number of the next frame wanted (last received + 1). A file source
+	// started again elsewhere continues from there; live sources continue from their present. Empty: from 0.
+	NextSequenceNumbers []uint64 `protobuf:"varint,3,rep,packed,name=next_sequence_numbers,json=nextSequenceNumbers,proto3" json:"next_sequence_numbers,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *StreamResume) Reset() {
+	*x = StreamResume{}
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamResume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamResume) ProtoMessage() {}
+
+func (x *StreamResume) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamResume.ProtoReflect.Descriptor instead.
+func (*StreamResume) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamResume) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *StreamResume) GetAfterCursor() uint64 {
+	if x != nil {
+		return x.AfterCursor
+	}
+	return 0
+}
+
+func (x *StreamResume) GetNextSequenceNumbers() []uint64 {
+	if x != nil {
+		return x.NextSequenceNumbers
+	}
+	return nil
+}
+
 // Drops so far (cumulative).
 type DropCounters struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -642,7 +781,7 @@ type DropCounters struct {
 
 func (x *DropCounters) Reset() {
 	*x = DropCounters{}
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[5]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +793,7 @@ func (x *DropCounters) String() string {
 func (*DropCounters) ProtoMessage() {}
 
 func (x *DropCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[5]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +806,7 @@ func (x *DropCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropCounters.ProtoReflect.Descriptor instead.
 func (*DropCounters) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DropCounters) GetFramesSkipped() uint64 {
@@ -703,7 +842,7 @@ type FramePrediction struct {
 
 func (x *FramePrediction) Reset() {
 	*x = FramePrediction{}
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[6]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +854,7 @@ func (x *FramePrediction) String() string {
 func (*FramePrediction) ProtoMessage() {}
 
 func (x *FramePrediction) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[6]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +867,7 @@ func (x *FramePrediction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FramePrediction.ProtoReflect.Descriptor instead.
 func (*FramePrediction) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FramePrediction) GetSourceIndex() uint32 {
@@ -794,7 +933,7 @@ type SourceInfo struct {
 
 func (x *SourceInfo) Reset() {
 	*x = SourceInfo{}
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[7]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +945,7 @@ func (x *SourceInfo) String() string {
 func (*SourceInfo) ProtoMessage() {}
 
 func (x *SourceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[7]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +958,7 @@ func (x *SourceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceInfo.ProtoReflect.Descriptor instead.
 func (*SourceInfo) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SourceInfo) GetSourceIndex() uint32 {
@@ -857,6 +996,69 @@ func (x *SourceInfo) GetFrameCount() uint64 {
 	return 0
 }
 
+// The continuity of a resumed subscription, reported once in a RESUMED status before anything else.
+type ResumeGap struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Outcome ResumeOutcome          `protobuf:"varint,1,opt,name=outcome,proto3,enum=visionrpc.v1.ResumeOutcome" json:"outcome,omitempty"`
+	// The stream id that was resumed (equal to the response's stream_id unless RESTARTED).
+	PreviousStreamId string `protobuf:"bytes,2,opt,name=previous_stream_id,json=previousStreamId,proto3" json:"previous_stream_id,omitempty"`
+	// PARTIAL: how many messages after the cursor could not be replayed.
+	MessagesLost  uint64 `protobuf:"varint,3,opt,name=messages_lost,json=messagesLost,proto3" json:"messages_lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeGap) Reset() {
+	*x = ResumeGap{}
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeGap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeGap) ProtoMessage() {}
+
+func (x *ResumeGap) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeGap.ProtoReflect.Descriptor instead.
+func (*ResumeGap) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResumeGap) GetOutcome() ResumeOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return ResumeOutcome_RESUME_OUTCOME_UNSPECIFIED
+}
+
+func (x *ResumeGap) GetPreviousStreamId() string {
+	if x != nil {
+		return x.PreviousStreamId
+	}
+	return ""
+}
+
+func (x *ResumeGap) GetMessagesLost() uint64 {
+	if x != nil {
+		return x.MessagesLost
+	}
+	return 0
+}
+
 type StreamStatus struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Event       StreamEvent            `protobuf:"varint,1,opt,name=event,proto3,enum=visionrpc.v1.StreamEvent" json:"event,omitempty"`
@@ -866,14 +1068,16 @@ type StreamStatus struct {
 	// RECONNECTING: attempt number from 1.
 	Attempt uint32 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Human-readable reason (reconnect cause, error message).
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// RESUMED: what was resumed and whether anything was lost.
+	Resume        *ResumeGap `protobuf:"bytes,6,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamStatus) Reset() {
 	*x = StreamStatus{}
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[8]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1089,7 @@ func (x *StreamStatus) String() string {
 func (*StreamStatus) ProtoMessage() {}
 
 func (x *StreamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[8]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1102,7 @@ func (x *StreamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamStatus.ProtoReflect.Descriptor instead.
 func (*StreamStatus) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamStatus) GetEvent() StreamEvent {
@@ -936,6 +1140,13 @@ func (x *StreamStatus) GetReason() string {
 	return ""
 }
 
+func (x *StreamStatus) GetResume() *ResumeGap {
+	if x != nil {
+		return x.Resume
+	}
+	return nil
+}
+
 type StreamPredictionsResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	StreamId string                 `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
@@ -946,14 +1157,18 @@ type StreamPredictionsResponse struct {
 	//
 	//	*StreamPredictionsResponse_Frame
 	//	*StreamPredictionsResponse_Status
-	Payload       isStreamPredictionsResponse_Payload `protobuf_oneof:"payload"`
+	Payload isStreamPredictionsResponse_Payload `protobuf_oneof:"payload"`
+	// Position of this message in its stream, from 1, one more for each message the stream produces; a client
+	// resumes after the last cursor it received. 0 on a RESUMED status, which belongs to the subscription rather
+	// than the stream. A lossy subscriber that fell behind sees jumps (and DropCounters.results_dropped).
+	Cursor        uint64 `protobuf:"varint,6,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamPredictionsResponse) Reset() {
 	*x = StreamPredictionsResponse{}
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[9]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1180,7 @@ func (x *StreamPredictionsResponse) String() string {
 func (*StreamPredictionsResponse) ProtoMessage() {}
 
 func (x *StreamPredictionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_inference_proto_msgTypes[9]
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1193,7 @@ func (x *StreamPredictionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamPredictionsResponse.ProtoReflect.Descriptor instead.
 func (*StreamPredictionsResponse) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamPredictionsResponse) GetStreamId() string {
@@ -1027,6 +1242,13 @@ func (x *StreamPredictionsResponse) GetStatus() *StreamStatus {
 	return nil
 }
 
+func (x *StreamPredictionsResponse) GetCursor() uint64 {
+	if x != nil {
+		return x.Cursor
+	}
+	return 0
+}
+
 type isStreamPredictionsResponse_Payload interface {
 	isStreamPredictionsResponse_Payload()
 }
@@ -1071,13 +1293,18 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"frameImage\x12!\n" +
 	"\fjpeg_quality\x18\x05 \x01(\rR\vjpegQualityB\n" +
 	"\n" +
-	"\b_max_fps\"\x81\x02\n" +
+	"\b_max_fps\"\xb5\x02\n" +
 	"\x18StreamPredictionsRequest\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x19\n" +
 	"\bmodel_id\x18\x02 \x01(\tR\amodelId\x123\n" +
 	"\asources\x18\x03 \x03(\v2\x19.visionrpc.v1.VideoSourceR\asources\x124\n" +
 	"\aoptions\x18\x04 \x01(\v2\x1a.visionrpc.v1.InferOptionsR\aoptions\x12B\n" +
-	"\x0estream_options\x18\x05 \x01(\v2\x1b.visionrpc.v1.StreamOptionsR\rstreamOptions\"^\n" +
+	"\x0estream_options\x18\x05 \x01(\v2\x1b.visionrpc.v1.StreamOptionsR\rstreamOptions\x122\n" +
+	"\x06resume\x18\x06 \x01(\v2\x1a.visionrpc.v1.StreamResumeR\x06resume\"\x82\x01\n" +
+	"\fStreamResume\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12!\n" +
+	"\fafter_cursor\x18\x02 \x01(\x04R\vafterCursor\x122\n" +
+	"\x15next_sequence_numbers\x18\x03 \x03(\x04R\x13nextSequenceNumbers\"^\n" +
 	"\fDropCounters\x12%\n" +
 	"\x0eframes_skipped\x18\x01 \x01(\x04R\rframesSkipped\x12'\n" +
 	"\x0fresults_dropped\x18\x02 \x01(\x04R\x0eresultsDropped\"\xdc\x02\n" +
@@ -1099,20 +1326,26 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\x06height\x18\x03 \x01(\rR\x06height\x12\x10\n" +
 	"\x03fps\x18\x04 \x01(\x01R\x03fps\x12\x1f\n" +
 	"\vframe_count\x18\x05 \x01(\x04R\n" +
-	"frameCount\"\xc8\x01\n" +
+	"frameCount\"\x95\x01\n" +
+	"\tResumeGap\x125\n" +
+	"\aoutcome\x18\x01 \x01(\x0e2\x1b.visionrpc.v1.ResumeOutcomeR\aoutcome\x12,\n" +
+	"\x12previous_stream_id\x18\x02 \x01(\tR\x10previousStreamId\x12#\n" +
+	"\rmessages_lost\x18\x03 \x01(\x04R\fmessagesLost\"\xf9\x01\n" +
 	"\fStreamStatus\x12/\n" +
 	"\x05event\x18\x01 \x01(\x0e2\x19.visionrpc.v1.StreamEventR\x05event\x12!\n" +
 	"\fsource_index\x18\x02 \x01(\rR\vsourceIndex\x122\n" +
 	"\asources\x18\x03 \x03(\v2\x18.visionrpc.v1.SourceInfoR\asources\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xf4\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12/\n" +
+	"\x06resume\x18\x06 \x01(\v2\x17.visionrpc.v1.ResumeGapR\x06resume\"\x8c\x02\n" +
 	"\x19StreamPredictionsResponse\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x02 \x01(\tR\tmodelName\x12#\n" +
 	"\rmodel_version\x18\x03 \x01(\tR\fmodelVersion\x125\n" +
 	"\x05frame\x18\x04 \x01(\v2\x1d.visionrpc.v1.FramePredictionH\x00R\x05frame\x124\n" +
-	"\x06status\x18\x05 \x01(\v2\x1a.visionrpc.v1.StreamStatusH\x00R\x06statusB\t\n" +
+	"\x06status\x18\x05 \x01(\v2\x1a.visionrpc.v1.StreamStatusH\x00R\x06status\x12\x16\n" +
+	"\x06cursor\x18\x06 \x01(\x04R\x06cursorB\t\n" +
 	"\apayload*h\n" +
 	"\vFramePolicy\x12\x1c\n" +
 	"\x18FRAME_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n" +
@@ -1127,14 +1360,20 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\x17FRAME_IMAGE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAME_IMAGE_NONE\x10\x01\x12\x13\n" +
 	"\x0fFRAME_IMAGE_RAW\x10\x02\x12\x19\n" +
-	"\x15FRAME_IMAGE_ANNOTATED\x10\x03*\xb9\x01\n" +
+	"\x15FRAME_IMAGE_ANNOTATED\x10\x03*\xd3\x01\n" +
 	"\vStreamEvent\x12\x1c\n" +
 	"\x18STREAM_EVENT_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STREAM_EVENT_STARTED\x10\x01\x12\x1d\n" +
 	"\x19STREAM_EVENT_RECONNECTING\x10\x02\x12\x1c\n" +
 	"\x18STREAM_EVENT_RECONNECTED\x10\x03\x12\x1d\n" +
 	"\x19STREAM_EVENT_SOURCE_ENDED\x10\x04\x12\x16\n" +
-	"\x12STREAM_EVENT_ERROR\x10\x052\xbc\x01\n" +
+	"\x12STREAM_EVENT_ERROR\x10\x05\x12\x18\n" +
+	"\x14STREAM_EVENT_RESUMED\x10\x06*\x86\x01\n" +
+	"\rResumeOutcome\x12\x1e\n" +
+	"\x1aRESUME_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17RESUME_OUTCOME_REPLAYED\x10\x01\x12\x1a\n" +
+	"\x16RESUME_OUTCOME_PARTIAL\x10\x02\x12\x1c\n" +
+	"\x18RESUME_OUTCOME_RESTARTED\x10\x032\xbc\x01\n" +
 	"\x10InferenceService\x12@\n" +
 	"\x05Infer\x12\x1a.visionrpc.v1.InferRequest\x1a\x1b.visionrpc.v1.InferResponse\x12f\n" +
 	"\x11StreamPredictions\x12&.visionrpc.v1.StreamPredictionsRequest\x1a'.visionrpc.v1.StreamPredictionsResponse0\x01Bk\n" +
@@ -1152,56 +1391,62 @@ func file_visionrpc_v1_inference_proto_rawDescGZIP() []byte {
 	return file_visionrpc_v1_inference_proto_rawDescData
 }
 
-var file_visionrpc_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_visionrpc_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_visionrpc_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_visionrpc_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_visionrpc_v1_inference_proto_goTypes = []any{
 	(FramePolicy)(0),                  // 0: visionrpc.v1.FramePolicy
 	(Delivery)(0),                     // 1: visionrpc.v1.Delivery
 	(FrameImage)(0),                   // 2: visionrpc.v1.FrameImage
 	(StreamEvent)(0),                  // 3: visionrpc.v1.StreamEvent
-	(*InferRequest)(nil),              // 4: visionrpc.v1.InferRequest
-	(*InferResponse)(nil),             // 5: visionrpc.v1.InferResponse
-	(*VideoSource)(nil),               // 6: visionrpc.v1.VideoSource
-	(*StreamOptions)(nil),             // 7: visionrpc.v1.StreamOptions
-	(*StreamPredictionsRequest)(nil),  // 8: visionrpc.v1.StreamPredictionsRequest
-	(*DropCounters)(nil),              // 9: visionrpc.v1.DropCounters
-	(*FramePrediction)(nil),           // 10: visionrpc.v1.FramePrediction
-	(*SourceInfo)(nil),                // 11: visionrpc.v1.SourceInfo
-	(*StreamStatus)(nil),              // 12: visionrpc.v1.StreamStatus
-	(*StreamPredictionsResponse)(nil), // 13: visionrpc.v1.StreamPredictionsResponse
-	(*Image)(nil),                     // 14: visionrpc.v1.Image
-	(*InferOptions)(nil),              // 15: visionrpc.v1.InferOptions
-	(*EngineInfo)(nil),                // 16: visionrpc.v1.EngineInfo
-	(*ImagePrediction)(nil),           // 17: visionrpc.v1.ImagePrediction
-	(*timestamppb.Timestamp)(nil),     // 18: google.protobuf.Timestamp
+	(ResumeOutcome)(0),                // 4: visionrpc.v1.ResumeOutcome
+	(*InferRequest)(nil),              // 5: visionrpc.v1.InferRequest
+	(*InferResponse)(nil),             // 6: visionrpc.v1.InferResponse
+	(*VideoSource)(nil),               // 7: visionrpc.v1.VideoSource
+	(*StreamOptions)(nil),             // 8: visionrpc.v1.StreamOptions
+	(*StreamPredictionsRequest)(nil),  // 9: visionrpc.v1.StreamPredictionsRequest
+	(*StreamResume)(nil),              // 10: visionrpc.v1.StreamResume
+	(*DropCounters)(nil),              // 11: visionrpc.v1.DropCounters
+	(*FramePrediction)(nil),           // 12: visionrpc.v1.FramePrediction
+	(*SourceInfo)(nil),                // 13: visionrpc.v1.SourceInfo
+	(*ResumeGap)(nil),                 // 14: visionrpc.v1.ResumeGap
+	(*StreamStatus)(nil),              // 15: visionrpc.v1.StreamStatus
+	(*StreamPredictionsResponse)(nil), // 16: visionrpc.v1.StreamPredictionsResponse
+	(*Image)(nil),                     // 17: visionrpc.v1.Image
+	(*InferOptions)(nil),              // 18: visionrpc.v1.InferOptions
+	(*EngineInfo)(nil),                // 19: visionrpc.v1.EngineInfo
+	(*ImagePrediction)(nil),           // 20: visionrpc.v1.ImagePrediction
+	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
 }
 var file_visionrpc_v1_inference_proto_depIdxs = []int32{
-	14, // 0: visionrpc.v1.InferRequest.images:type_name -> visionrpc.v1.Image
-	15, // 1: visionrpc.v1.InferRequest.options:type_name -> visionrpc.v1.InferOptions
-	16, // 2: visionrpc.v1.InferResponse.engine:type_name -> visionrpc.v1.EngineInfo
-	17, // 3: visionrpc.v1.InferResponse.predictions:type_name -> visionrpc.v1.ImagePrediction
+	17, // 0: visionrpc.v1.InferRequest.images:type_name -> visionrpc.v1.Image
+	18, // 1: visionrpc.v1.InferRequest.options:type_name -> visionrpc.v1.InferOptions
+	19, // 2: visionrpc.v1.InferResponse.engine:type_name -> visionrpc.v1.EngineInfo
+	20, // 3: visionrpc.v1.InferResponse.predictions:type_name -> visionrpc.v1.ImagePrediction
 	0,  // 4: visionrpc.v1.StreamOptions.frame_policy:type_name -> visionrpc.v1.FramePolicy
 	1,  // 5: visionrpc.v1.StreamOptions.delivery:type_name -> visionrpc.v1.Delivery
 	2,  // 6: visionrpc.v1.StreamOptions.frame_image:type_name -> visionrpc.v1.FrameImage
-	6,  // 7: visionrpc.v1.StreamPredictionsRequest.sources:type_name -> visionrpc.v1.VideoSource
-	15, // 8: visionrpc.v1.StreamPredictionsRequest.options:type_name -> visionrpc.v1.InferOptions
-	7,  // 9: visionrpc.v1.StreamPredictionsRequest.stream_options:type_name -> visionrpc.v1.StreamOptions
-	18, // 10: visionrpc.v1.FramePrediction.capture_time:type_name -> google.protobuf.Timestamp
-	17, // 11: visionrpc.v1.FramePrediction.prediction:type_name -> visionrpc.v1.ImagePrediction
-	9,  // 12: visionrpc.v1.FramePrediction.drops:type_name -> visionrpc.v1.DropCounters
-	3,  // 13: visionrpc.v1.StreamStatus.event:type_name -> visionrpc.v1.StreamEvent
-	11, // 14: visionrpc.v1.StreamStatus.sources:type_name -> visionrpc.v1.SourceInfo
-	10, // 15: visionrpc.v1.StreamPredictionsResponse.frame:type_name -> visionrpc.v1.FramePrediction
-	12, // 16: visionrpc.v1.StreamPredictionsResponse.status:type_name -> visionrpc.v1.StreamStatus
-	4,  // 17: visionrpc.v1.InferenceService.Infer:input_type -> visionrpc.v1.InferRequest
-	8,  // 18: visionrpc.v1.InferenceService.StreamPredictions:input_type -> visionrpc.v1.StreamPredictionsRequest
-	5,  // 19: visionrpc.v1.InferenceService.Infer:output_type -> visionrpc.v1.InferResponse
-	13, // 20: visionrpc.v1.InferenceService.StreamPredictions:output_type -> visionrpc.v1.StreamPredictionsResponse
-	19, // [19:21] is the sub-list for method output_type
-	17, // [17:19] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	7,  // 7: visionrpc.v1.StreamPredictionsRequest.sources:type_name -> visionrpc.v1.VideoSource
+	18, // 8: visionrpc.v1.StreamPredictionsRequest.options:type_name -> visionrpc.v1.InferOptions
+	8,  // 9: visionrpc.v1.StreamPredictionsRequest.stream_options:type_name -> visionrpc.v1.StreamOptions
+	10, // 10: visionrpc.v1.StreamPredictionsRequest.resume:type_name -> visionrpc.v1.StreamResume
+	21, // 11: visionrpc.v1.FramePrediction.capture_time:type_name -> google.protobuf.Timestamp
+	20, // 12: visionrpc.v1.FramePrediction.prediction:type_name -> visionrpc.v1.ImagePrediction
+	11, // 13: visionrpc.v1.FramePrediction.drops:type_name -> visionrpc.v1.DropCounters
+	4,  // 14: visionrpc.v1.ResumeGap.outcome:type_name -> visionrpc.v1.ResumeOutcome
+	3,  // 15: visionrpc.v1.StreamStatus.event:type_name -> visionrpc.v1.StreamEvent
+	13, // 16: visionrpc.v1.StreamStatus.sources:type_name -> visionrpc.v1.SourceInfo
+	14, // 17: visionrpc.v1.StreamStatus.resume:type_name -> visionrpc.v1.ResumeGap
+	12, // 18: visionrpc.v1.StreamPredictionsResponse.frame:type_name -> visionrpc.v1.FramePrediction
+	15, // 19: visionrpc.v1.StreamPredictionsResponse.status:type_name -> visionrpc.v1.StreamStatus
+	5,  // 20: visionrpc.v1.InferenceService.Infer:input_type -> visionrpc.v1.InferRequest
+	9,  // 21: visionrpc.v1.InferenceService.StreamPredictions:input_type -> visionrpc.v1.StreamPredictionsRequest
+	6,  // 22: visionrpc.v1.InferenceService.Infer:output_type -> visionrpc.v1.InferResponse
+	16, // 23: visionrpc.v1.InferenceService.StreamPredictions:output_type -> visionrpc.v1.StreamPredictionsResponse
+	22, // [22:24] is the sub-list for method output_type
+	20, // [20:22] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_visionrpc_v1_inference_proto_init() }
@@ -1216,7 +1461,7 @@ func file_visionrpc_v1_inference_proto_init() {
 		(*VideoSource_Device)(nil),
 	}
 	file_visionrpc_v1_inference_proto_msgTypes[3].OneofWrappers = []any{}
-	file_visionrpc_v1_inference_proto_msgTypes[9].OneofWrappers = []any{
+	file_visionrpc_v1_inference_proto_msgTypes[11].OneofWrappers = []any{
 		(*StreamPredictionsResponse_Frame)(nil),
 		(*StreamPredictionsResponse_Status)(nil),
 	}
@@ -1225,8 +1470,8 @@ func file_visionrpc_v1_inference_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_visionrpc_v1_inference_proto_rawDesc), len(file_visionrpc_v1_inference_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   10,
+			NumEnums:      5,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,14 @@ class StreamEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM_EVENT_RECONNECTED: _ClassVar[StreamEvent]
     STREAM_EVENT_SOURCE_ENDED: _ClassVar[StreamEvent]
     STREAM_EVENT_ERROR: _ClassVar[StreamEvent]
+    STREAM_EVENT_RESUMED: _ClassVar[StreamEvent]
+
+class ResumeOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESUME_OUTCOME_UNSPECIFIED: _ClassVar[ResumeOutcome]
+    RESUME_OUTCOME_REPLAYED: _ClassVar[ResumeOutcome]
+    RESUME_OUTCOME_PARTIAL: _ClassVar[ResumeOutcome]
+    RESUME_OUTCOME_RESTARTED: _ClassVar[ResumeOutcome]
 FRAME_POLICY_UNSPECIFIED: FramePolicy
 FRAME_POLICY_EVERY_FRAME: FramePolicy
 FRAME_POLICY_NEWEST_FRAME: FramePolicy
@@ -54,6 +62,11 @@ STREAM_EVENT_RECONNECTING: StreamEvent
 STREAM_EVENT_RECONNECTED: StreamEvent
 STREAM_EVENT_SOURCE_ENDED: StreamEvent
 STREAM_EVENT_ERROR: StreamEvent
+STREAM_EVENT_RESUMED: StreamEvent
+RESUME_OUTCOME_UNSPECIFIED: ResumeOutcome
+RESUME_OUTCOME_REPLAYED: ResumeOutcome
+RESUME_OUTCOME_PARTIAL: ResumeOutcome
+RESUME_OUTCOME_RESTARTED: ResumeOutcome
 
 class InferRequest(_message.Message):
     __slots__ = ("model_id", "images", "options")
@@ -102,18 +115,30 @@ class StreamOptions(_message.Message):
     def __init__(self, max_fps: _Optional[float] = ..., frame_policy: _Optional[_Union[FramePolicy, str]] = ..., delivery: _Optional[_Union[Delivery, str]] = ..., frame_image: _Optional[_Union[FrameImage, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
 
 class StreamPredictionsRequest(_message.Message):
-    __slots__ = ("stream_id", "model_id", "sources", "options", "stream_options")
+    __slots__ = ("stream_id", "model_id", "sources", "options", "stream_options", "resume")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     STREAM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     model_id: str
     sources: _containers.RepeatedCompositeFieldContainer[VideoSource]
     options: _types_pb2.InferOptions
     stream_options: StreamOptions
-    def __init__(self, stream_id: _Optional[str] = ..., model_id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[VideoSource, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.InferOptions, _Mapping]] = ..., stream_options: _Optional[_Union[StreamOptions, _Mapping]] = ...) -> None: ...
+    resume: StreamResume
+    def __init__(self, stream_id: _Optional[str] = ..., model_id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[VideoSource, _Mapping]]] = ..., options: _Optional[_Union[_types_pb2.InferOptions, _Mapping]] = ..., stream_options: _Optional[_Union[StreamOptions, _Mapping]] = ..., resume: _Optional[_Union[StreamResume, _Mapping]] = ...) -> None: ...
+
+class StreamResume(_message.Message):
+    __slots__ = ("stream_id", "after_cursor", "next_sequence_numbers")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQUENCE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    after_cursor: int
+    next_sequence_numbers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, stream_id: _Optional[str] = ..., after_cursor: _Optional[int] = ..., next_sequence_numbers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DropCounters(_message.Message):
     __slots__ = ("frames_skipped", "results_dropped")
@@ -155,30 +180,44 @@ class SourceInfo(_message.Message):
     frame_count: int
     def __init__(self, source_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ...) -> None: ...
 
+class ResumeGap(_message.Message):
+    __slots__ = ("outcome", "previous_stream_id", "messages_lost")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_LOST_FIELD_NUMBER: _ClassVar[int]
+    outcome: ResumeOutcome
+    previous_stream_id: str
+    messages_lost: int
+    def __init__(self, outcome: _Optional[_Union[ResumeOutcome, str]] = ..., previous_stream_id: _Optional[str] = ..., messages_lost: _Optional[int] = ...) -> None: ...
+
 class StreamStatus(_message.Message):
-    __slots__ = ("event", "source_index", "sources", "attempt", "reason")
+    __slots__ = ("event", "source_index", "sources", "attempt", "reason", "resume")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     event: StreamEvent
     source_index: int
     sources: _containers.RepeatedCompositeFieldContainer[SourceInfo]
     attempt: int
     reason: str
-    def __init__(self, event: _Optional[_Union[StreamEvent, str]] = ..., source_index: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[SourceInfo, _Mapping]]] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    resume: ResumeGap
+    def __init__(self, event: _Optional[_Union[StreamEvent, str]] = ..., source_index: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[SourceInfo, _Mapping]]] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ..., resume: _Optional[_Union[ResumeGap, _Mapping]] = ...) -> None: ...
 
 class StreamPredictionsResponse(_message.Message):
-    __slots__ = ("stream_id", "model_name", "model_version", "frame", "status")
+    __slots__ = ("stream_id", "model_name", "model_version", "frame", "status", "cursor")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     model_name: str
     model_version: str
     frame: FramePrediction
     status: StreamStatus
-    def __init__(self, stream_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., frame: _Optional[_Union[FramePrediction, _Mapping]] = ..., status: _Optional[_Union[StreamStatus, _Mapping]] = ...) -> None: ...
+    cursor: int
+    def __init__(self, stream_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., frame: _Optional[_Union[FramePrediction, _Mapping]] = ..., status: _Optional[_Union[StreamStatus, _Mapping]] = ..., cursor: _Optional[int] = ...) -> None: ...

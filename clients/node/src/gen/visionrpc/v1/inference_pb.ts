@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file visionrpc/v1/inference.proto.
  */
 export const file_visionrpc_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("Chx2aXNpb25ycGMvdjEvaW5mZXJlbmNlLnByb3RvEgx2aXNpb25ycGMudjEicgoMSW5mZXJSZXF1ZXN0EhAKCG1vZGVsX2lkGAEgASgJEiMKBmltYWdlcxgCIAMoCzITLnZpc2lvbnJwYy52MS5JbWFnZRIrCgdvcHRpb25zGAMgASgLMhoudmlzaW9ucnBjLnYxLkluZmVyT3B0aW9ucyKYAQoNSW5mZXJSZXNwb25zZRISCgptb2RlbF9uYW1lGAEgASgJEhUKDW1vZGVsX3ZlcnNpb24YAiABKAkSKAoGZW5naW5lGAMgASgLMhgudmlzaW9ucnBjLnYxLkVuZ2luZUluZm8SMgoLcHJlZGljdGlvbnMYBCADKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uIkgKC1ZpZGVvU291cmNlEg4KBHBhdGgYASABKAlIABINCgN1cmwYAiABKAlIABIQCgZkZXZpY2UYAyABKA1IAEIICgZzb3VyY2Ui0QEKDVN0cmVhbU9wdGlvbnMSFAoHbWF4X2ZwcxgBIAEoAkgAiAEBEi8KDGZyYW1lX3BvbGljeRgCIAEoDjIZLnZpc2lvbnJwYy52MS5GcmFtZVBvbGljeRIoCghkZWxpdmVyeRgDIAEoDjIWLnZpc2lvbnJwYy52MS5EZWxpdmVyeRItCgtmcmFtZV9pbWFnZRgEIAEoDjIYLnZpc2lvbnJwYy52MS5GcmFtZUltYWdlEhQKDGpwZWdfcXVhbGl0eRgFIAEoDUIKCghfbWF4X2ZwcyLNAQoYU3RyZWFtUHJlZGljdGlvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIqCgdzb3VyY2VzGAMgAygLMhkudmlzaW9ucnBjLnYxLlZpZGVvU291cmNlEisKB29wdGlvbnMYBCABKAsyGi52aXNpb25ycGMudjEuSW5mZXJPcHRpb25zEjMKDnN0cmVhbV9vcHRpb25zGAUgASgLMhsudmlzaW9ucnBjLnYxLlN0cmVhbU9wdGlvbnMiPwoMRHJvcENvdW50ZXJzEhYKDmZyYW1lc19za2lwcGVkGAEgASgEEhcKD3Jlc3VsdHNfZHJvcHBlZBgCIAEoBCKBAgoPRnJhbWVQcmVkaWN0aW9uEhQKDHNvdXJjZV9pbmRleBgBIAEoDRIXCg9zZXF1ZW5jZV9udW1iZXIYAiABKAQSGwoTc291cmNlX3RpbWVzdGFtcF9tcxgDIAEoARIwCgxjYXB0dXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKCnByZWRpY3Rpb24YBSABKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uEikKBWRyb3BzGAYgASgLMhoudmlzaW9ucnBjLnYxLkRyb3BDb3VudGVycxISCgpmcmFtZV9qcGVnGAcgASgMImMKClNvdXJjZUluZm8SFAoMc291cmNlX2luZGV4GAEgASgNEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRILCgNmcHMYBCABKAESEwoLZnJhbWVfY291bnQYBSABKAQimgEKDFN0cmVhbVN0YXR1cxIoCgVldmVudBgBIAEoDjIZLnZpc2lvbnJwYy52MS5TdHJlYW1FdmVudBIUCgxzb3VyY2VfaW5kZXgYAiABKA0SKQoHc291cmNlcxgDIAMoCzIYLnZpc2lvbnJwYy52MS5Tb3VyY2VJbmZvEg8KB2F0dGVtcHQYBCABKA0SDgoGcmVhc29uGAUgASgJIsIBChlTdHJlYW1QcmVkaWN0aW9uc1Jlc3BvbnNlEhEKCXN0cmVhbV9pZBgBIAEoCRISCgptb2RlbF9uYW1lGAIgASgJEhUKDW1vZGVsX3ZlcnNpb24YAyABKAkSLgoFZnJhbWUYBCABKAsyHS52aXNpb25ycGMudjEuRnJhbWVQcmVkaWN0aW9uSAASLAoGc3RhdHVzGAUgASgLMhoudmlzaW9ucnBjLnYxLlN0cmVhbVN0YXR1c0gAQgkKB3BheWxvYWQqaAoLRnJhbWVQb2xpY3kSHAoYRlJBTUVfUE9MSUNZX1VOU1BFQ0lGSUVEEAASHAoYRlJBTUVfUE9MSUNZX0VWRVJZX0ZSQU1FEAESHQoZRlJBTUVfUE9MSUNZX05FV0VTVF9GUkFNRRACKlIKCERlbGl2ZXJ5EhgKFERFTElWRVJZX1VOU1BFQ0lGSUVEEAASEgoOREVMSVZFUllfTE9TU1kQARIYChRERUxJVkVSWV9FVkVSWV9GUkFNRRACKm8KCkZyYW1lSW1hZ2USGwoXRlJBTUVfSU1BR0VfVU5TUEVDSUZJRUQQABIUChBGUkFNRV9JTUFHRV9OT05FEAESEwoPRlJBTUVfSU1BR0VfUkFXEAISGQoVRlJBTUVfSU1BR0VfQU5OT1RBVEVEEAMquQEKC1N0cmVhbUV2ZW50EhwKGFNUUkVBTV9FVkVOVF9VTlNQRUNJRklFRBAAEhgKFFNUUkVBTV9FVkVOVF9TVEFSVEVEEAESHQoZU1RSRUFNX0VWRU5UX1JFQ09OTkVDVElORxACEhwKGFNUUkVBTV9FVkVOVF9SRUNPTk5FQ1RFRBADEh0KGVNUUkVBTV9FVkVOVF9TT1VSQ0VfRU5ERUQQBBIWChJTVFJFQU1fRVZFTlRfRVJST1IQBTK8AQoQSW5mZXJlbmNlU2VydmljZRJACgVJbmZlchIaLnZpc2lvbnJwYy52MS5JbmZlclJlcXVlc3QaGy52aXNpb25ycGMudjEuSW5mZXJSZXNwb25zZRJmChFTdHJlYW1QcmVkaWN0aW9ucxImLnZpc2lvbnJwYy52MS5TdHJlYW1QcmVkaWN0aW9uc1JlcXVlc3QaJy52aXNpb25ycGMudjEuU3RyZWFtUHJlZGljdGlvbnNSZXNwb25zZTABQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z", [file_google_protobuf_timestamp, file_visionrpc_v1_types]);
+  fileDesc("Chx2aXNpb25ycGMvdjEvaW5mZXJlbmNlLnByb3RvEgx2aXNpb25ycGMudjEicgoMSW5mZXJSZXF1ZXN0EhAKCG1vZGVsX2lkGAEgASgJEiMKBmltYWdlcxgCIAMoCzITLnZpc2lvbnJwYy52MS5JbWFnZRIrCgdvcHRpb25zGAMgASgLMhoudmlzaW9ucnBjLnYxLkluZmVyT3B0aW9ucyKYAQoNSW5mZXJSZXNwb25zZRISCgptb2RlbF9uYW1lGAEgASgJEhUKDW1vZGVsX3ZlcnNpb24YAiABKAkSKAoGZW5naW5lGAMgASgLMhgudmlzaW9ucnBjLnYxLkVuZ2luZUluZm8SMgoLcHJlZGljdGlvbnMYBCADKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uIkgKC1ZpZGVvU291cmNlEg4KBHBhdGgYASABKAlIABINCgN1cmwYAiABKAlIABIQCgZkZXZpY2UYAyABKA1IAEIICgZzb3VyY2Ui0QEKDVN0cmVhbU9wdGlvbnMSFAoHbWF4X2ZwcxgBIAEoAkgAiAEBEi8KDGZyYW1lX3BvbGljeRgCIAEoDjIZLnZpc2lvbnJwYy52MS5GcmFtZVBvbGljeRIoCghkZWxpdmVyeRgDIAEoDjIWLnZpc2lvbnJwYy52MS5EZWxpdmVyeRItCgtmcmFtZV9pbWFnZRgEIAEoDjIYLnZpc2lvbnJwYy52MS5GcmFtZUltYWdlEhQKDGpwZWdfcXVhbGl0eRgFIAEoDUIKCghfbWF4X2ZwcyL5AQoYU3RyZWFtUHJlZGljdGlvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIqCgdzb3VyY2VzGAMgAygLMhkudmlzaW9ucnBjLnYxLlZpZGVvU291cmNlEisKB29wdGlvbnMYBCABKAsyGi52aXNpb25ycGMudjEuSW5mZXJPcHRpb25zEjMKDnN0cmVhbV9vcHRpb25zGAUgASgLMhsudmlzaW9ucnBjLnYxLlN0cmVhbU9wdGlvbnMSKgoGcmVzdW1lGAYgASgLMhoudmlzaW9ucnBjLnYxLlN0cmVhbVJlc3VtZSJWCgxTdHJlYW1SZXN1bWUSEQoJc3RyZWFtX2lkGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoBBIdChVuZXh0X3NlcXVlbmNlX251bWJlcnMYAyADKAQiPwoMRHJvcENvdW50ZXJzEhYKDmZyYW1lc19za2lwcGVkGAEgASgEEhcKD3Jlc3VsdHNfZHJvcHBlZBgCIAEoBCKBAgoPRnJhbWVQcmVkaWN0aW9uEhQKDHNvdXJjZV9pbmRleBgBIAEoDRIXCg9zZXF1ZW5jZV9udW1iZXIYAiABKAQSGwoTc291cmNlX3RpbWVzdGFtcF9tcxgDIAEoARIwCgxjYXB0dXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKCnByZWRpY3Rpb24YBSABKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uEikKBWRyb3BzGAYgASgLMhoudmlzaW9ucnBjLnYxLkRyb3BDb3VudGVycxISCgpmcmFtZV9qcGVnGAcgASgMImMKClNvdXJjZUluZm8SFAoMc291cmNlX2luZGV4GAEgASgNEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRILCgNmcHMYBCABKAESEwoLZnJhbWVfY291bnQYBSABKAQibAoJUmVzdW1lR2FwEiwKB291dGNvbWUYASABKA4yGy52aXNpb25ycGMudjEuUmVzdW1lT3V0Y29tZRIaChJwcmV2aW91c19zdHJlYW1faWQYAiABKAkSFQoNbWVzc2FnZXNfbG9zdBgDIAEoBCLDAQoMU3RyZWFtU3RhdHVzEigKBWV2ZW50GAEgASgOMhkudmlzaW9ucnBjLnYxLlN0cmVhbUV2ZW50EhQKDHNvdXJjZV9pbmRleBgCIAEoDRIpCgdzb3VyY2VzGAMgAygLMhgudmlzaW9ucnBjLnYxLlNvdXJjZUluZm8SDwoHYXR0ZW1wdBgEIAEoDRIOCgZyZWFzb24YBSABKAkSJwoGcmVzdW1lGAYgASgLMhcudmlzaW9ucnBjLnYxLlJlc3VtZUdhcCLSAQoZU3RyZWFtUHJlZGljdGlvbnNSZXNwb25zZRIRCglzdHJlYW1faWQYASABKAkSEgoKbW9kZWxfbmFtZRgCIAEoCRIVCg1tb2RlbF92ZXJzaW9uGAMgASgJEi4KBWZyYW1lGAQgASgLMh0udmlzaW9ucnBjLnYxLkZyYW1lUHJlZGljdGlvbkgAEiwKBnN0YXR1cxgFIAEoCzIaLnZpc2lvbnJwYy52MS5TdHJlYW1TdGF0dXNIABIOCgZjdXJzb3IYBiABKARCCQoHcGF5bG9hZCpoCgtGcmFtZVBvbGljeRIcChhGUkFNRV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIcChhGUkFNRV9QT0xJQ1lfRVZFUllfRlJBTUUQARIdChlGUkFNRV9QT0xJQ1lfTkVXRVNUX0ZSQU1FEAIqUgoIRGVsaXZlcnkSGAoUREVMSVZFUllfVU5TUEVDSUZJRUQQABISCg5ERUxJVkVSWV9MT1NTWRABEhgKFERFTElWRVJZX0VWRVJZX0ZSQU1FEAIqbwoKRnJhbWVJbWFnZRIbChdGUkFNRV9JTUFHRV9VTlNQRUNJRklFRBAAEhQKEEZSQU1FX0lNQUdFX05PTkUQARITCg9GUkFNRV9JTUFHRV9SQVcQAhIZChVGUkFNRV9JTUFHRV9BTk5PVEFURUQQAyrTAQoLU3RyZWFtRXZlbnQSHAoYU1RSRUFNX0VWRU5UX1VOU1BFQ0lGSUVEEAASGAoUU1RSRUFNX0VWRU5UX1NUQVJURUQQARIdChlTVFJFQU1fRVZFTlRfUkVDT05ORUNUSU5HEAISHAoYU1RSRUFNX0VWRU5UX1JFQ09OTkVDVEVEEAMSHQoZU1RSRUFNX0VWRU5UX1NPVVJDRV9FTkRFRBAEEhYKElNUUkVBTV9FVkVOVF9FUlJPUhAFEhgKFFNUUkVBTV9FVkVOVF9SRVNVTUVEEAYqhgEKDVJlc3VtZU91dGNvbWUSHgoaUkVTVU1FX09VVENPTUVfVU5TUEVDSUZJRUQQABIbChdSRVNVTUVfT1VUQ09NRV9SRVBMQVlFRBABEhoKFlJFU1VNRV9PVVRDT01FX1BBUlRJQUwQAhIcChhSRVNVTUVfT1VUQ09NRV9SRVNUQVJURUQQAzK8AQoQSW5mZXJlbmNlU2VydmljZRJACgVJbmZlchIaLnZpc2lvbnJwYy52MS5JbmZlclJlcXVlc3QaGy52aXNpb25ycGMudjEuSW5mZXJSZXNwb25zZRJmChFTdHJlYW1QcmVkaWN0aW9ucxImLnZpc2lvbnJwYy52MS5TdHJlYW1QcmVkaWN0aW9uc1JlcXVlc3QaJy52aXNpb25ycGMudjEuU3RyZWFtUHJlZGljdGlvbnNSZXNwb25zZTABQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z", [file_google_protobuf_timestamp, file_visionrpc_v1_types]);
 
 /**
  * @generated from message visionrpc.v1.InferRequest
@@ -197,6 +197,15 @@ export type StreamPredictionsRequest = Message<"visionrpc.v1.StreamPredictionsRe
    * @generated from field: visionrpc.v1.StreamOptions stream_options = 5;
    */
   streamOptions?: StreamOptions | undefined;
+
+  /**
+   * Continues a subscription whose call broke (connection recycled, server drained or restarted). The fields
+   * above still describe the stream, so a server that no longer knows `resume.stream_id` (another replica, or
+   * the same one after a restart) starts it again. The SDKs set this when they resume on UNAVAILABLE.
+   *
+   * @generated from field: visionrpc.v1.StreamResume resume = 6;
+   */
+  resume?: StreamResume | undefined;
 };
 
 /**
@@ -205,6 +214,42 @@ export type StreamPredictionsRequest = Message<"visionrpc.v1.StreamPredictionsRe
  */
 export const StreamPredictionsRequestSchema: GenMessage<StreamPredictionsRequest> = /*@__PURE__*/
   messageDesc(file_visionrpc_v1_inference, 4);
+
+/**
+ * Where a resumed subscription picks up.
+ *
+ * @generated from message visionrpc.v1.StreamResume
+ */
+export type StreamResume = Message<"visionrpc.v1.StreamResume"> & {
+  /**
+   * The stream being resumed: the stream_id of the messages received so far.
+   *
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+
+  /**
+   * The cursor of the last message received from that stream; the server sends the messages after it.
+   *
+   * @generated from field: uint64 after_cursor = 2;
+   */
+  afterCursor: bigint;
+
+  /**
+   * Per source, by index: the sequence number of the next frame wanted (last received + 1). A file source
+   * started again elsewhere continues from there; live sources continue from their present. Empty: from 0.
+   *
+   * @generated from field: repeated uint64 next_sequence_numbers = 3;
+   */
+  nextSequenceNumbers: bigint[];
+};
+
+/**
+ * Describes the message visionrpc.v1.StreamResume.
+ * Use `create(StreamResumeSchema)` to create a new message.
+ */
+export const StreamResumeSchema: GenMessage<StreamResume> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_inference, 5);
 
 /**
  * Drops so far (cumulative).
@@ -232,7 +277,7 @@ export type DropCounters = Message<"visionrpc.v1.DropCounters"> & {
  * Use `create(DropCountersSchema)` to create a new message.
  */
 export const DropCountersSchema: GenMessage<DropCounters> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_inference, 5);
+  messageDesc(file_visionrpc_v1_inference, 6);
 
 /**
  * @generated from message visionrpc.v1.FramePrediction
@@ -287,7 +332,7 @@ export type FramePrediction = Message<"visionrpc.v1.FramePrediction"> & {
  * Use `create(FramePredictionSchema)` to create a new message.
  */
 export const FramePredictionSchema: GenMessage<FramePrediction> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_inference, 6);
+  messageDesc(file_visionrpc_v1_inference, 7);
 
 /**
  * @generated from message visionrpc.v1.SourceInfo
@@ -326,7 +371,40 @@ export type SourceInfo = Message<"visionrpc.v1.SourceInfo"> & {
  * Use `create(SourceInfoSchema)` to create a new message.
  */
 export const SourceInfoSchema: GenMessage<SourceInfo> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_inference, 7);
+  messageDesc(file_visionrpc_v1_inference, 8);
+
+/**
+ * The continuity of a resumed subscription, reported once in a RESUMED status before anything else.
+ *
+ * @generated from message visionrpc.v1.ResumeGap
+ */
+export type ResumeGap = Message<"visionrpc.v1.ResumeGap"> & {
+  /**
+   * @generated from field: visionrpc.v1.ResumeOutcome outcome = 1;
+   */
+  outcome: ResumeOutcome;
+
+  /**
+   * The stream id that was resumed (equal to the response's stream_id unless RESTARTED).
+   *
+   * @generated from field: string previous_stream_id = 2;
+   */
+  previousStreamId: string;
+
+  /**
+   * PARTIAL: how many messages after the cursor could not be replayed.
+   *
+   * @generated from field: uint64 messages_lost = 3;
+   */
+  messagesLost: bigint;
+};
+
+/**
+ * Describes the message visionrpc.v1.ResumeGap.
+ * Use `create(ResumeGapSchema)` to create a new message.
+ */
+export const ResumeGapSchema: GenMessage<ResumeGap> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_inference, 9);
 
 /**
  * @generated from message visionrpc.v1.StreamStatus
@@ -362,6 +440,13 @@ export type StreamStatus = Message<"visionrpc.v1.StreamStatus"> & {
    * @generated from field: string reason = 5;
    */
   reason: string;
+
+  /**
+   * RESUMED: what was resumed and whether anything was lost.
+   *
+   * @generated from field: visionrpc.v1.ResumeGap resume = 6;
+   */
+  resume?: ResumeGap | undefined;
 };
 
 /**
@@ -369,7 +454,7 @@ export type StreamStatus = Message<"visionrpc.v1.StreamStatus"> & {
  * Use `create(StreamStatusSchema)` to create a new message.
  */
 export const StreamStatusSchema: GenMessage<StreamStatus> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_inference, 8);
+  messageDesc(file_visionrpc_v1_inference, 10);
 
 /**
  * @generated from message visionrpc.v1.StreamPredictionsResponse
@@ -408,6 +493,15 @@ export type StreamPredictionsResponse = Message<"visionrpc.v1.StreamPredictionsR
     value: StreamStatus;
     case: "status";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Position of this message in its stream, from 1, one more for each message the stream produces; a client
+   * resumes after the last cursor it received. 0 on a RESUMED status, which belongs to the subscription rather
+   * than the stream. A lossy subscriber that fell behind sees jumps (and DropCounters.results_dropped).
+   *
+   * @generated from field: uint64 cursor = 6;
+   */
+  cursor: bigint;
 };
 
 /**
@@ -415,7 +509,7 @@ export type StreamPredictionsResponse = Message<"visionrpc.v1.StreamPredictionsR
  * Use `create(StreamPredictionsResponseSchema)` to create a new message.
  */
 export const StreamPredictionsResponseSchema: GenMessage<StreamPredictionsResponse> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_inference, 9);
+  messageDesc(file_visionrpc_v1_inference, 11);
 
 /**
  * Which frames a pipeline processes.
@@ -553,6 +647,13 @@ export enum StreamEvent {
    * @generated from enum value: STREAM_EVENT_ERROR = 5;
    */
   ERROR = 5,
+
+  /**
+   * The subscription continued a broken one: StreamStatus.resume says whether anything was lost.
+   *
+   * @generated from enum value: STREAM_EVENT_RESUMED = 6;
+   */
+  RESUMED = 6,
 }
 
 /**
@@ -560,6 +661,48 @@ export enum StreamEvent {
  */
 export const StreamEventSchema: GenEnum<StreamEvent> = /*@__PURE__*/
   enumDesc(file_visionrpc_v1_inference, 3);
+
+/**
+ * How a resumed subscription continued.
+ *
+ * @generated from enum visionrpc.v1.ResumeOutcome
+ */
+export enum ResumeOutcome {
+  /**
+   * @generated from enum value: RESUME_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The stream was still running here: every message after the cursor follows, nothing was lost.
+   *
+   * @generated from enum value: RESUME_OUTCOME_REPLAYED = 1;
+   */
+  REPLAYED = 1,
+
+  /**
+   * The stream was still running here, but its replay buffer no longer held the oldest messages wanted:
+   * ResumeGap.messages_lost of them are lost; the rest follow.
+   *
+   * @generated from enum value: RESUME_OUTCOME_PARTIAL = 2;
+   */
+  PARTIAL = 2,
+
+  /**
+   * The stream was not running here (another replica, or after a restart) and was started again under a new
+   * stream_id: results between the break and the new STARTED are lost. File sources continue at the
+   * requested next sequence numbers; live sources continue from their present.
+   *
+   * @generated from enum value: RESUME_OUTCOME_RESTARTED = 3;
+   */
+  RESTARTED = 3,
+}
+
+/**
+ * Describes the enum visionrpc.v1.ResumeOutcome.
+ */
+export const ResumeOutcomeSchema: GenEnum<ResumeOutcome> = /*@__PURE__*/
+  enumDesc(file_visionrpc_v1_inference, 4);
 
 /**
  * Inference on images (unary) and on server-side video sources (server streaming).
