@@ -18,8 +18,8 @@ import (
 // server's default model is warm (readiness). "" is the whole server (liveness).
 const InferenceServiceName = "visionrpc.v1.InferenceService"
 
-// Client is a connection to one visionrpc server (or a load balancer in front of several). It is safe for
-// concurrent use; the channel reconnects on its own. Close it when done.
+// Client is a connection to one visionrpc server (or a load balancer in front of several, or an "ipv4:" list of
+// them). It is safe for concurrent use; the channel reconnects on its own. Close it when done.
 type Client struct {
 	conn      *grpc.ClientConn
 	inference visionrpcv1.InferenceServiceClient
@@ -27,12 +27,16 @@ type Client struct {
 	health    healthpb.HealthClient
 	timeout   time.Duration
 
+	streamResumeAttempts int
+
 	closeOnce sync.Once
 	closeErr  error
 }
 
 // Dial creates a client for address: "host:port" or any gRPC target ("dns:///svc:50051",
-// "unix:///run/visionrpc.sock"). The defaults are a plaintext channel, DefaultTimeout per unary call,
+// "unix:///run/visionrpc.sock"), including gRPC's static address lists, "ipv4:10.0.0.1:50051,10.0.0.2:50051"
+// and "ipv6:[::1]:50051,[::1]:50052": one server serves until its connection goes away (pick_first), so a
+// stream resumed after a server drains lands on the next one that answers. The defaults are a plaintext channel, DefaultTimeout per unary call,
 // DefaultMaxMessageBytes both ways and keepalive pings every DefaultKeepaliveTime during calls.
 //
 // Dial does not wait for the connection unless WithBlock is given: then ctx bounds the wait, and a server that
@@ -44,6 +48,9 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 			return nil, err
 		}
 	}
+	if _, err := listTarget(address); err != nil {
+		return nil, err
+	}
 	conn, err := grpc.NewClient(address, cfg.grpcDialOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("visionrpc: dial %q: %w", address, err)
@@ -54,6 +61,8 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 		models:    visionrpcv1.NewModelServiceClient(conn),
 		health:    healthpb.NewHealthClient(conn),
 		timeout:   cfg.timeout,
+
+		streamResumeAttempts: cfg.streamResumeAttempts,
 	}
 	if cfg.block {
 		if err := waitReady(ctx, conn); err != nil {

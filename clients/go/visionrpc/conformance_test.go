@@ -32,8 +32,10 @@ const casesPath = "../../../tests/conformance/cases.json"
 const caseTimeout = 300 * time.Second
 
 type conformanceCase struct {
-	Name    string          `json:"name"`
-	RPC     string          `json:"rpc"`
+	Name string `json:"name"`
+	RPC  string `json:"rpc"`
+	// Server is "" (the plain server) or "recycling" (connections recycled every ~2 s).
+	Server  string          `json:"server"`
 	Request json.RawMessage `json:"request"`
 	Expect  expectation     `json:"expect"`
 }
@@ -68,6 +70,10 @@ type expectation struct {
 	LastStatus        string   `json:"last_status"`
 	ClassesSeen       []string `json:"classes_seen"`
 	CancelAfterFrames *int     `json:"cancel_after_frames"`
+	// Resumed StreamPredictions ("server": "recycling").
+	SequenceNumbers string `json:"sequence_numbers"` // "each_once_in_order": exactly 0..frames-1
+	MinResumes      *int   `json:"min_resumes"`
+	ResumeOutcome   string `json:"resume_outcome"` // of every RESUMED status
 	// Errors.
 	Code   *codes.Code `json:"code"`
 	Reason string      `json:"reason"`
@@ -96,21 +102,27 @@ func decodeStrict(data []byte, v any) error {
 	return dec.Decode(v)
 }
 
-// serverAddress is the server under test; without one the suite fails (a skip would pass CI silently).
-func serverAddress(t *testing.T) string {
+// serverAddress is the server under test, from the environment variable the harness sets; without one the
+// suite fails (a skip would pass CI silently).
+func serverAddress(t *testing.T, variable string) string {
 	t.Helper()
-	address := os.Getenv("VISIONRPC_ADDRESS")
+	address := os.Getenv(variable)
 	if address == "" {
-		t.Fatal("VISIONRPC_ADDRESS is not set: the conformance suite needs a real visionrpc server. From the " +
+		t.Fatal(variable + " is not set: the conformance suite needs real visionrpc servers. From the " +
 			"repository root run `scripts/test-go`, or `python tests/conformance/harness.py --cwd clients/go -- go test ./...`, " +
-			"which starts one and sets VISIONRPC_ADDRESS and VISIONRPC_CONFORMANCE_MEDIA")
+			"which starts them and sets VISIONRPC_ADDRESS, VISIONRPC_RECYCLING_ADDRESS and VISIONRPC_CONFORMANCE_MEDIA")
 	}
 	return address
 }
 
+// dialServer connects to the plain server.
 func dialServer(t *testing.T) *visionrpc.Client {
 	t.Helper()
-	address := serverAddress(t)
+	return dial(t, serverAddress(t, "VISIONRPC_ADDRESS"))
+}
+
+func dial(t *testing.T, address string) *visionrpc.Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	client, err := visionrpc.Dial(ctx, address, visionrpc.WithTimeout(caseTimeout), visionrpc.WithBlock())
@@ -122,7 +134,10 @@ func dialServer(t *testing.T) *visionrpc.Client {
 }
 
 func TestConformance(t *testing.T) {
-	client := dialServer(t)
+	clients := map[string]*visionrpc.Client{
+		"":          dialServer(t),
+		"recycling": dial(t, serverAddress(t, "VISIONRPC_RECYCLING_ADDRESS")),
+	}
 	data, err := os.ReadFile(casesPath)
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +151,10 @@ func TestConformance(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.Name, func(t *testing.T) {
+			client, ok := clients[tc.Server]
+			if !ok {
+				t.Fatalf("unknown server %q", tc.Server)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
 			defer cancel()
 			switch tc.RPC {
@@ -333,6 +352,7 @@ func runStreamCase(ctx context.Context, t *testing.T, client *visionrpc.Client, 
 		}
 	default:
 		checkStream(t, frames, statuses, tc.Expect)
+		checkResumes(t, frames, statuses, stream.Resumes(), tc.Expect)
 	}
 }
 
@@ -341,6 +361,10 @@ func checkStream(t *testing.T, frames []*visionrpcv1.FramePrediction, statuses [
 	if want.Frames != nil && len(frames) != *want.Frames {
 		t.Errorf("%d frames, want %d", len(frames), *want.Frames)
 	}
+	// RESUMED statuses belong to the subscription, not to the stream: first and last are the stream's own.
+	statuses = slices.DeleteFunc(slices.Clone(statuses), func(s *visionrpcv1.StreamStatus) bool {
+		return s.GetEvent() == visionrpcv1.StreamEvent_STREAM_EVENT_RESUMED
+	})
 	if len(statuses) == 0 {
 		t.Fatal("no status messages")
 	}
@@ -359,6 +383,41 @@ func checkStream(t *testing.T, frames []*visionrpcv1.FramePrediction, statuses [
 	for _, class := range want.ClassesSeen {
 		if !seen[class] {
 			t.Errorf("class %q never detected in %d frames", class, len(frames))
+		}
+	}
+}
+
+func checkResumes(t *testing.T, frames []*visionrpcv1.FramePrediction, statuses []*visionrpcv1.StreamStatus, resumes int, want expectation) {
+	t.Helper()
+	switch want.SequenceNumbers {
+	case "":
+	case "each_once_in_order":
+		for i, f := range frames {
+			if f.GetSequenceNumber() != uint64(i) {
+				t.Errorf("frame %d has sequence number %d, want %d (every frame once, in order)", i, f.GetSequenceNumber(), i)
+				break
+			}
+		}
+	default:
+		t.Fatalf("unknown sequence_numbers expectation %q", want.SequenceNumbers)
+	}
+	var resumed []*visionrpcv1.StreamStatus
+	for _, s := range statuses {
+		if s.GetEvent() == visionrpcv1.StreamEvent_STREAM_EVENT_RESUMED {
+			resumed = append(resumed, s)
+		}
+	}
+	if resumes != len(resumed) {
+		t.Errorf("Resumes() = %d, but %d RESUMED statuses arrived", resumes, len(resumed))
+	}
+	if want.MinResumes != nil && len(resumed) < *want.MinResumes {
+		t.Errorf("%d resumes, want at least %d", len(resumed), *want.MinResumes)
+	}
+	if want.ResumeOutcome != "" {
+		for i, s := range resumed {
+			if got := s.GetResume().GetOutcome().String(); got != want.ResumeOutcome {
+				t.Errorf("resume %d: outcome %s (%v), want %s", i, got, s.GetResume(), want.ResumeOutcome)
+			}
 		}
 	}
 }

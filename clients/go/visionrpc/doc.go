@@ -4,7 +4,8 @@
 // It is a thin layer over the generated stubs of package visionrpcv1
 // (github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1): requests and responses are the generated
 // messages, while the client adds explicit channel settings (message size limits, keepalive, a default deadline),
-// image helpers, and one error type, *Error, with the server's rich error details decoded.
+// image helpers, one error type, *Error, with the server's rich error details decoded, and streams that resume
+// on a new call when their connection breaks (Client.Stream).
 //
 //	client, err := visionrpc.Dial(ctx, "127.0.0.1:50051")
 //	if err != nil {

@@ -39,6 +39,8 @@ type config struct {
 	block           bool
 	userAgent       string
 	dialOptions     []grpc.DialOption
+	// streamResumeAttempts caps the calls a broken stream re-issues without a message; 0 turns resume off.
+	streamResumeAttempts int
 }
 
 func defaultConfig() config {
@@ -48,6 +50,8 @@ func defaultConfig() config {
 		maxMessageBytes: DefaultMaxMessageBytes,
 		keepaliveTime:   DefaultKeepaliveTime,
 		userAgent:       "visionrpc-go",
+
+		streamResumeAttempts: DefaultStreamResumeAttempts,
 	}
 }
 
@@ -123,6 +127,28 @@ func WithBlock() Option {
 	}
 }
 
+// WithoutStreamResume makes a stream end with the error of its call when the call breaks with UNAVAILABLE,
+// instead of resuming it on a new call (see Client.Stream).
+func WithoutStreamResume() Option {
+	return func(c *config) error {
+		c.streamResumeAttempts = 0
+		return nil
+	}
+}
+
+// WithStreamResumeAttempts sets how many calls in a row a broken stream re-issues without receiving a message
+// before Recv returns the last error (DefaultStreamResumeAttempts otherwise). With the backoff of 50 ms doubling
+// up to 2 s, the default of 8 gives a server about 7 s to come back.
+func WithStreamResumeAttempts(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("visionrpc: expected stream resume attempts >= 1 (WithoutStreamResume turns resume off), got %d", n)
+		}
+		c.streamResumeAttempts = n
+		return nil
+	}
+}
+
 // WithDialOptions appends raw gRPC dial options (interceptors, a custom dialer, a service config); they are
 // applied after the ones the options above produce and win over them.
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -149,5 +175,7 @@ func (c *config) grpcDialOptions() []grpc.DialOption {
 			PermitWithoutStream: false,
 		}))
 	}
-	return append(opts, c.dialOptions...)
+	opts = append(opts, c.dialOptions...)
+	// Last, as grpc-go takes the first resolver of a scheme: resolvers in c.dialOptions win over these.
+	return append(opts, addressListResolvers()...)
 }
