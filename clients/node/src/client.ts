@@ -1,5 +1,6 @@
 /**
- * The client: one HTTP/2 connection (connect-es's gRPC transport), typed methods, errors as `VisionRpcError`.
+ * The client: one HTTP/2 connection per server address (connect-es's gRPC transport), typed methods, errors as
+ * `VisionRpcError`.
  *
  * @example
  * import { createClient } from "@visionrpc/client";
@@ -30,8 +31,14 @@ import {
 } from "./convert.js";
 import { VisionRpcError } from "./errors.js";
 import { Health, HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
-import { InferenceService, type InferResponse } from "./gen/visionrpc/v1/inference_pb.js";
+import {
+  InferenceService,
+  type InferResponse,
+  type StreamPredictionsRequest,
+  type StreamPredictionsResponse,
+} from "./gen/visionrpc/v1/inference_pb.js";
 import { ModelService, type Model } from "./gen/visionrpc/v1/models_pb.js";
+import { isResumable } from "./resume.js";
 import { PredictionStream } from "./stream.js";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
@@ -101,29 +108,53 @@ export interface InferCallOptions extends InferOptions, CallOptions {
 export interface StreamCallOptions {
   /** Aborting it cancels the subscription; the iteration then ends without an error. */
   signal?: AbortSignal;
-  /** Deadline of the whole stream in ms; none by default (streams run until the server ends them). */
+  /**
+   * Deadline of the whole stream in ms, resumes included; none by default (streams run until the server ends
+   * them).
+   */
   timeoutMs?: number;
   headers?: HeadersInit;
+  /**
+   * Resume the subscription when its call fails with UNAVAILABLE or its connection dies (docs/stream-resume.md):
+   * re-issue it after a backoff (50 ms doubling to 2 s, +-20% jitter), on the next address when the client has
+   * several. Default true; false throws the first such error.
+   */
+  resume?: boolean;
+  /** Consecutive re-issued calls without a message before the stream throws the last error. Default 8. */
+  maxResumeAttempts?: number;
 }
 
 /** grpc.health.v1 serving status names. */
 export type HealthStatus = "UNKNOWN" | "SERVING" | "NOT_SERVING" | "SERVICE_UNKNOWN";
 
+/** One server address: its own HTTP/2 connection (connect-es binds a transport to one origin) and stubs. */
+interface Target {
+  readonly session: Http2SessionManager;
+  readonly inference: ConnectClient<typeof InferenceService>;
+  readonly models: ConnectClient<typeof ModelService>;
+  readonly health: ConnectClient<typeof Health>;
+}
+
 /**
- * A connection to one visionrpc server (or a load balancer in front of several). Connects lazily on the first
- * call and reconnects on its own (also after the server's max connection age). Every method rejects with a
- * `VisionRpcError`; bad inputs throw TypeError / RangeError before any RPC.
+ * A connection to one visionrpc server (or a load balancer in front of several), or to a list of servers tried
+ * in turn. Connects lazily on the first call and reconnects on its own (also after the server's max connection
+ * age). Every method rejects with a `VisionRpcError`; bad inputs throw TypeError / RangeError before any RPC.
+ *
+ * With several addresses, every call goes to the current one; a call that fails with UNAVAILABLE or a dead
+ * connection moves the client on to the next (wrapping around), so a stream resumes there and the caller's
+ * retry of a unary call does too. Nothing is retried behind the caller's back except stream resumes.
  */
 export class VisionRpcClient {
+  /** The first address. */
   readonly address: string;
+  /** Every address, in the order they are tried. */
+  readonly addresses: readonly string[];
   readonly #timeoutMs: number | null;
-  readonly #session: Http2SessionManager;
-  readonly #inference: ConnectClient<typeof InferenceService>;
-  readonly #models: ConnectClient<typeof ModelService>;
-  readonly #health: ConnectClient<typeof Health>;
+  readonly #targets: readonly Target[];
+  #current = 0;
   #closed = false;
 
-  constructor(address: string = DEFAULT_ADDRESS, options: ClientOptions = {}) {
+  constructor(address: string | readonly string[] = DEFAULT_ADDRESS, options: ClientOptions = {}) {
     const timeoutMs = options.timeoutMs === undefined ? 30_000 : options.timeoutMs;
     if (timeoutMs !== null && !(timeoutMs > 0)) {
       throw new RangeError(`timeoutMs: expected > 0 or null, got ${timeoutMs}`);
@@ -132,38 +163,48 @@ export class VisionRpcClient {
     if (!Number.isInteger(maxMessageBytes) || maxMessageBytes < 1) {
       throw new RangeError(`maxMessageBytes: expected an integer >= 1, got ${maxMessageBytes}`);
     }
-    this.address = address;
+    const addresses: readonly string[] = typeof address === "string" ? [address] : [...address];
+    if (addresses.length === 0) {
+      throw new RangeError("address: expected at least one address, got an empty list");
+    }
+    this.address = addresses[0] as string;
+    this.addresses = Object.freeze(addresses);
     this.#timeoutMs = timeoutMs;
-    const baseUrl = baseUrlOf(address, options.tls);
     const keepaliveTimeMs = options.keepaliveTimeMs === undefined ? 30_000 : options.keepaliveTimeMs;
-    // Our own session manager: the transport has no close(), the manager's abort() is how close() ends the
-    // connection (and every call on it).
-    this.#session = new Http2SessionManager(
-      baseUrl,
-      {
-        ...(keepaliveTimeMs === null
-          ? {}
-          : {
-              pingIntervalMs: keepaliveTimeMs,
-              pingTimeoutMs: options.keepaliveTimeoutMs ?? 10_000,
-              pingIdleConnection: options.keepaliveWithoutCalls ?? false,
-            }),
-        ...(options.idleConnectionTimeoutMs === undefined
-          ? {}
-          : { idleConnectionTimeoutMs: options.idleConnectionTimeoutMs }),
-      },
-      tlsSessionOptions(options.tls),
-    );
-    const transport = createGrpcTransport({
-      baseUrl,
-      sessionManager: this.#session,
-      readMaxBytes: maxMessageBytes,
-      writeMaxBytes: maxMessageBytes,
-      interceptors: options.interceptors ?? [],
+    this.#targets = addresses.map((each) => {
+      const baseUrl = baseUrlOf(each, options.tls);
+      // Our own session manager: the transport has no close(), the manager's abort() is how close() ends the
+      // connection (and every call on it).
+      const session = new Http2SessionManager(
+        baseUrl,
+        {
+          ...(keepaliveTimeMs === null
+            ? {}
+            : {
+                pingIntervalMs: keepaliveTimeMs,
+                pingTimeoutMs: options.keepaliveTimeoutMs ?? 10_000,
+                pingIdleConnection: options.keepaliveWithoutCalls ?? false,
+              }),
+          ...(options.idleConnectionTimeoutMs === undefined
+            ? {}
+            : { idleConnectionTimeoutMs: options.idleConnectionTimeoutMs }),
+        },
+        tlsSessionOptions(options.tls),
+      );
+      const transport = createGrpcTransport({
+        baseUrl,
+        sessionManager: session,
+        readMaxBytes: maxMessageBytes,
+        writeMaxBytes: maxMessageBytes,
+        interceptors: options.interceptors ?? [],
+      });
+      return {
+        session,
+        inference: createConnectClient(InferenceService, transport),
+        models: createConnectClient(ModelService, transport),
+        health: createConnectClient(Health, transport),
+      };
     });
-    this.#inference = createConnectClient(InferenceService, transport);
-    this.#models = createConnectClient(ModelService, transport);
-    this.#health = createConnectClient(Health, transport);
   }
 
   // ---------------------------------------------------------------------------------------------- inference
@@ -178,12 +219,13 @@ export class VisionRpcClient {
   async infer(images: ImageInput | readonly ImageInput[], options: InferCallOptions = {}): Promise<InferResponse> {
     this.#checkOpen();
     const request = await buildInferRequest(images, options.model, options);
-    return this.#unary(() => this.#inference.infer(request, this.#callOptions(options)));
+    return this.#unary((target) => target.inference.infer(request, this.#callOptions(options)), options.signal);
   }
 
   /**
    * Subscribes to the predictions of a server-side video pipeline. Identical requests share one pipeline on
-   * the server; `streamId` joins a running one. The call starts when iteration does.
+   * the server; `streamId` joins a running one. The call starts when iteration does. A broken call is
+   * resumed unless `resume: false` (see `StreamCallOptions`); each resume yields a "resumed" status.
    *
    * @example
    * for await (const event of client.stream({ sources: ["bikes.mp4"] }, { signal })) { ... }
@@ -191,14 +233,19 @@ export class VisionRpcClient {
   stream(request: StreamRequest, options: StreamCallOptions = {}): PredictionStream {
     this.#checkOpen();
     const message = buildStreamRequest(request);
+    const headers = options.headers;
     return new PredictionStream(
-      (signal) =>
-        this.#inference.streamPredictions(message, {
-          signal,
-          ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
-          ...(options.headers === undefined ? {} : { headers: options.headers }),
-        }),
-      options.signal,
+      {
+        open: (call, signal, timeoutMs) => this.#streamCall(call, signal, timeoutMs, headers),
+        isClosed: () => this.#closed,
+      },
+      message,
+      {
+        signal: options.signal,
+        timeoutMs: options.timeoutMs,
+        resume: options.resume,
+        maxResumeAttempts: options.maxResumeAttempts,
+      },
     );
   }
 
@@ -206,13 +253,19 @@ export class VisionRpcClient {
 
   /** Every model of the server's repository, built-ins included. */
   async listModels(options: CallOptions = {}): Promise<Model[]> {
-    const response = await this.#unary(() => this.#models.listModels({}, this.#callOptions(options)));
+    const response = await this.#unary(
+      (target) => target.models.listModels({}, this.#callOptions(options)),
+      options.signal,
+    );
     return response.models;
   }
 
   /** One model by "name" (newest version) or "name/version"; NOT_FOUND when unknown. */
   async getModel(modelId: string, options: CallOptions = {}): Promise<Model> {
-    const response = await this.#unary(() => this.#models.getModel({ modelId }, this.#callOptions(options)));
+    const response = await this.#unary(
+      (target) => target.models.getModel({ modelId }, this.#callOptions(options)),
+      options.signal,
+    );
     return requireModel(response.model);
   }
 
@@ -221,13 +274,19 @@ export class VisionRpcClient {
    * download and convert it: give a generous `timeoutMs` (or null).
    */
   async loadModel(modelId: string, options: CallOptions = {}): Promise<Model> {
-    const response = await this.#unary(() => this.#models.loadModel({ modelId }, this.#callOptions(options)));
+    const response = await this.#unary(
+      (target) => target.models.loadModel({ modelId }, this.#callOptions(options)),
+      options.signal,
+    );
     return requireModel(response.model);
   }
 
   /** Releases a loaded model (it loads again on demand); idempotent. */
   async unloadModel(modelId: string, options: CallOptions = {}): Promise<Model> {
-    const response = await this.#unary(() => this.#models.unloadModel({ modelId }, this.#callOptions(options)));
+    const response = await this.#unary(
+      (target) => target.models.unloadModel({ modelId }, this.#callOptions(options)),
+      options.signal,
+    );
     return requireModel(response.model);
   }
 
@@ -239,19 +298,24 @@ export class VisionRpcClient {
    * Rejects with NOT_FOUND for a service the server does not know.
    */
   async health(service = "", options: CallOptions = {}): Promise<HealthStatus> {
-    const response = await this.#unary(() => this.#health.check({ service }, this.#callOptions(options)));
+    const response = await this.#unary(
+      (target) => target.health.check({ service }, this.#callOptions(options)),
+      options.signal,
+    );
     return (HealthCheckResponse_ServingStatus[response.status] ?? "UNKNOWN") as HealthStatus;
   }
 
   // ---------------------------------------------------------------------------------------------- lifecycle
 
-  /** Closes the connection, cancelling calls in flight. Idempotent. */
+  /** Closes the connections, cancelling calls in flight (streams are not resumed). Idempotent. */
   close(): void {
     if (this.#closed) {
       return;
     }
     this.#closed = true;
-    this.#session.abort();
+    for (const target of this.#targets) {
+      target.session.abort();
+    }
   }
 
   /** `using client = createClient(...)` (TypeScript 5.2+ explicit resource management). */
@@ -265,13 +329,53 @@ export class VisionRpcClient {
 
   // ---------------------------------------------------------------------------------------------- plumbing
 
-  /** Every unary RPC goes through here: one error mapping. */
-  async #unary<T>(call: () => Promise<T>): Promise<T> {
+  /** Every unary RPC goes through here: one error mapping, one address choice. */
+  async #unary<T>(call: (target: Target) => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     this.#checkOpen();
+    const index = this.#current;
     try {
-      return await call();
+      return await call(this.#target(index));
     } catch (err) {
-      throw VisionRpcError.from(err);
+      const error = VisionRpcError.from(err);
+      this.#failed(index, error, signal);
+      throw error;
+    }
+  }
+
+  /** One call of a stream subscription, on the current address; PredictionStream resumes across them. */
+  async *#streamCall(
+    request: StreamPredictionsRequest,
+    signal: AbortSignal,
+    timeoutMs: number | undefined,
+    headers: HeadersInit | undefined,
+  ): AsyncGenerator<StreamPredictionsResponse, void, undefined> {
+    this.#checkOpen();
+    const index = this.#current;
+    const call = this.#target(index).inference.streamPredictions(request, {
+      signal,
+      ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      ...(headers === undefined ? {} : { headers }),
+    });
+    try {
+      yield* call;
+    } catch (err) {
+      this.#failed(index, VisionRpcError.from(err), signal);
+      throw err;
+    }
+  }
+
+  #target(index: number): Target {
+    return this.#targets[index] as Target;
+  }
+
+  /**
+   * A call on address `index` failed: when the server there is unavailable or the connection died (and not
+   * because the caller aborted), later calls go to the next address. Only the first of several calls failing
+   * on the same address moves it, so concurrent failures do not skip an address.
+   */
+  #failed(index: number, error: VisionRpcError, signal: AbortSignal | undefined): void {
+    if (signal?.aborted !== true && !this.#closed && isResumable(error) && this.#current === index) {
+      this.#current = (index + 1) % this.#targets.length;
     }
   }
 
@@ -294,9 +398,13 @@ export class VisionRpcClient {
 
 /**
  * Creates a client for `address`: "host:port", "[::1]:50051", or a URL ("http://host:port",
- * "https://host:port"). Nothing connects until the first call.
+ * "https://host:port"); or for a list of them, tried in turn when one is unavailable (e.g. the replicas of a
+ * deployment, so that a stream resumes on another when one drains). Nothing connects until the first call.
  */
-export function createClient(address: string = DEFAULT_ADDRESS, options: ClientOptions = {}): VisionRpcClient {
+export function createClient(
+  address: string | readonly string[] = DEFAULT_ADDRESS,
+  options: ClientOptions = {},
+): VisionRpcClient {
   return new VisionRpcClient(address, options);
 }
 

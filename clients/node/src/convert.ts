@@ -5,7 +5,7 @@
 
 import { readFile } from "node:fs/promises";
 
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
 import {
@@ -13,8 +13,10 @@ import {
   FrameImage,
   FramePolicy,
   InferRequestSchema,
+  ResumeOutcome,
   StreamEvent,
   StreamPredictionsRequestSchema,
+  StreamResumeSchema,
   type InferRequest,
   type StreamPredictionsRequest,
   type StreamPredictionsResponse,
@@ -29,6 +31,7 @@ import {
   type InferOptions as InferOptionsMessage,
 } from "./gen/visionrpc/v1/types_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ResumePoint } from "./resume.js";
 
 // ------------------------------------------------------------------------------------------------ inputs
 
@@ -203,9 +206,41 @@ export function buildStreamRequest(request: StreamRequest): StreamPredictionsReq
   });
 }
 
+/** The original request with `resume` set: its other fields still describe the stream, for a RESTARTED resume. */
+export function resumeRequest(request: StreamPredictionsRequest, point: ResumePoint): StreamPredictionsRequest {
+  const resumed = clone(StreamPredictionsRequestSchema, request);
+  resumed.resume = create(StreamResumeSchema, {
+    streamId: point.streamId,
+    afterCursor: point.afterCursor,
+    nextSequenceNumbers: [...point.nextSequenceNumbers],
+  });
+  return resumed;
+}
+
 // ----------------------------------------------------------------------------------------------- outputs
 
-export type StreamEventName = "started" | "reconnecting" | "reconnected" | "source_ended" | "error";
+export type StreamEventName = "started" | "reconnecting" | "reconnected" | "source_ended" | "error" | "resumed";
+
+/** How a resumed subscription continued; "unspecified" for an outcome this client does not know. */
+export type ResumeOutcomeName = "replayed" | "partial" | "restarted" | "unspecified";
+
+const OUTCOME_NAMES: Readonly<Partial<Record<ResumeOutcome, ResumeOutcomeName>>> = {
+  [ResumeOutcome.REPLAYED]: "replayed",
+  [ResumeOutcome.PARTIAL]: "partial",
+  [ResumeOutcome.RESTARTED]: "restarted",
+};
+
+/** What a RESUMED status reports: whether anything was lost while the subscription was broken. */
+export interface ResumeInfo {
+  /** "replayed": nothing lost; "partial": `messagesLost` messages lost; "restarted": a new stream (new id). */
+  readonly outcome: ResumeOutcomeName;
+  /** The stream that was resumed (equal to the status's `streamId` unless restarted). */
+  readonly previousStreamId: string;
+  /** "partial": how many messages after the last one received could not be replayed. */
+  readonly messagesLost: number;
+  /** Measured here: from the break to the first message of the call that resumed. */
+  readonly downtimeMs: number;
+}
 
 const EVENT_NAMES: Readonly<Partial<Record<StreamEvent, StreamEventName>>> = {
   [StreamEvent.STARTED]: "started",
@@ -213,6 +248,7 @@ const EVENT_NAMES: Readonly<Partial<Record<StreamEvent, StreamEventName>>> = {
   [StreamEvent.RECONNECTED]: "reconnected",
   [StreamEvent.SOURCE_ENDED]: "source_ended",
   [StreamEvent.ERROR]: "error",
+  [StreamEvent.RESUMED]: "resumed",
 };
 
 export interface SourceInfo {
@@ -230,6 +266,8 @@ export interface StreamFrame {
   readonly streamId: string;
   readonly modelName: string;
   readonly modelVersion: string;
+  /** Position of the message in its stream, from 1 (what a resume continues after). */
+  readonly cursor: number;
   readonly sourceIndex: number;
   /** Position of the frame in its source, counting every decoded frame from 0 (skipped ones included). */
   readonly sequenceNumber: number;
@@ -245,22 +283,32 @@ export interface StreamFrame {
   readonly frameJpeg: Uint8Array;
 }
 
-/** A change in the stream's state: started (with every source's properties), reconnecting, ended, error. */
+/**
+ * A change in the stream's state: started (with every source's properties), reconnecting, ended, error, or
+ * resumed (this client re-issued a broken subscription; `resume` says what was lost).
+ */
 export interface StreamStatus {
   readonly kind: "status";
   readonly streamId: string;
+  /** Position of the message in its stream; 0 on "resumed", which belongs to the subscription. */
+  readonly cursor: number;
   readonly event: StreamEventName;
   readonly sourceIndex: number;
   readonly sources: readonly SourceInfo[];
   /** RECONNECTING: attempt number from 1. */
   readonly attempt: number;
   readonly reason: string;
+  /** "resumed" only. */
+  readonly resume: ResumeInfo | undefined;
 }
 
 export type StreamMessage = StreamFrame | StreamStatus;
 
-/** A raw response -> a frame or a status; undefined for a payload this client does not know (a newer server). */
-export function streamMessageFromProto(message: StreamPredictionsResponse): StreamMessage | undefined {
+/**
+ * A raw response -> a frame or a status; undefined for a payload this client does not know (a newer server).
+ * `downtimeMs` is the client-measured gap a RESUMED status reports.
+ */
+export function streamMessageFromProto(message: StreamPredictionsResponse, downtimeMs = 0): StreamMessage | undefined {
   const payload = message.payload;
   if (payload.case === "frame") {
     const frame = payload.value;
@@ -269,6 +317,7 @@ export function streamMessageFromProto(message: StreamPredictionsResponse): Stre
       streamId: message.streamId,
       modelName: message.modelName,
       modelVersion: message.modelVersion,
+      cursor: Number(message.cursor),
       sourceIndex: frame.sourceIndex,
       sequenceNumber: Number(frame.sequenceNumber),
       sourceTimestampMs: frame.sourceTimestampMs,
@@ -281,10 +330,13 @@ export function streamMessageFromProto(message: StreamPredictionsResponse): Stre
   }
   if (payload.case === "status") {
     const status = payload.value;
+    const event = EVENT_NAMES[status.event] ?? "error";
+    const gap = status.resume;
     return {
       kind: "status",
       streamId: message.streamId,
-      event: EVENT_NAMES[status.event] ?? "error",
+      cursor: Number(message.cursor),
+      event,
       sourceIndex: status.sourceIndex,
       sources: status.sources.map((s) => ({
         sourceIndex: s.sourceIndex,
@@ -295,6 +347,15 @@ export function streamMessageFromProto(message: StreamPredictionsResponse): Stre
       })),
       attempt: status.attempt,
       reason: status.reason,
+      resume:
+        event === "resumed"
+          ? {
+              outcome: (gap === undefined ? undefined : OUTCOME_NAMES[gap.outcome]) ?? "unspecified",
+              previousStreamId: gap?.previousStreamId ?? "",
+              messagesLost: Number(gap?.messagesLost ?? 0n),
+              downtimeMs,
+            }
+          : undefined,
     };
   }
   return undefined;

@@ -1,8 +1,8 @@
 /**
  * @visionrpc/client — the Node.js client of the visionrpc inference server.
  *
- * The hand-written surface is small: `createClient` / `VisionRpcClient`, `PredictionStream`, `VisionRpcError`
- * and the input/event types. Results are the generated protobuf-es messages (`InferResponse`, `Model`, ...),
+ * The hand-written surface is small: `createClient` / `VisionRpcClient`, `PredictionStream` (resuming broken
+ * subscriptions), `VisionRpcError` and the input/event types. Results are the generated protobuf-es messages (`InferResponse`, `Model`, ...),
  * re-exported here as types; the whole generated contract is under `./gen/` for anything else.
  */
 
@@ -23,6 +23,8 @@ export type {
   ImageInput,
   InferOptions,
   RawPixels,
+  ResumeInfo,
+  ResumeOutcomeName,
   SourceInfo,
   StreamEventName,
   StreamFrame,
@@ -31,7 +33,7 @@ export type {
   StreamStatus,
 } from "./convert.js";
 export { VisionRpcError, codeName, type FieldViolation } from "./errors.js";
-export { PredictionStream } from "./stream.js";
+export { PredictionStream, type PredictionStreamConfig, type StreamCalls } from "./stream.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type {
   EngineInfo,

@@ -1,12 +1,13 @@
 // The client against a real grpcio server beyond the conformance cases: health, models, raw pixels, deadlines,
-// cancellation of unary calls and of streams (leaving `for await`). Run through the harness (scripts/test-node).
+// cancellation of unary calls and of streams (leaving `for await`), several addresses. Run through the harness
+// (scripts/test-node).
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 
 import { Code, ModelState, VisionRpcError, createClient } from "../src/index.js";
-import { serverFromEnvironment, sleep } from "./support.js";
+import { deadAddress, serverFromEnvironment, sleep } from "./support.js";
 
 const server = serverFromEnvironment("client");
 
@@ -161,6 +162,27 @@ if (server !== undefined) {
         // nothing: aborted
       }
       await assert.rejects(stream.messages().next(), /iterated only once/);
+    });
+  });
+
+  describe("several addresses", () => {
+    test("a stream that finds one address dead resumes on the next", { timeout: 60_000 }, async () => {
+      const dead = await deadAddress();
+      const several = createClient([dead, server.address]);
+      try {
+        const stream = several.stream({ sources: ["bikes.mp4"], maxFps: 4 });
+        let frames = 0;
+        for await (const event of stream) {
+          if (event.kind === "frame" && ++frames === 2) {
+            break;
+          }
+        }
+        // Nothing had arrived from the dead address, so the request went out again unchanged (no RESUMED).
+        assert.equal(stream.resumes, 1);
+        assert.equal(await several.health(), "SERVING", "later calls stay on the address that answered");
+      } finally {
+        several.close();
+      }
     });
   });
 

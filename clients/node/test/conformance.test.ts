@@ -1,5 +1,7 @@
-// The cross-language conformance cases (tests/conformance/cases.json) against one real server, through the
-// public client API. Run through the harness (scripts/test-node); without VISIONRPC_ADDRESS this suite FAILS.
+// The cross-language conformance cases (tests/conformance/cases.json) against the real servers of the harness,
+// through the public client API: the plain one, and for cases with "server": "recycling" the one whose
+// connections are recycled every ~2 s (resume cases). Run through the harness (scripts/test-node); without
+// VISIONRPC_ADDRESS this suite FAILS.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -9,13 +11,15 @@ import { after, describe, test } from "node:test";
 import {
   createClient,
   VisionRpcError,
+  type VisionRpcClient,
   type ImageInput,
   type ImagePrediction,
   type InferOptions,
   type StreamMessage,
   type StreamRequest,
+  type StreamStatus,
 } from "../src/index.js";
-import { repositoryRoot, serverFromEnvironment, sleep } from "./support.js";
+import { HARNESS_HINT, repositoryRoot, serverFromEnvironment, sleep } from "./support.js";
 
 // ---------------------------------------------------------------------------------------------- case format
 
@@ -36,6 +40,8 @@ interface PredictionExpectation {
 interface Case {
   name: string;
   rpc: "Infer" | "StreamPredictions";
+  /** Which of the harness's servers: the plain one when omitted. */
+  server?: "recycling";
   request: {
     model_id?: string;
     images?: ({ file: string } | { base64: string })[];
@@ -50,6 +56,9 @@ interface Case {
     last_status?: string;
     classes_seen?: string[];
     cancel_after_frames?: number;
+    sequence_numbers?: "each_once_in_order";
+    min_resumes?: number;
+    resume_outcome?: string;
     code?: string;
     reason?: string;
     field?: string;
@@ -197,7 +206,22 @@ function checkError(err: unknown, expect: Case["expect"]): void {
 if (server !== undefined) {
   const cases = JSON.parse(readFileSync(CASES_PATH, "utf8")) as Case[];
   const client = createClient(server.address, { timeoutMs: 120_000 });
-  after(() => client.close());
+  const recycling =
+    server.recyclingAddress === undefined ? undefined : createClient(server.recyclingAddress, { timeoutMs: 120_000 });
+  after(() => {
+    client.close();
+    recycling?.close();
+  });
+
+  /** The client for the case's server; a case for a server the harness did not start fails and says so. */
+  const clientFor = (c: Case): VisionRpcClient => {
+    if (c.server === undefined) {
+      return client;
+    }
+    assert.equal(c.server, "recycling", `unknown server ${String(c.server)}`);
+    assert.ok(recycling !== undefined, `VISIONRPC_RECYCLING_ADDRESS is not set: ${HARNESS_HINT}`);
+    return recycling;
+  };
 
   describe("conformance", () => {
     test("cases.json has cases", () => {
@@ -207,9 +231,9 @@ if (server !== undefined) {
     for (const c of cases) {
       test(c.name, { timeout: CASE_TIMEOUT_MS }, async () => {
         if (c.rpc === "Infer") {
-          await runInfer(c);
+          await runInfer(c, clientFor(c));
         } else if (c.rpc === "StreamPredictions") {
-          await runStream(c);
+          await runStream(c, clientFor(c));
         } else {
           assert.fail(`unknown rpc ${String(c.rpc)}`);
         }
@@ -217,7 +241,7 @@ if (server !== undefined) {
     }
   });
 
-  async function runInfer(c: Case): Promise<void> {
+  async function runInfer(c: Case, client: VisionRpcClient): Promise<void> {
     const call = client.infer(images(c.request, server!.media), {
       ...inferOptions(c.request.options),
       ...(c.request.model_id === undefined ? {} : { model: c.request.model_id }),
@@ -236,7 +260,7 @@ if (server !== undefined) {
     expected.forEach((want, i) => checkPrediction(response.predictions[i], want, i));
   }
 
-  async function runStream(c: Case): Promise<void> {
+  async function runStream(c: Case, client: VisionRpcClient): Promise<void> {
     const controller = new AbortController();
     const stream = client.stream(streamRequest(c.request), { signal: controller.signal });
     const cancelAfter = c.expect.cancel_after_frames;
@@ -267,13 +291,15 @@ if (server !== undefined) {
     if (error !== undefined) {
       throw error;
     }
-    const statuses = events.filter((e) => e.kind === "status");
+    // RESUMED statuses mark where this client resumed, not a state of the stream: first/last ignore them.
+    const statuses = events.filter((e): e is StreamStatus => e.kind === "status" && e.event !== "resumed");
+    const resumes = events.filter((e): e is StreamStatus => e.kind === "status" && e.event === "resumed");
     if (cancelAfter !== undefined) {
       // A clean CANCELLED end: no error, nothing delivered after the cancel beyond what was already in flight.
       assert.ok(stream.cancelled, "the stream reports that we cancelled it");
       assert.ok(frames >= cancelAfter, `expected at least ${cancelAfter} frames before cancelling, got ${frames}`);
       assert.ok(!statuses.some((s) => s.event === "source_ended"), "the source must not have ended: it was cancelled");
-      await assertStreamFreed(events[0]?.streamId);
+      await assertStreamFreed(client, events[0]?.streamId);
     }
     if (c.expect.frames !== undefined) {
       assert.equal(frames, c.expect.frames, "frames received");
@@ -284,6 +310,28 @@ if (server !== undefined) {
     }
     if (c.expect.last_status !== undefined) {
       assert.equal(protoEventName(statuses.at(-1)?.event ?? "none"), c.expect.last_status, "last status");
+    }
+    if (c.expect.sequence_numbers !== undefined) {
+      assert.equal(c.expect.sequence_numbers, "each_once_in_order", "the only sequence_numbers expectation known");
+      const seen = events.flatMap((e) => (e.kind === "frame" ? [e.sequenceNumber] : []));
+      const wanted = Array.from({ length: c.expect.frames ?? seen.length }, (_, i) => i);
+      assert.deepEqual(seen, wanted, "each frame exactly once, in order, across the resumes");
+    }
+    if (c.expect.min_resumes !== undefined) {
+      assert.ok(
+        resumes.length >= c.expect.min_resumes,
+        `expected at least ${c.expect.min_resumes} resumes, saw ${resumes.length}`,
+      );
+    }
+    if (c.expect.resume_outcome !== undefined) {
+      for (const status of resumes) {
+        const outcome = `RESUME_OUTCOME_${String(status.resume?.outcome).toUpperCase()}`;
+        assert.equal(
+          outcome,
+          c.expect.resume_outcome,
+          `resume outcome (messages lost: ${status.resume?.messagesLost})`,
+        );
+      }
     }
     if (c.expect.classes_seen !== undefined) {
       const seen = new Set(
@@ -299,7 +347,7 @@ if (server !== undefined) {
    * The cancel reached the server: once the pipeline's linger (2 s by default) has passed without subscribers,
    * joining the stream by id answers NOT_FOUND. A subscription the server still held would keep it running.
    */
-  async function assertStreamFreed(streamId: string | undefined): Promise<void> {
+  async function assertStreamFreed(client: VisionRpcClient, streamId: string | undefined): Promise<void> {
     assert.ok(streamId, "the stream sent its id");
     await sleep(4_000);
     const rejoin = client.stream({ streamId });

@@ -1,6 +1,8 @@
-// Shared by the suites that need a real server (conformance.test.ts, client.test.ts).
+// Shared by the test suites: finding the harness's servers, and addresses where no server is.
 
+import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -36,6 +38,8 @@ export function repositoryRoot(): string {
 export interface Server {
   address: string;
   media: string;
+  /** VISIONRPC_RECYCLING_ADDRESS: the harness's server that recycles connections every ~2 s (resume cases). */
+  recyclingAddress: string | undefined;
 }
 
 /**
@@ -54,7 +58,18 @@ export function serverFromEnvironment(suite: string): Server | undefined {
     });
     return undefined;
   }
-  return { address, media };
+  const recyclingAddress = process.env["VISIONRPC_RECYCLING_ADDRESS"];
+  return { address, media, recyclingAddress: recyclingAddress === "" ? undefined : recyclingAddress };
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
+
+/** A loopback address nobody listens on (a port bound, then released): connecting is refused at once. */
+export async function deadAddress(): Promise<string> {
+  const listener = createServer();
+  await new Promise<void>((done) => listener.listen(0, "127.0.0.1", done));
+  const address = listener.address();
+  await new Promise<void>((done) => listener.close(() => done()));
+  assert.ok(address !== null && typeof address === "object");
+  return `127.0.0.1:${address.port}`;
+}
