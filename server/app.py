@@ -11,16 +11,18 @@ in-flight calls get `shutdown_grace_s` to finish.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
 import grpc
 import onnxruntime as ort
@@ -35,7 +37,7 @@ from .errors import VisionRpcError
 from .models.builds import EngineBuilder
 from .models.engine_selection import EngineSelector, RuntimeProbe, best_ort_providers
 from .models.manager import ModelManager
-from .models.repository import ModelRepository, ResolvedModel
+from .models.repository import ModelId, ModelRepository, ResolvedModel
 from .models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
 from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
@@ -48,6 +50,12 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_SERVICE: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 MODEL_SERVICE: str = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Threads for blocking calls that are not CPU work (model loads, opening streams): enough that a slow model
+# load does not hold up other streams' opening, few enough to bound the server's thread count.
+_CONTROL_THREADS = 8
+_T = TypeVar("_T")
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -104,46 +112,56 @@ class OnnxRuntimeEngineFactory:
 
 
 class VisionRpcServer:
-    """A created server: start it, wait until the default model is warm, stop it gracefully."""
+    """A created server running on an event loop of its own (thread "visionrpc-loop"): start it, wait until
+    the default model is warm, stop it gracefully. Its methods are plain blocking calls, safe from any thread
+    but the loop's."""
 
     def __init__(
         self,
         config: ServerConfig,
-        server: grpc.Server,
-        health_servicer: health.HealthServicer,
+        runtime: _LoopThread,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
         models: ModelManager,
         streams: StreamManager,
+        workers: ThreadPoolExecutor,
     ) -> None:
         self.config = config
         self.models = models
         self.streams = streams
+        self._runtime = runtime
         self._server = server
         self._health = health_servicer
+        self._workers = workers
         self._ready = threading.Event()
         self._preload_error: str | None = None
+        self._stopped = False
 
     def start(self) -> None:
-        self._server.start()
-        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._health.set(MODEL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._runtime.call(self._start())
         if self.config.preload_default_model:
-            self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             threading.Thread(target=self._preload, name="visionrpc-preload", daemon=True).start()
         else:
-            self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
             self._ready.set()
+
+    async def _start(self) -> None:
+        await self._server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(MODEL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        inference = NOT_SERVING if self.config.preload_default_model else SERVING
+        await self._health.set(INFERENCE_SERVICE, inference)
 
     def _preload(self) -> None:
         model = self.config.default_model
         try:
-            self.models.load(model)
+            self.models.load(ModelId.parse(model))
         except VisionRpcError as exc:
             # Other models keep serving; the inference service stays NOT_SERVING so probes say why.
             self._preload_error = exc.message
             logger.error("default model %s did not load: %s", model, exc.message)
             self._ready.set()
             return
-        self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._runtime.call(self._health.set(INFERENCE_SERVICE, SERVING))
         logger.info("default model %s is warm; %s is SERVING", model, INFERENCE_SERVICE)
         self._ready.set()
 
@@ -155,24 +173,58 @@ class VisionRpcServer:
             raise RuntimeError(f"the default model failed to load: {self._preload_error}")
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Turns health NOT_SERVING, lets in-flight calls finish within the grace, then closes."""
+        """Turns health NOT_SERVING, stops taking calls, ends streams (their clients resume elsewhere), lets
+        other calls finish within the grace, then closes everything. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        self._health.enter_graceful_shutdown()
+        self._runtime.call(self._health.enter_graceful_shutdown())
         if self.config.shutdown_notice_s > 0:
             logger.info(
                 "health is NOT_SERVING; accepting calls for %.1f s more", self.config.shutdown_notice_s
             )
             time.sleep(self.config.shutdown_notice_s)
         logger.info("shutting down: draining in-flight calls for up to %.1f s", grace)
-        stopped = self._server.stop(grace)
-        # Streams never finish by themselves (live sources): end them so their RPCs complete within the grace.
-        self.streams.close()
-        stopped.wait()
+        self._runtime.call(self._drain(grace))
         self.models.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._runtime.close()
         logger.info("stopped")
 
+    async def _drain(self, grace: float) -> None:
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        await asyncio.sleep(0)  # the stop begins: GOAWAY to clients, listeners closed, no new calls
+        # Streams never finish by themselves (live sources): end them so their calls complete (UNAVAILABLE,
+        # SHUTTING_DOWN: the clients resume on another server) instead of being cut at the grace.
+        await asyncio.get_running_loop().run_in_executor(None, self.streams.close)
+        await stopping
+
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
-        return bool(self._server.wait_for_termination(timeout_s))
+        return bool(self._runtime.call(self._server.wait_for_termination(timeout_s)))
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread, for code that lives outside it (tests, `serve`)."""
+
+    def __init__(self, control_threads: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        # Blocking calls that are not CPU work (model loads, opening streams, model control) run here.
+        self.loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=control_threads, thread_name_prefix="visionrpc-control")
+        )
+        self._thread = threading.Thread(target=self.loop.run_forever, name="visionrpc-loop", daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Runs `coroutine` on the loop and waits for its result (never call from the loop itself)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.call(self.loop.shutdown_default_executor())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 def build_model_manager(
@@ -211,13 +263,10 @@ def build_model_manager(
     )
 
 
-def grpc_server(config: ServerConfig) -> grpc.Server:
-    """The bare grpcio server, no services yet: its request threads, channel arguments and RPC limit."""
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="visionrpc-rpc"),
-        options=grpc_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
+def grpc_server(config: ServerConfig) -> grpc.aio.Server:
+    """The bare grpc.aio server, no services yet: its channel arguments and RPC limit. Call it on the loop
+    that will run it."""
+    return grpc.aio.server(options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs)
 
 
 def create_server(config: ServerConfig, *, models: ModelManager | None = None) -> tuple[VisionRpcServer, int]:
@@ -228,21 +277,34 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             stand-in engine builder); the server closes it when it stops.
     """
     models = models if models is not None else build_model_manager(config)
-    server = grpc_server(config)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
     streams = StreamManager(models, config)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(models, streams, config), server
-    )
-    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(config.address)
+    workers = ThreadPoolExecutor(max_workers=config.cpu_workers, thread_name_prefix="visionrpc-worker")
+    runtime = _LoopThread(_CONTROL_THREADS)
+
+    async def assemble() -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+        server = grpc_server(config)
+        health_servicer = health.aio.HealthServicer()
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(models, streams, config, workers), server
+        )
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server, health_servicer, server.add_insecure_port(config.address)
+
+    try:
+        server, health_servicer, port = runtime.call(assemble())
+    except BaseException:
+        runtime.close()
+        workers.shutdown(wait=False)
+        raise
     if port == 0:
+        runtime.close()
+        workers.shutdown(wait=False)
         raise OSError(f"could not bind {config.address}")
-    return VisionRpcServer(config, server, health_servicer, models, streams), port
+    return VisionRpcServer(config, runtime, server, health_servicer, models, streams, workers), port
 
 
 def serve(config: ServerConfig) -> int:

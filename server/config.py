@@ -62,7 +62,9 @@ class ServerConfig:
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
     max_concurrent_rpcs: int = 256
-    worker_threads: int = 16
+    # Threads for requests' CPU work (image decoding, preprocessing, NMS); 0: one per core. RPCs themselves
+    # hold no thread (asyncio), so this bounds CPU work, not how many calls or streams may be open.
+    worker_threads: int = 0
     # Streams. File sources must lie below media_root; URL sources need their scheme and host allowed
     # ("*" allows any host; the default allows none, so a server never fetches URLs unless told to).
     media_root: Path = Path("media")
@@ -72,13 +74,16 @@ class ServerConfig:
     max_pipelines: int = 16
     max_subscribers: int = 64
     subscriber_queue: int = 32  # results buffered per lossy subscriber before its oldest are dropped
+    # Newest messages each pipeline keeps so a subscriber whose call broke resumes without loss.
+    stream_replay_messages: int = 64
     pipeline_linger_s: float = 2.0  # a pipeline outlives its last subscriber this long, for quick rejoins
     reconnect_initial_backoff_s: float = 0.5
     reconnect_max_backoff_s: float = 10.0
     source_open_timeout_s: float = 5.0
     source_read_timeout_s: float = 5.0
     # Connections: pings keep idle connections through NATs and proxies alive; a bounded connection age
-    # makes clients reconnect now and then so L7 load balancers in a mesh can rebalance them.
+    # makes clients reconnect now and then so L7 load balancers in a mesh can rebalance them. A stream still
+    # open when the grace runs out is cut, and the SDKs resume it on a new connection without loss.
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     max_connection_age_s: float = 300.0
@@ -95,11 +100,13 @@ class ServerConfig:
         if self.max_message_bytes < 1024 or self.max_message_bytes > 1024 * MIB:
             raise ValueError(f"expected max_message_bytes in [1 KiB, 1 GiB], got {self.max_message_bytes}")
         for name in (
-            "max_loaded_models", "max_images_per_request", "max_image_pixels", "worker_threads",
-            "max_pipelines", "max_subscribers", "subscriber_queue", "batch_queue_size",
+            "max_loaded_models", "max_images_per_request", "max_image_pixels", "max_pipelines",
+            "max_subscribers", "subscriber_queue", "stream_replay_messages", "batch_queue_size",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
+        if self.worker_threads < 0:
+            raise ValueError(f"expected worker_threads >= 0 (0: one per core), got {self.worker_threads}")
         if self.max_batch_size < 0:
             raise ValueError(
                 f"expected max_batch_size >= 0 (0: the device default), got {self.max_batch_size}"
@@ -125,6 +132,11 @@ class ServerConfig:
             )
         if self.trt_calibration_cache and self.trt_precision != "int8":
             raise ValueError("trt_calibration_cache only applies with trt_precision int8")
+
+    @property
+    def cpu_workers(self) -> int:
+        """Threads for requests' CPU work: `worker_threads`, or one per core this process may use."""
+        return self.worker_threads or max(2, len(os.sched_getaffinity(0)))
 
     @property
     def builtin_repository(self) -> Path:

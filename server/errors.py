@@ -7,7 +7,8 @@
     ├── ResourceExhaustedError     queue or limit full; carries retry_after           -> RESOURCE_EXHAUSTED
     ├── PermissionDeniedError      source outside the media root or the allow-list    -> PERMISSION_DENIED
     ├── UnavailableError           warming up or draining; the only retryable one      -> UNAVAILABLE
-    └── DeadlineExceededError      the request's deadline passed before compute       -> DEADLINE_EXCEEDED
+    ├── DeadlineExceededError      the request's deadline passed before compute       -> DEADLINE_EXCEEDED
+    └── EngineFailedError          the engine failed on a batch (runtime, driver, OOM) -> INTERNAL
 
 Each error carries a machine-readable `reason` (google.rpc.ErrorInfo.reason, UPPER_SNAKE), optional metadata
 and optional field violations (google.rpc.BadRequest). `visionrpc.server.servicers.status` maps the family to
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DeadlineExceededError",
+    "EngineFailedError",
     "FailedPreconditionError",
     "FieldViolation",
     "InvalidArgumentError",
@@ -102,3 +104,11 @@ class UnavailableError(VisionRpcError):
 
 class DeadlineExceededError(VisionRpcError):
     default_reason = "DEADLINE_EXCEEDED"
+
+
+class EngineFailedError(VisionRpcError):
+    """The engine raised while running a batch: not the request's fault, and not a bug in the server's code
+    either (a driver error, out of device memory, a model the runtime cannot execute). INTERNAL, with the
+    engine's own message, instead of the anonymous INTERNAL that unexpected exceptions get."""
+
+    default_reason = "ENGINE_FAILED"

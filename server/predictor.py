@@ -1,12 +1,13 @@
-"""One loaded model: preprocess -> engine -> decode, in-process, with no gRPC anywhere.
+"""One loaded model: preprocess -> batch scheduler (engine) -> decode, in-process, with no gRPC anywhere.
 
-This is the whole inference path; the servicers only translate messages around it. Two ways in:
+This is the one inference path; the servicers and stream pipelines only translate around it. It runs in two
+halves so that an asyncio front end holds no thread while a batch computes:
 
-- `submit` (what Infer and stream pipelines use): through the model's `BatchScheduler`, which merges
-  concurrent callers' images into shared engine calls (dynamic batching, `scheduler.py`); each caller
-  preprocesses and decodes its own images in its own thread.
-- `predict` / `run`: the images as one engine call in the calling thread, no scheduler; the benchmark runs
-  this as the in-process baseline the server is held to.
+    pending = predictor.start(images, origin=Origin.UNARY)   # admit, preprocess, submit (worker thread)
+    ... await pending.ticket (or pending.ticket.result()) ...
+    result = predictor.finish(pending, options)              # decode + NMS (worker thread)
+
+`infer` does both in the calling thread (stream pipelines, tests, the benchmark's in-process baseline).
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
-from visionrpc.engines import Engine, EngineError, EngineInfo
+from visionrpc.engines import Engine, EngineInfo
 
 from .domain import ChannelOrder, ImageArray, ImageSize, InferOptions, Prediction, Timings
+from .engine_slot import EngineSlot
 from .models.repository import ResolvedModel
 from .processing import (
     Decoded,
@@ -33,9 +33,9 @@ from .processing import (
     resolve_options,
     stack_batch,
 )
-from .scheduler import BatchScheduler, BatchSettings, Origin
+from .scheduler import BatchScheduler, BatchSettings, Origin, SchedulerStats, Ticket
 
-__all__ = ["BatchResult", "InputImage", "Predictor"]
+__all__ = ["BatchResult", "InputImage", "Pending", "Predictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,41 +52,34 @@ class InputImage:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """The predictions of one batch and the engine that ran it (engines can change between batches)."""
+    """The predictions of one submission and the engine that ran it (engines can change between batches)."""
 
     predictions: list[Prediction]
     engine: EngineInfo
 
 
-class _EngineRef:
-    """An engine plus the count of batches running on it. Mutable; guarded by Predictor._lock."""
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Images submitted to the scheduler: their ticket, and what `finish` needs to decode them."""
 
-    __slots__ = ("engine", "retired", "users")
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.users = 0
-        self.retired = False  # replaced (or the predictor closed): close when the last user finishes
+    images: tuple[InputImage, ...]
+    transforms: tuple[Transform, ...]
+    preprocess_ms: tuple[float, ...]
+    ticket: Ticket
 
 
 class Predictor:
-    """Runs one model version on batches of decoded images. Thread-safe (the engine serialises itself).
+    """Runs one model version on decoded images through its batch scheduler. Thread-safe.
 
     The engine can be replaced while requests run (`swap_engine`, e.g. ONNX Runtime -> a freshly built
-    TensorRT engine), read-copy-update style: each batch takes a reference to the current engine for its whole
-    run; a swap only redirects later batches, and the old engine is closed by whichever finishes last, the
-    swap or the last batch still running on it. No batch ever sees a closed engine, and no batch waits for a
-    swap.
+    TensorRT engine): see `EngineSlot`.
     """
 
     def __init__(self, model: ResolvedModel, engine: Engine, batching: BatchSettings | None = None) -> None:
         """Wraps a loaded engine. `batching`: the scheduler's settings (default: the device defaults)."""
         self.model = model
-        self._input_name = engine.inputs[0].name
-        self._lock = threading.Lock()
-        self._current = _EngineRef(engine)
-        self._closed = False
-        self._scheduler = BatchScheduler(self, batching)
+        self._slot = EngineSlot(model.key, engine)
+        self._scheduler = BatchScheduler(self._slot, batching)
 
     @property
     def name(self) -> str:
@@ -101,40 +94,36 @@ class Predictor:
         return self.model.key
 
     @property
-    def input_name(self) -> str:
-        return self._input_name
-
-    @property
-    def scheduler(self) -> BatchScheduler:
-        return self._scheduler
-
-    @property
     def engine(self) -> Engine:
         """The engine new batches run on (a later swap may replace it)."""
-        return self._current.engine
+        return self._slot.engine
 
     @property
     def engine_info(self) -> EngineInfo:
-        return self._current.engine.info
+        return self._slot.info
+
+    @property
+    def batching(self) -> BatchSettings:
+        return self._scheduler.settings
+
+    def scheduler_stats(self) -> SchedulerStats:
+        return self._scheduler.stats()
 
     def resolve_options(self, options: InferOptions) -> DecodeOptions:
         """Checks request options against this model (class names exist, ...); raises InvalidArgumentError."""
         return resolve_options(options, self.model.manifest)
 
-    def submit(
+    def start(
         self,
         images: Sequence[InputImage],
-        options: DecodeOptions,
         *,
-        origin: Origin = Origin.UNARY,
+        origin: Origin,
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
-    ) -> BatchResult:
-        """Runs the images through the batch scheduler, sharing engine calls with other callers' images.
+    ) -> Pending:
+        """Admits the images into the model's queue, preprocesses them in this thread and submits them.
 
-        Preprocessing and decoding (with these options) run in this thread; only the engine call is shared.
-        Each prediction's queue_ms adds the time spent waiting for a batch to the image's own queue_ms. The
-        engine reported is the one that ran the first image (a swap may fall between two batches).
+        Never call it on an event loop: preprocessing is CPU work, and on an idle engine the batch runs here.
 
         Args:
             origin: whose work this is (unary request or stream frames), for fairness between the two.
@@ -142,25 +131,39 @@ class Predictor:
             cancelled: set when the caller goes away; its images still queued are dropped.
 
         Raises:
-            ResourceExhaustedError: the queue is full.  DeadlineExceededError: the deadline passed first.
-            UnavailableError: the model is being unloaded.  EngineError: the engine failed.
+            ResourceExhaustedError: the queue is full.  UnavailableError: the model is being unloaded.
         """
+        admission = self._scheduler.admit(len(images), origin)
         manifest = self.model.manifest
-        transforms: list[Transform] = []
-        preprocess_ms: list[float] = []
+        tensors, transforms, preprocess_ms = [], [], []
+        try:
+            for image in images:
+                t0 = time.perf_counter()
+                tensor, transform = preprocess(image.pixels, image.order, manifest)
+                tensors.append(tensor)
+                transforms.append(transform)
+                preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
+        except BaseException:
+            self._scheduler.cancel(admission)
+            raise
+        ticket = self._scheduler.submit(admission, tensors, deadline=deadline, cancelled=cancelled)
+        return Pending(tuple(images), tuple(transforms), tuple(preprocess_ms), ticket)
 
-        def prepare(index: int) -> npt.NDArray[np.float32]:
-            t0 = time.perf_counter()
-            tensor, transform = preprocess(images[index].pixels, images[index].order, manifest)
-            transforms.append(transform)
-            preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
-            return tensor
+    def finish(self, pending: Pending, options: DecodeOptions) -> BatchResult:
+        """Waits for the pending images' batch (if it is still running), then decodes them with `options`.
 
-        items = self._scheduler.submit(
-            len(images), prepare, origin=origin, deadline=deadline, cancelled=cancelled
-        )
+        Each prediction's queue_ms adds the time spent waiting for a batch to the image's own queue_ms. The
+        engine reported is the one that ran the first image (a swap may fall between two batches).
+
+        Raises:
+            DeadlineExceededError, UnavailableError, EngineFailedError: the batch did not run (see `Ticket`).
+        """
+        items = pending.ticket.result()
+        manifest = self.model.manifest
         predictions = []
-        for image, item, transform, prep_ms in zip(images, items, transforms, preprocess_ms, strict=True):
+        for image, item, transform, prep_ms in zip(
+            pending.images, items, pending.transforms, pending.preprocess_ms, strict=True
+        ):
             t0 = time.perf_counter()
             (decoded,) = decode_batch(manifest, item.outputs, [transform], options)
             timings = Timings(
@@ -173,125 +176,52 @@ class Predictor:
             predictions.append(_prediction(image, decoded, timings))
         return BatchResult(predictions, items[0].engine)
 
-    def predict(self, images: Sequence[InputImage], options: DecodeOptions) -> list[Prediction]:
-        """Runs the images as one batch in this thread (no scheduler); one Prediction per image, in order."""
-        return self.run(images, options).predictions
-
-    def run(self, images: Sequence[InputImage], options: DecodeOptions) -> BatchResult:
-        """Like `predict`, also saying which engine ran the batch (for responses that report it)."""
-        with self._lease() as engine:
-            return BatchResult(self._predict_on(engine, images, options), engine.info)
+    def infer(
+        self,
+        images: Sequence[InputImage],
+        options: DecodeOptions,
+        *,
+        origin: Origin = Origin.UNARY,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> BatchResult:
+        """`start` then `finish` in this thread: blocks until the images are predicted."""
+        return self.finish(self.start(images, origin=origin, deadline=deadline, cancelled=cancelled), options)
 
     def warmup(self) -> None:
         """Runs a blank image through the whole path so the first request pays no lazy initialisation."""
-        with self._lease() as engine:
-            self._warmup_on(engine)
+        warm_up(self.model, self._slot.engine)
 
     def swap_engine(self, engine: Engine, *, warm: bool = True) -> bool:
-        """Makes `engine` serve every later batch; batches already running finish on the old one, which is
-        closed when the last of them finishes. The new engine is warmed up first (outside any lock), so the
-        first request on it pays no lazy initialisation.
+        """Makes `engine` serve every later batch; batches already running finish on the old one. The new
+        engine is warmed up first (outside any lock), so the first request on it pays no lazy initialisation.
 
         Returns:
             False when the predictor was closed meanwhile: the caller still owns `engine` and must close it.
 
         Raises:
-            EngineError: the new engine's inputs or outputs differ from the old one's, or its warm-up
-                fails; the old engine keeps serving.
+            EngineError: the new engine's inputs or outputs differ from the old one's, or its warm-up fails;
+                the old engine keeps serving.
         """
-        old = self._current.engine
-        if [s.name for s in engine.inputs] != [s.name for s in old.inputs] or sorted(
-            s.name for s in engine.outputs
-        ) != sorted(s.name for s in old.outputs):
-            raise EngineError(
-                f"{self.model.key}: the new engine's tensors {_names(engine)} differ from the "
-                f"current engine's {_names(old)}"
-            )
+        self._slot.check_compatible(engine)
         if warm:
-            self._warmup_on(engine)
-        with self._lock:
-            if self._closed:
-                return False
-            retired, self._current = self._current, _EngineRef(engine)
-            retired.retired = True
-            close_now = retired.users == 0
-        logger.info("%s: now serving on %s (was %s)", self.model.key, engine.info, retired.engine.info)
-        if close_now:
-            retired.engine.close()
-        return True
+            warm_up(self.model, engine)
+        return self._slot.swap(engine)
 
     def close(self) -> None:
-        """Fails images still queued in the scheduler, then closes the engine once no batch runs on it;
-        later calls fail (UnavailableError from `submit`, EngineError from `run`). Idempotent."""
+        """Fails images still queued, then closes the engine once no batch runs on it. Idempotent."""
         self._scheduler.close()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            current = self._current
-            current.retired = True
-            close_now = current.users == 0
-        if close_now:
-            current.engine.close()
+        self._slot.close()
 
-    def lease(self) -> AbstractContextManager[Engine]:
-        """The current engine, kept open (a swap or close defers closing it) until the block ends."""
-        return self._lease()
 
-    @contextmanager
-    def _lease(self) -> Iterator[Engine]:
-        with self._lock:
-            ref = self._current
-            ref.users += 1
-        try:
-            yield ref.engine
-        finally:
-            with self._lock:
-                ref.users -= 1
-                close_now = ref.retired and ref.users == 0
-            if close_now:  # the last batch on a swapped-out engine closes it, outside the lock
-                ref.engine.close()
-
-    def _predict_on(
-        self, engine: Engine, images: Sequence[InputImage], options: DecodeOptions
-    ) -> list[Prediction]:
-        manifest = self.model.manifest
-        start = time.perf_counter()
-        tensors, transforms, preprocess_ms = [], [], []
-        for image in images:
-            t0 = time.perf_counter()
-            tensor, transform = preprocess(image.pixels, image.order, manifest)
-            tensors.append(tensor)
-            transforms.append(transform)
-            preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
-        batch = stack_batch(tensors)
-        t_infer = time.perf_counter()
-        outputs = engine.infer({self._input_name: batch})
-        t_decode = time.perf_counter()
-        decoded = decode_batch(manifest, outputs, transforms, options)
-        t_end = time.perf_counter()
-        inference_ms = (t_decode - t_infer) * 1000.0
-        postprocess_ms = (t_end - t_decode) * 1000.0
-        logger.debug("%s: batch of %d in %.1f ms", self.model.key, len(images), (t_end - start) * 1000.0)
-        return [
-            _prediction(
-                image,
-                result,
-                Timings(
-                    decode_ms=image.decode_ms,
-                    queue_ms=image.queue_ms,
-                    preprocess_ms=prep_ms,
-                    inference_ms=inference_ms,
-                    postprocess_ms=postprocess_ms,
-                ),
-            )
-            for image, result, prep_ms in zip(images, decoded, preprocess_ms, strict=True)
-        ]
-
-    def _warmup_on(self, engine: Engine) -> None:
-        manifest = self.model.manifest
-        blank = np.zeros((manifest.input_height, manifest.input_width, 3), dtype=np.uint8)
-        self._predict_on(engine, [InputImage(blank, ChannelOrder.BGR)], self.resolve_options(InferOptions()))
+def warm_up(model: ResolvedModel, engine: Engine) -> None:
+    """One blank image through preprocess -> this engine -> decode, outside the scheduler: an engine is warmed
+    before it serves (at load, and before a swap), when no request may reach it yet."""
+    manifest = model.manifest
+    blank = np.zeros((manifest.input_height, manifest.input_width, 3), dtype=np.uint8)
+    tensor, transform = preprocess(blank, ChannelOrder.BGR, manifest)
+    outputs = engine.infer({engine.inputs[0].name: stack_batch([tensor])})
+    decode_batch(manifest, outputs, [transform], resolve_options(InferOptions(), manifest))
 
 
 def _prediction(image: InputImage, decoded: Decoded, timings: Timings) -> Prediction:
@@ -301,7 +231,3 @@ def _prediction(image: InputImage, decoded: Decoded, timings: Timings) -> Predic
         classifications=decoded.classifications,
         timings=timings,
     )
-
-
-def _names(engine: Engine) -> dict[str, list[str]]:
-    return {"inputs": [s.name for s in engine.inputs], "outputs": sorted(s.name for s in engine.outputs)}

@@ -1,13 +1,17 @@
 """Dynamic batching: one scheduler per loaded model, fed by unary Infer requests and stream frames alike.
 
-    caller thread (gRPC worker / stream pipeline)        scheduler thread (one per model)
-    reserve room (or RESOURCE_EXHAUSTED) ---------.
-    preprocess its images (letterbox)              |
-    enqueue them under its origin ---------------> gather: up to max_batch, or max_queue_delay
-    wait ...                                        drop items whose deadline passed / caller left
-                                                    lease the current engine, ONE engine.infer(batch)
-    <------------------------------------------- split outputs back per item
+    caller (request worker / stream pipeline)            scheduler thread (one per model)
+    admit(count, origin): room, or RESOURCE_EXHAUSTED -.
+    preprocess its images (letterbox)                  |
+    admission.submit(tensors) -> Ticket -------------> gather: up to max_batch, or max_queue_delay
+    await / wait the ticket ...                         drop items whose deadline passed / caller left
+                                                        lease the slot's engine, ONE engine.infer(batch)
+    <----------------------------------------------- split outputs back per item, ticket done
     decode + NMS with its own options
+
+The scheduler takes prepared tensors and leases engines from the model's `EngineSlot`; it never calls back
+into the predictor that owns it. A ticket can be waited on (`result()`) or observed (`add_done_callback`),
+so an asyncio front end awaits a batch without holding a thread.
 
 Decisions:
 - **When a batch starts.** As soon as the engine is free and something is queued, unless more work is known to
@@ -28,7 +32,8 @@ Decisions:
   cannot lock streams out at the door, nor the reverse.
 - **Deadlines and cancellation.** An item whose deadline passed, or whose caller went away, is dropped when a
   batch is formed, before any compute: its caller alone gets DEADLINE_EXCEEDED (or UNAVAILABLE). The rest of a
-  request whose item failed is dropped too.
+  request whose item failed is dropped too. An engine that raises fails the batch's tickets with
+  EngineFailedError (INTERNAL, reason ENGINE_FAILED) carrying the engine's message.
 - **Engine limits.** A batch is capped by the engine it runs on: a fixed batch dimension (batches of 1 for
   a [1, 3, H, W] export; a fixed N > 1 is padded up to N), or the TensorRT profile's `max_batch`. Larger
   requests are split over several batches. The batch leases the engine it starts on for its whole run, so a
@@ -46,8 +51,9 @@ Decisions:
 - **Queue time** (enqueue to batch start) is added to each item's `queue_ms`.
 
 Example:
-    scheduler = BatchScheduler(runner, BatchSettings(max_batch_size=8, max_queue_delay_ms=2.0))
-    items = scheduler.submit(len(tensors), tensors.__getitem__, origin=Origin.UNARY, deadline=None)
+    scheduler = BatchScheduler(slot, BatchSettings(max_batch_size=8, max_queue_delay_ms=2.0))
+    admission = scheduler.admit(len(images), Origin.UNARY)
+    items = admission.submit([preprocess(image) for image in images]).result()
     scheduler.close()
 """
 
@@ -60,26 +66,31 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from visionrpc.engines import Engine, EngineInfo
+from visionrpc.engines import Engine, EngineError, EngineInfo
 from visionrpc.engines.base import Tensor
 
-from .errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from .engine_slot import EngineSlot
+from .errors import (
+    DeadlineExceededError,
+    EngineFailedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from .processing import stack_batch
 
 __all__ = [
-    "BatchRunner",
+    "Admission",
     "BatchScheduler",
     "BatchSettings",
     "ItemResult",
     "Origin",
     "SchedulerStats",
+    "Ticket",
     "engine_batch_limit",
 ]
 
@@ -132,21 +143,6 @@ class BatchSettings:
         )
 
 
-class BatchRunner(Protocol):
-    """What the scheduler needs of a model (`Predictor`): its engine, leased for the length of a batch."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def input_name(self) -> str: ...
-
-    @property
-    def engine(self) -> Engine: ...
-
-    def lease(self) -> AbstractContextManager[Engine]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class ItemResult:
     """One image's share of a batch: its rows of every output, and what running the batch cost."""
@@ -184,10 +180,15 @@ def engine_batch_limit(engine: Engine) -> tuple[int | None, bool]:
     return None, False
 
 
-class _Ticket:
-    """One submission: its items' results, or the error that ended it. Guarded by the scheduler's lock."""
+class Ticket:
+    """One submission: its items' results, or the error that ended it.
 
-    __slots__ = ("cancelled", "deadline", "done", "error", "origin", "pending", "results")
+    Mutable state is guarded by the scheduler's lock; `done` is set exactly once, after which the ticket never
+    changes. Wait with `result()`, or learn of the end with `add_done_callback` (an asyncio caller turns that
+    into an awaitable without holding a thread).
+    """
+
+    __slots__ = ("_callbacks", "cancelled", "deadline", "done", "error", "origin", "pending", "results")
 
     def __init__(
         self, count: int, origin: Origin, deadline: float | None, cancelled: threading.Event | None
@@ -199,15 +200,38 @@ class _Ticket:
         self.pending = count
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
 
     @property
     def finished(self) -> bool:
         return self.done.is_set()
 
+    def result(self, timeout_s: float | None = None) -> list[ItemResult]:
+        """Waits for the items' results, in submission order.
+
+        Raises:
+            ResourceExhaustedError, DeadlineExceededError, UnavailableError, EngineFailedError: see `admit`.
+            TimeoutError: not done within `timeout_s`.
+        """
+        if not self.done.wait(timeout_s):
+            raise TimeoutError(f"the batch did not finish within {timeout_s} s")
+        if self.error is not None:
+            raise _copy(self.error) from self.error
+        return [result for result in self.results if result is not None]
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Calls `callback()` once the ticket is done: at once (in this thread) if it is, else in the thread
+        that finishes it, which must not be blocked for long."""
+        with _CALLBACK_LOCK:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
     def fail(self, error: BaseException) -> None:
         if not self.done.is_set():
             self.error = error
-            self.done.set()
+            self._finish()
 
     def deliver(self, index: int, result: ItemResult) -> None:
         if self.done.is_set():
@@ -215,12 +239,37 @@ class _Ticket:
         self.results[index] = result
         self.pending -= 1
         if self.pending == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        with _CALLBACK_LOCK:
             self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a callback's bug must not stop the others or the batch
+                logger.exception("bug in a batch ticket's done callback")
+
+
+# Orders add_done_callback against _finish: cheap, held for a list operation only, never while calling back.
+_CALLBACK_LOCK = threading.Lock()
+
+
+@dataclass(eq=False, slots=True)
+class Admission:
+    """Room reserved in a model's queue for `count` images of one origin while the caller preprocesses them:
+    the scheduler knows the work is coming and holds a forming batch back for it (up to max_queue_delay).
+    Pass it to `BatchScheduler.submit` exactly once, or to `BatchScheduler.cancel` when preparing failed."""
+
+    count: int
+    origin: Origin
+    open: bool = True  # guarded by the scheduler's lock
 
 
 @dataclass(slots=True)
 class _Item:
-    ticket: _Ticket
+    ticket: Ticket
     index: int
     tensor: FloatArray
     enqueued: float  # time.monotonic()
@@ -229,8 +278,8 @@ class _Item:
 class BatchScheduler:
     """Gathers one model's work into batches and runs each as one engine call (see the module docstring)."""
 
-    def __init__(self, runner: BatchRunner, settings: BatchSettings | None = None) -> None:
-        self._runner = runner
+    def __init__(self, slot: EngineSlot, settings: BatchSettings | None = None) -> None:
+        self._slot = slot
         self.settings = settings or BatchSettings()
         self._cond = threading.Condition()
         self._queues: dict[Origin, deque[_Item]] = {origin: deque() for origin in Origin}
@@ -250,29 +299,12 @@ class BatchScheduler:
                 queued_stream=len(self._queues[Origin.STREAM]),
             )
 
-    def submit(
-        self,
-        count: int,
-        prepare: Callable[[int], FloatArray],
-        *,
-        origin: Origin,
-        deadline: float | None = None,
-        cancelled: threading.Event | None = None,
-    ) -> list[ItemResult]:
-        """Runs `count` images through the engine in whatever batches form; blocks until all are done.
-
-        Args:
-            prepare: called in this thread with 0..count-1 after room was reserved: the (C, H, W) tensor of
-                each image (preprocessing runs here, outside the scheduler thread).
-            origin: unary or stream, for fairness and the per-origin queue bound.
-            deadline: `time.monotonic()` after which the images are not worth computing.
-            cancelled: set when the caller goes away (e.g. gRPC's `add_callback`); queued images are dropped.
+    def admit(self, count: int, origin: Origin) -> Admission:
+        """Reserves room for `count` images of `origin`; preprocess them, then `submit` (or `cancel`).
 
         Raises:
             ResourceExhaustedError: this origin's queue is full (reason QUEUE_FULL, with retry_after_s).
-            DeadlineExceededError: the deadline passed before the images were computed.
-            UnavailableError: the scheduler was closed (model unloaded, server stopping), or the caller left.
-            EngineError: the engine failed on a batch holding these images.
+            UnavailableError: the scheduler was closed (model unloaded, server stopping).
         """
         if count < 1:
             raise ValueError(f"expected at least one image, got {count}")
@@ -284,17 +316,44 @@ class BatchScheduler:
                 raise self._queue_full(origin, queued)
             self._reserved[origin] += count
             self._start_thread()
-        ticket = _Ticket(count, origin, deadline, cancelled)
-        try:
-            tensors = [prepare(index) for index in range(count)]
-        finally:
-            with self._cond:
-                self._reserved[origin] -= count
-                self._cond.notify_all()
+        return Admission(count, origin)
+
+    def cancel(self, admission: Admission) -> None:
+        """Gives an admission's room back (preparing its images failed). Idempotent."""
         with self._cond:
-            self._check_open()
+            self._close_admission(admission)
+
+    def submit(
+        self,
+        admission: Admission,
+        tensors: Sequence[FloatArray],
+        *,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Ticket:
+        """Queues the admitted images' (C, H, W) tensors and returns their ticket at once; or, when the engine
+        is idle and no other work is on its way, first runs their batch in this thread (no thread hand-off at
+        concurrency 1), so the ticket comes back done. Never call it on an event loop.
+
+        Args:
+            deadline: `time.monotonic()` after which the images are not worth computing.
+            cancelled: set when the caller goes away (e.g. its RPC was cancelled); queued images are dropped.
+
+        The ticket ends with the items' results, or with ResourceExhaustedError, DeadlineExceededError,
+        UnavailableError (closed, or the caller left) or EngineFailedError (the engine raised on the batch).
+        """
+        if len(tensors) != admission.count:
+            raise ValueError(f"expected {admission.count} tensors, got {len(tensors)}")
+        ticket = Ticket(admission.count, admission.origin, deadline, cancelled)
+        with self._cond:
+            if not admission.open:
+                raise RuntimeError("this admission was already submitted or cancelled")
+            self._close_admission(admission)
+            if self._closed:
+                ticket.fail(self._unloaded())
+                return ticket
             now = time.monotonic()
-            self._queues[origin].extend(_Item(ticket, i, t, now) for i, t in enumerate(tensors))
+            self._queues[admission.origin].extend(_Item(ticket, i, t, now) for i, t in enumerate(tensors))
             # Idle engine, nobody else preparing work: the batch would start at once anyway, so run it here
             # and spare the two thread hand-offs (~0.1-0.3 ms at concurrency 1).
             inline = not self._running and not any(self._reserved.values())
@@ -304,10 +363,7 @@ class BatchScheduler:
                 self._cond.notify_all()
         if inline:
             self._run_claimed_batch()
-        ticket.done.wait()
-        if ticket.error is not None:
-            raise _copy(ticket.error) from ticket.error
-        return [result for result in ticket.results if result is not None]
+        return ticket
 
     def close(self, wait_s: float = 0.0) -> None:
         """Fails every queued image with UNAVAILABLE; the batch in flight finishes, then the thread ends.
@@ -318,9 +374,7 @@ class BatchScheduler:
         with self._cond:
             if not self._closed:
                 self._closed = True
-                error = UnavailableError(
-                    f"model {self._runner.key} was unloaded before these images ran", reason="MODEL_UNLOADED"
-                )
+                error = self._unloaded()
                 for queue in self._queues.values():
                     for item in queue:
                         item.ticket.fail(error)
@@ -334,26 +388,38 @@ class BatchScheduler:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise UnavailableError(f"model {self._runner.key} is being unloaded", reason="MODEL_UNLOADED")
+            raise self._unloaded()
+
+    def _unloaded(self) -> UnavailableError:
+        return UnavailableError(
+            f"model {self._slot.key} was unloaded before these images ran", reason="MODEL_UNLOADED"
+        )
+
+    def _close_admission(self, admission: Admission) -> None:
+        """Lock held."""
+        if admission.open:
+            admission.open = False
+            self._reserved[admission.origin] -= admission.count
+            self._cond.notify_all()
 
     def _start_thread(self) -> None:
         """Started on first use: predictors only ever used directly (warm-up, benchmarks) start no thread."""
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._loop, name=f"visionrpc-batch-{self._runner.key}", daemon=True
+                target=self._loop, name=f"visionrpc-batch-{self._slot.key}", daemon=True
             )
             self._thread.start()
 
     def _queue_full(self, origin: Origin, queued: int) -> ResourceExhaustedError:
-        batch, _ = self.settings.limits(self._runner.engine.info.device)
+        batch, _ = self.settings.limits(self._slot.info.device)
         backlog = sum(len(q) for q in self._queues.values()) + sum(self._reserved.values())
         per_batch = self._batch_s or _UNKNOWN_BATCH_S
         retry = min(_RETRY_MAX_S, max(_RETRY_MIN_S, math.ceil(backlog / batch) * per_batch))
         return ResourceExhaustedError(
-            f"model {self._runner.key}: {queued} {origin.value} images are already waiting "
+            f"model {self._slot.key}: {queued} {origin.value} images are already waiting "
             f"(limit {self.settings.max_queue_size}); retry after {retry:.2f} s",
             reason="QUEUE_FULL",
-            metadata={"model_id": self._runner.key, "origin": origin.value},
+            metadata={"model_id": self._slot.key, "origin": origin.value},
             retry_after_s=round(retry, 3),
         )
 
@@ -371,7 +437,7 @@ class BatchScheduler:
         try:
             self._run_batch()
         except Exception:  # never let a bug escape: callers would wait forever
-            logger.exception("bug in the batch scheduler of %s", self._runner.key)
+            logger.exception("bug in the batch scheduler of %s", self._slot.key)
         finally:
             with self._cond:
                 self._running = False
@@ -384,7 +450,7 @@ class BatchScheduler:
                 self._cond.wait()
             if self._closed:
                 return False
-            batch, delay_ms = self.settings.limits(self._runner.engine.info.device)
+            batch, delay_ms = self.settings.limits(self._slot.info.device)
             oldest = min(q[0].enqueued for q in self._queues.values() if q)
             while (
                 not self._closed
@@ -400,7 +466,7 @@ class BatchScheduler:
                 return not self._closed
 
     def _run_batch(self) -> None:
-        with self._runner.lease() as engine:
+        with self._slot.lease() as engine:
             configured, _ = self.settings.limits(engine.info.device)
             limit, exact = engine_batch_limit(engine)
             capacity = min(configured, limit) if limit is not None else configured
@@ -413,12 +479,21 @@ class BatchScheduler:
                 tensors = [item.tensor for item in items]
                 if exact and limit is not None and len(tensors) < limit:  # fixed batch size: pad with blanks
                     tensors += [np.zeros_like(tensors[0])] * (limit - len(tensors))
-                outputs = engine.infer({self._runner.input_name: stack_batch(tensors)})
+                outputs = engine.infer({self._slot.input_name: stack_batch(tensors)})
                 end = time.monotonic()
-            except Exception as exc:  # EngineError, or a bug: either way these callers must hear of it
+            except Exception as exc:  # the engine's error, or a bug: either way these callers must hear of it
+                error: BaseException = exc
+                if isinstance(exc, EngineError):
+                    logger.error(
+                        "%s: the engine failed on a batch of %d: %s", self._slot.key, len(items), exc
+                    )
+                    error = EngineFailedError(
+                        f"model {self._slot.key}: the engine failed: {exc}",
+                        metadata={"model_id": self._slot.key},
+                    )
                 with self._cond:
                     for item in items:
-                        item.ticket.fail(exc)
+                        item.ticket.fail(error)
                 return
         self._deliver(items, outputs, engine.info, start, end, rows=len(tensors))
 
@@ -443,7 +518,7 @@ class BatchScheduler:
                 ticket.fail(
                     DeadlineExceededError(
                         f"the deadline passed after {(now - item.enqueued) * 1000:.0f} ms in the queue of "
-                        f"{self._runner.key}, before inference",
+                        f"{self._slot.key}, before inference",
                         reason="DEADLINE_PASSED",
                     )
                 )

@@ -14,12 +14,12 @@ fallback with the reason in its status, and is not retried until the model is ex
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from visionrpc.engines import Engine, EngineError, EngineInfo
@@ -32,7 +32,7 @@ from .engine_selection import EngineSelection
 from .manifest import ModelManifest
 from .repository import ModelId, ModelRepository, ResolvedModel
 
-__all__ = ["EngineFactory", "EngineSelectorFn", "ModelManager", "ModelState", "ModelStatus"]
+__all__ = ["EngineFactory", "EngineSelectorFn", "ModelLease", "ModelManager", "ModelState", "ModelStatus"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,33 @@ class _Slot:
         self.build = NOT_NEEDED
         # Set on detach: a running build stops at its next progress report.
         self.cancel_build = threading.Event()
+
+
+class ModelLease:
+    """A loaded model, kept open (never closed by eviction or unloading) until `release()`.
+
+    For holders that outlive a `with` block (a stream pipeline keeps its model for its whole life); a `with`
+    block releases it too. Thread-safe; release is idempotent.
+    """
+
+    def __init__(self, predictor: Predictor, release: Callable[[], None]) -> None:
+        self.predictor = predictor
+        self._release = release
+        self._lock = threading.Lock()
+        self._released = False
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._release()
+
+    def __enter__(self) -> Predictor:
+        return self.predictor
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class ModelManager:
@@ -120,30 +147,29 @@ class ModelManager:
     def repository(self) -> ModelRepository:
         return self._repository
 
-    @contextmanager
-    def acquire(self, model_id: str) -> Iterator[Predictor]:
-        """Yields the loaded model, loading it first if needed; the model stays open while the block runs.
+    def lease(self, model_id: ModelId) -> ModelLease:
+        """The loaded model, loading it first if needed (blocking: never call it on an event loop); it stays
+        open until the lease is released.
 
         Raises:
-            InvalidArgumentError: malformed id.  NotFoundError: unknown model or version.
+            NotFoundError: unknown model or version.
             FailedPreconditionError: the model failed to load (the reason is in the message).
         """
-        resolved = self._resolve(ModelId.parse(model_id))
-        slot = self._lease(resolved)
-        try:
-            assert slot.predictor is not None  # _lease only returns ready slots
-            yield slot.predictor
-        finally:
-            self._release(slot)
+        slot = self._lease(self._resolve(model_id))
+        assert slot.predictor is not None  # _lease only returns ready slots
+        return ModelLease(slot.predictor, functools.partial(self._release, slot))
 
-    def load(self, model_id: str) -> ModelStatus:
-        with self.acquire(model_id):
-            pass
+    def acquire(self, model_id: ModelId) -> ModelLease:
+        """`lease` for a `with` block: `with manager.acquire(model_id) as predictor: ...`."""
+        return self.lease(model_id)
+
+    def load(self, model_id: ModelId) -> ModelStatus:
+        self.lease(model_id).release()
         return self.status(model_id)
 
-    def unload(self, model_id: str) -> ModelStatus:
+    def unload(self, model_id: ModelId) -> ModelStatus:
         """Detaches the model version (idempotent); it closes as soon as no request uses it."""
-        parsed = ModelId.parse(model_id)
+        parsed = model_id
         resolved = self._resolve_installed(parsed)
         if resolved is not None:
             with self._lock:
@@ -155,8 +181,8 @@ class ModelManager:
                 self._build_failures.pop(resolved.key, None)
         return self.status(model_id)
 
-    def status(self, model_id: str) -> ModelStatus:
-        parsed = ModelId.parse(model_id)
+    def status(self, model_id: ModelId) -> ModelStatus:
+        parsed = model_id
         versions = tuple(self._repository.versions(parsed.name))
         builtin = self._repository.is_builtin(parsed.name)
         resolved = self._resolve_installed(parsed)
@@ -189,7 +215,7 @@ class ModelManager:
         statuses = []
         for name in self._repository.names():
             try:
-                statuses.append(self.status(name))
+                statuses.append(self.status(ModelId(name)))
             except VisionRpcError as exc:  # a broken model directory must not hide the others
                 statuses.append(ModelStatus(name, "", (), ModelState.FAILED, exc.message, False, None, None))
         return statuses

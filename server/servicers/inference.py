@@ -1,52 +1,73 @@
-"""visionrpc.v1.InferenceService: unary Infer and server-streaming StreamPredictions."""
+"""visionrpc.v1.InferenceService: unary Infer and server-streaming StreamPredictions, on asyncio.
+
+No call holds a thread while it waits. Infer decodes and preprocesses in the worker pool, awaits its batch
+(the model's scheduler runs the engine), and decodes the outputs in the worker pool again; on an idle engine
+the batch runs inline in the first worker call, and decoding follows there too. A stream subscriber is an
+awaited queue. Calls that may block for long on something other than CPU (a model load, joining a pipeline)
+run in the event loop's default executor, so they never occupy the CPU workers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 import grpc
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 from ..config import ServerConfig
 from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
-from ..models.manager import ModelManager
+from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
-from ..predictor import InputImage
-from ..scheduler import Origin
-from ..streams.manager import StreamManager
-from ..streams.pipeline import SHUTDOWN_REASON, Subscription
-from ..streams.sources import SourcePolicy, resolve_source
-from ..streams.types import Delivery, SourceSpec, StreamEnd
+from ..predictor import BatchResult, InputImage, Pending
+from ..processing import DecodeOptions
+from ..scheduler import Origin, Ticket
+from ..streams.manager import StreamManager, StreamRequest
+from ..streams.pipeline import SHUTDOWN_REASON
+from ..streams.source_policy import SourcePolicy, resolve_source
+from ..streams.subscription import Subscription
+from ..streams.types import SourceSpec, StreamEnd
 from .convert import decode_request_image, infer_options_from_proto, infer_response
 from .status import map_errors, map_stream_errors
-from .stream_convert import delivery_from_proto, stream_message_to_proto, stream_options_from_proto
+from .stream_convert import (
+    delivery_from_proto,
+    resume_point_from_proto,
+    resumed_status_to_proto,
+    stream_message_to_proto,
+    stream_options_from_proto,
+)
 
 __all__ = ["InferenceServicer"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_SOURCES = 16
-# How often a waiting stream wakes up to notice the end of the RPC when no message arrives; cancellation
-# itself arrives through context.add_callback and closes the subscription, which wakes the wait sooner.
-_STREAM_POLL_S = 0.5
+_Result = TypeVar("_Result")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, models: ModelManager, streams: StreamManager, config: ServerConfig) -> None:
+    def __init__(
+        self, models: ModelManager, streams: StreamManager, config: ServerConfig, workers: Executor
+    ) -> None:
+        """`workers`: the bounded pool for requests' CPU work (decode, preprocess, NMS)."""
         self._models = models
         self._streams = streams
         self._config = config
+        self._workers = workers
         self._source_policy = SourcePolicy.from_config(config)
 
     @map_errors
-    def Infer(  # noqa: N802 - the generated base class fixes the name
-        self, request: inference_pb2.InferRequest, context: grpc.ServicerContext
+    async def Infer(  # noqa: N802 - the generated base class fixes the name
+        self, request: inference_pb2.InferRequest, context: Context
     ) -> inference_pb2.InferResponse:
         # Cheap checks first, then decoding, and only then the model: bad input never triggers a model load.
-        model_id = str(ModelId.parse(request.model_id or self._config.default_model))
+        model_id = ModelId.parse(request.model_id or self._config.default_model)
         options = infer_options_from_proto(request.options)
         count = len(request.images)
         if not 1 <= count <= self._config.max_images_per_request:
@@ -55,86 +76,115 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 f"expected 1 to {self._config.max_images_per_request} images, got {count}",
                 reason="INVALID_IMAGE_COUNT",
             )
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        # Set when the call goes away: the scheduler drops its images still queued for a batch.
+        cancelled = threading.Event()
+        job = self._workers.submit(self._begin, request, model_id, options, deadline, cancelled)
+        try:
+            lease, decode_options, outcome = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            cancelled.set()
+            job.add_done_callback(_release_lease_of)  # the job may still be running: it owns a lease
+            raise
+        try:
+            if isinstance(outcome, Pending):
+                await _done(outcome.ticket)
+                outcome = await self._work(lease.predictor.finish, outcome, decode_options)
+            # The engine reported is the one that ran the images, not the current one: a background build
+            # may swap engines meanwhile.
+            return infer_response(
+                lease.predictor.name, lease.predictor.version, outcome.engine, outcome.predictions
+            )
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            lease.release()
+
+    def _begin(
+        self,
+        request: inference_pb2.InferRequest,
+        model_id: ModelId,
+        options: Any,
+        deadline: float | None,
+        cancelled: threading.Event,
+    ) -> tuple[ModelLease, DecodeOptions, Pending | BatchResult]:
+        """Worker thread: decode, lease the model, preprocess and submit; when the batch ran inline (idle
+        engine), decode its outputs here too, sparing a second hand-off."""
         images = []
         for index, image in enumerate(request.images):
             decoded = decode_request_image(image, index, max_pixels=self._config.max_image_pixels)
             images.append(InputImage(decoded.pixels, decoded.order, decode_ms=decoded.decode_ms))
-        # A cancelled or expired call drops its images still queued for a batch (add_callback also fires on
-        # normal completion, when nothing is queued any more).
-        gone = threading.Event()
-        context.add_callback(gone.set)
-        with self._models.acquire(model_id) as predictor:
+        lease = self._models.lease(model_id)
+        try:
+            predictor = lease.predictor
             decode_options = predictor.resolve_options(options)
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
+            if deadline is not None and deadline <= time.monotonic():
                 raise DeadlineExceededError(
                     "the deadline passed before inference started", reason="DEADLINE_PASSED"
                 )
-            deadline = None if remaining is None else time.monotonic() + remaining
-            # Through the model's batch scheduler, shared with other calls and with stream frames. The engine
-            # reported is the one that ran the images, not the current one: a background build may swap
-            # engines meanwhile.
-            result = predictor.submit(
-                images, decode_options, origin=Origin.UNARY, deadline=deadline, cancelled=gone
-            )
-            return infer_response(predictor.name, predictor.version, result.engine, result.predictions)
+            pending = predictor.start(images, origin=Origin.UNARY, deadline=deadline, cancelled=cancelled)
+            if pending.ticket.finished:
+                return lease, decode_options, predictor.finish(pending, decode_options)
+            return lease, decode_options, pending
+        except BaseException:
+            lease.release()
+            raise
+
+    async def _work(self, function: Callable[..., _Result], *args: Any) -> _Result:
+        return await asyncio.wrap_future(self._workers.submit(function, *args))
 
     @map_stream_errors
-    def StreamPredictions(  # noqa: N802
-        self, request: inference_pb2.StreamPredictionsRequest, context: grpc.ServicerContext
-    ) -> Iterator[inference_pb2.StreamPredictionsResponse]:
-        delivery = delivery_from_proto(request.stream_options)
-        if request.stream_id:
-            subscription = self._streams.join(request.stream_id, delivery)
-        else:
-            subscription = self._subscribe(request, delivery)
-        # Cancellation and deadlines end the subscription at once through the callback, not by polling.
-        finished = threading.Event()
-
-        def on_rpc_done() -> None:
-            finished.set()
-            subscription.close()
-
-        context.add_callback(on_rpc_done)
-        name, _, version = subscription.model_id.partition("/")
+    async def StreamPredictions(  # noqa: N802
+        self, request: inference_pb2.StreamPredictionsRequest, context: Context
+    ) -> AsyncIterator[inference_pb2.StreamPredictionsResponse]:
+        subscription = await self._open(request)
         try:
-            while not finished.is_set():
-                message = subscription.get(timeout_s=_STREAM_POLL_S)
-                if message is None:
-                    continue
+            if subscription.gap is not None:
+                yield resumed_status_to_proto(subscription.gap, subscription.stream_id, subscription.model)
+            while True:
+                message = await subscription.next()
                 if isinstance(message, StreamEnd):
-                    if message.error == SHUTDOWN_REASON:  # retryable: another replica can serve the stream
-                        raise UnavailableError(
-                            f"stream {subscription.stream_id} ended: {message.error}",
-                            reason="SHUTTING_DOWN",
-                            metadata={"stream_id": subscription.stream_id},
-                        )
-                    if message.error:
-                        raise FailedPreconditionError(
-                            f"stream {subscription.stream_id} failed: {message.error}",
-                            reason="SOURCE_ERROR",
-                            metadata={"stream_id": subscription.stream_id},
-                        )
+                    _raise_for_end(message, subscription.stream_id)
                     return
-                yield stream_message_to_proto(message, subscription.stream_id, name, version)
+                yield stream_message_to_proto(message, subscription.stream_id, subscription.model)
         finally:
+            # Cancellation and deadlines arrive here as CancelledError: the subscription is freed at once.
             subscription.close()
 
-    def _subscribe(self, request: inference_pb2.StreamPredictionsRequest, delivery: Delivery) -> Subscription:
-        model_id = str(ModelId.parse(request.model_id or self._config.default_model))
+    async def _open(self, request: inference_pb2.StreamPredictionsRequest) -> Subscription:
+        """Opens the subscription in the default executor (it may load a model or wait on a pipeline); a
+        subscription opened for a call that was cancelled meanwhile is closed, never leaked."""
+        delivery = delivery_from_proto(request.stream_options)
+        resume = resume_point_from_proto(request)
+        if request.stream_id and resume is None:
+            opener: Callable[[], Subscription] = lambda: self._streams.join(request.stream_id, delivery)  # noqa: E731
+        else:
+            stream_request = self._stream_request(request)
+            if resume is None:
+                opener = lambda: self._streams.subscribe(stream_request, delivery)  # noqa: E731
+            else:
+                opener = lambda: self._streams.resume(stream_request, resume, delivery)  # noqa: E731
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, opener)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(_close_subscription_of)
+            raise
+
+    def _stream_request(self, request: inference_pb2.StreamPredictionsRequest) -> StreamRequest:
+        model_id = ModelId.parse(request.model_id or self._config.default_model)
         options = infer_options_from_proto(request.options)
         stream_options = stream_options_from_proto(request.stream_options)
         count = len(request.sources)
-        if not 1 <= count <= _MAX_SOURCES:
+        if not 1 <= count <= _MAX_SOURCES and not (count == 0 and request.HasField("resume")):
             raise InvalidArgumentError.for_field(
                 "sources", f"expected 1 to {_MAX_SOURCES} sources, got {count}", reason="INVALID_SOURCE_COUNT"
             )
-        specs = [self._source(index, source) for index, source in enumerate(request.sources)]
-        # Resolving the model first gives NOT_FOUND / bad class names before any source is opened.
-        with self._models.acquire(model_id) as predictor:
-            decode_options = predictor.resolve_options(options)
-            resolved_id = f"{predictor.name}/{predictor.version}"
-        return self._streams.subscribe(specs, resolved_id, decode_options, stream_options, delivery)
+        sources = tuple(self._source(index, source) for index, source in enumerate(request.sources))
+        return StreamRequest(sources, model_id, options, stream_options)
 
     def _source(self, index: int, source: inference_pb2.VideoSource) -> SourceSpec:
         kind = source.WhichOneof("source")
@@ -149,3 +199,43 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             device=source.device if kind == "device" else None,
             policy=self._source_policy,
         )
+
+
+def _raise_for_end(end: StreamEnd, stream_id: str) -> None:
+    """A stream's end as the call's status: OK, retryable UNAVAILABLE (the server is draining: resume
+    elsewhere), or FAILED_PRECONDITION (a source failed)."""
+    if end.error == SHUTDOWN_REASON:
+        raise UnavailableError(
+            f"stream {stream_id[:8]} ended: {end.error}; resume it on another server",
+            reason="SHUTTING_DOWN",
+            metadata={"stream_id": stream_id},
+        )
+    if end.error:
+        raise FailedPreconditionError(
+            f"stream {stream_id[:8]} failed: {end.error}",
+            reason="SOURCE_ERROR",
+            metadata={"stream_id": stream_id},
+        )
+
+
+async def _done(ticket: Ticket) -> None:
+    """Awaits a batch ticket without holding a thread: the scheduler's thread wakes the loop."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    ticket.add_done_callback(lambda: loop.call_soon_threadsafe(wake))
+    await done
+
+
+def _release_lease_of(job: Future[tuple[ModelLease, DecodeOptions, Pending | BatchResult]]) -> None:
+    if not job.cancelled() and job.exception() is None:
+        job.result()[0].release()
+
+
+def _close_subscription_of(job: asyncio.Future[Subscription]) -> None:
+    if not job.cancelled() and job.exception() is None:
+        job.result().close()

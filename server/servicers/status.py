@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -34,6 +34,7 @@ _CODES: dict[type[errors.VisionRpcError], grpc.StatusCode] = {
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.EngineFailedError: grpc.StatusCode.INTERNAL,
 }
 
 
@@ -68,58 +69,57 @@ def to_status(error: errors.VisionRpcError) -> status_pb2.Status:
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=packed)
 
 
-def abort(context: grpc.ServicerContext, error: errors.VisionRpcError) -> NoReturn:
-    context.abort_with_status(rpc_status.to_status(to_status(error)))
-    raise AssertionError("abort_with_status returned")  # it always raises; this keeps NoReturn honest
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.VisionRpcError) -> NoReturn:
+    status = rpc_status.to_status(to_status(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # it always raises; this keeps NoReturn honest
 
 
-def _internal(context: grpc.ServicerContext, method: str, exc: BaseException) -> NoReturn:
-    logger.exception("bug: unexpected %s in %s", type(exc).__name__, method)
-    abort_error = errors.VisionRpcError(
-        f"internal error in {method}; the server logged the details", reason="INTERNAL"
+async def _internal(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException) -> NoReturn:
+    logger.error("bug: unexpected %s in %s", type(exc).__name__, method, exc_info=exc)
+    await abort(
+        context,
+        errors.VisionRpcError(
+            f"internal error in {method}; the server logged the details", reason="INTERNAL"
+        ),
     )
-    context.abort_with_status(rpc_status.to_status(to_status(abort_error)))
-    raise AssertionError("abort_with_status returned")
-
-
-def _already_aborted(context: grpc.ServicerContext) -> bool:
-    # context.abort() raises a bare Exception after setting the code; such an exception must pass through.
-    return cast(Any, context).code() is not None
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def map_errors(method: Method) -> Method:
-    """Decorates a unary servicer method: domain errors become their status, anything else INTERNAL."""
+    """Decorates an async unary servicer method: domain errors become their status, anything else INTERNAL."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except errors.VisionRpcError as exc:
-            abort(context, exc)
+            await abort(context, exc)
+        except grpc.aio.AbortError:  # context.abort() was called: the status is set already
+            raise
         except Exception as exc:
-            # abort() raises a plain Exception subclass inside grpc; let those through untouched.
-            if _already_aborted(context):
-                raise
-            _internal(context, method.__qualname__, exc)
+            await _internal(context, method.__qualname__, exc)
 
     return cast(Method, wrapper)
 
 
 def map_stream_errors(method: Method) -> Method:
-    """Like map_errors, for server-streaming methods (generators)."""
+    """Like map_errors, for server-streaming methods (async generators)."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         try:
-            yield from method(self, request, context)
+            async for message in method(self, request, context):
+                yield message
         except errors.VisionRpcError as exc:
-            abort(context, exc)
+            await abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:
-            if _already_aborted(context):
-                raise
-            _internal(context, method.__qualname__, exc)
+            await _internal(context, method.__qualname__, exc)
 
     return cast(Method, wrapper)

@@ -10,18 +10,28 @@ from google.protobuf import timestamp_pb2
 from visionrpc.v1 import inference_pb2
 
 from ..errors import InvalidArgumentError
+from ..models.repository import ModelId
 from ..streams.types import (
     Delivery,
     FrameImage,
     FramePolicy,
     FrameResult,
+    ResumeGap,
+    ResumeOutcome,
+    ResumePoint,
     SourceEventKind,
     StreamOptions,
     StreamStatus,
 )
 from .convert import prediction_to_proto
 
-__all__ = ["delivery_from_proto", "stream_message_to_proto", "stream_options_from_proto"]
+__all__ = [
+    "delivery_from_proto",
+    "resume_point_from_proto",
+    "resumed_status_to_proto",
+    "stream_message_to_proto",
+    "stream_options_from_proto",
+]
 
 _FRAME_POLICIES = {
     inference_pb2.FRAME_POLICY_UNSPECIFIED: FramePolicy.AUTO,
@@ -46,6 +56,12 @@ _EVENTS = {
     SourceEventKind.ENDED: inference_pb2.STREAM_EVENT_SOURCE_ENDED,
     SourceEventKind.ERROR: inference_pb2.STREAM_EVENT_ERROR,
 }
+_OUTCOMES = {
+    ResumeOutcome.REPLAYED: inference_pb2.RESUME_OUTCOME_REPLAYED,
+    ResumeOutcome.PARTIAL: inference_pb2.RESUME_OUTCOME_PARTIAL,
+    ResumeOutcome.RESTARTED: inference_pb2.RESUME_OUTCOME_RESTARTED,
+}
+_MAX_RESUME_SOURCES = 64
 
 
 _Value = TypeVar("_Value")
@@ -85,11 +101,48 @@ def delivery_from_proto(options: inference_pb2.StreamOptions) -> Delivery:
     return _enum(_DELIVERIES, options.delivery, "stream_options.delivery", "Delivery")
 
 
+def resume_point_from_proto(request: inference_pb2.StreamPredictionsRequest) -> ResumePoint | None:
+    """The request's resume point, or None when it is not a resume."""
+    if not request.HasField("resume"):
+        return None
+    resume = request.resume
+    if not resume.stream_id:
+        raise InvalidArgumentError.for_field(
+            "resume.stream_id", "expected the id of the stream to resume", reason="INVALID_RESUME"
+        )
+    if len(resume.next_sequence_numbers) > _MAX_RESUME_SOURCES:
+        raise InvalidArgumentError.for_field(
+            "resume.next_sequence_numbers",
+            f"expected at most one per source, got {len(resume.next_sequence_numbers)}",
+            reason="INVALID_RESUME",
+        )
+    return ResumePoint(resume.stream_id, resume.after_cursor, tuple(resume.next_sequence_numbers))
+
+
+def resumed_status_to_proto(
+    gap: ResumeGap, stream_id: str, model: ModelId
+) -> inference_pb2.StreamPredictionsResponse:
+    """The RESUMED status a resumed subscription starts with (cursor 0: it is not one of the stream's)."""
+    return inference_pb2.StreamPredictionsResponse(
+        stream_id=stream_id,
+        model_name=model.name,
+        model_version=model.version or "",
+        status=inference_pb2.StreamStatus(
+            event=inference_pb2.STREAM_EVENT_RESUMED,
+            resume=inference_pb2.ResumeGap(
+                outcome=_OUTCOMES[gap.outcome],
+                previous_stream_id=gap.previous_stream_id,
+                messages_lost=gap.messages_lost,
+            ),
+        ),
+    )
+
+
 def stream_message_to_proto(
-    message: FrameResult | StreamStatus, stream_id: str, model_name: str, model_version: str
+    message: FrameResult | StreamStatus, stream_id: str, model: ModelId
 ) -> inference_pb2.StreamPredictionsResponse:
     response = inference_pb2.StreamPredictionsResponse(
-        stream_id=stream_id, model_name=model_name, model_version=model_version
+        stream_id=stream_id, model_name=model.name, model_version=model.version or "", cursor=message.cursor
     )
     if isinstance(message, FrameResult):
         capture = timestamp_pb2.Timestamp()

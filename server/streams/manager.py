@@ -5,33 +5,48 @@ running pipeline (`PipelineKey`), so decoding and inference happen once however 
 subscriber needs a pipeline to itself from its first frame, so it always starts a private pipeline (reachable
 by stream id, never by key), and a LOSSY request whose shared pipeline became private starts a new one.
 
+The stream manager is the only way into streams: it takes the model's lease once per request (loading the
+model if needed), checks the options against it, and hands the lease to a new pipeline or releases it when
+the request joins a running one. Resuming (docs/stream-resume.md): a known stream id continues on its
+pipeline with the replay ring; an unknown one starts the stream again from the request, file sources at the
+client's next sequence numbers, and says so in the subscription's gap.
+
 Locking: the manager's lock guards only its maps and counters. Models are resolved (and loaded) before it is
-taken, and pipelines start their threads in Pipeline.subscribe, called after it is released; pipelines call
-back (`_forget`) without holding their own lock, so the two locks never nest the other way round.
+taken, and pipelines start their threads in Pipeline.subscribe, called after it is released; pipelines
+report that they stopped (`on_stopped`) without holding their own lock, so the two locks never nest the
+other way round. Every call may block (model loads, pipeline joins): call it from a worker thread, never
+from the event loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import ServerConfig
+from ..domain import InferOptions
 from ..errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
-from ..models.manager import ModelManager
+from ..models.manager import ModelLease, ModelManager
+from ..models.repository import ModelId
 from ..processing import DecodeOptions
-from .pipeline import (
-    Pipeline,
-    PipelineStoppedError,
-    ReaderFactory,
-    Subscription,
-    new_stream_id,
-    source_reader,
+from .pipeline import Pipeline, PipelineStoppedError, new_stream_id
+from .reading import ReaderFactory, source_reader
+from .subscription import Subscription
+from .types import (
+    Delivery,
+    ReconnectPolicy,
+    ResumeGap,
+    ResumeOutcome,
+    ResumePoint,
+    SourceKind,
+    SourceSpec,
+    StreamOptions,
 )
-from .types import Delivery, ReconnectPolicy, SourceKind, SourceSpec, StreamOptions
 
-__all__ = ["PipelineKey", "StreamManager"]
+__all__ = ["PipelineKey", "StreamManager", "StreamRequest"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +56,22 @@ _CLOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """What a subscriber asks for: validated sources, a model, and its options (the servicer builds it)."""
+
+    sources: tuple[SourceSpec, ...]
+    model_id: ModelId
+    options: InferOptions = dataclasses.field(default_factory=InferOptions)
+    stream_options: StreamOptions = dataclasses.field(default_factory=StreamOptions)
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineKey:
     """What makes two requests the same pipeline. `model` is resolved ("name/version"), so "name" and
     "name/<newest>" share, and a new version published later starts a new pipeline."""
 
-    sources: tuple[tuple[SourceKind, str], ...]
-    model: str
+    sources: tuple[tuple[SourceKind, str, int], ...]  # kind, location, first frame
+    model: ModelId  # resolved: name and version
     decode_options: DecodeOptions
     options: StreamOptions
 
@@ -56,7 +81,7 @@ class StreamManager:
 
     Example:
         streams = StreamManager(models, config)
-        subscription = streams.subscribe([spec], "yolov3-tiny-coco", decode_options, StreamOptions())
+        subscription = streams.subscribe(StreamRequest((spec,), ModelId("yolov3-tiny-coco")))
         message = subscription.get(timeout_s=1.0)
     """
 
@@ -91,59 +116,71 @@ class StreamManager:
         with self._lock:
             return list(self._by_id.values())
 
-    def subscribe(
-        self,
-        sources: Sequence[SourceSpec],
-        model_id: str,
-        decode_options: DecodeOptions,
-        options: StreamOptions,
-        delivery: Delivery = Delivery.LOSSY,
-    ) -> Subscription:
+    def subscribe(self, request: StreamRequest, delivery: Delivery = Delivery.LOSSY) -> Subscription:
         """Joins the running pipeline of an identical request, or starts one.
 
         Raises:
-            InvalidArgumentError: no sources; EVERY_FRAME delivery with a live source.
+            InvalidArgumentError: no sources; EVERY_FRAME delivery with a live source; bad options.
             NotFoundError / FailedPreconditionError: unknown model, or it failed to load.
             ResourceExhaustedError: reasons TOO_MANY_PIPELINES, TOO_MANY_SUBSCRIBERS (with retry_after_s).
             UnavailableError: the manager is closed (server shutting down).
         """
-        if not sources:
+        if not request.sources:
             raise InvalidArgumentError.for_field("sources", "expected at least one source")
-        if delivery is Delivery.EVERY_FRAME and any(spec.live for spec in sources):
+        if delivery is Delivery.EVERY_FRAME and any(spec.live for spec in request.sources):
             raise InvalidArgumentError.for_field(
                 "stream_options.delivery",
                 "every-frame delivery needs file sources; live sources run in real time",
                 reason="EVERY_FRAME_DELIVERY_UNAVAILABLE",
             )
-        key = PipelineKey(
-            sources=tuple((spec.kind, spec.location) for spec in sources),
-            model=self._resolve_model(model_id),
-            decode_options=decode_options,
-            options=options,
-        )
-        for _ in range(_JOIN_ATTEMPTS):
-            with self._lock:
-                self._check_open()
+        # The model's one lease for this request: handed to a new pipeline, released when joining one.
+        lease = self._models.lease(request.model_id)
+        try:
+            key = PipelineKey(
+                sources=tuple((spec.kind, spec.location, spec.start_frame) for spec in request.sources),
+                model=ModelId(lease.predictor.name, lease.predictor.version),
+                decode_options=lease.predictor.resolve_options(request.options),
+                options=request.stream_options,
+            )
+        except BaseException:
+            lease.release()
+            raise
+        return self._subscribe(key, request.sources, lease, delivery)
+
+    def resume(self, request: StreamRequest, point: ResumePoint, delivery: Delivery) -> Subscription:
+        """Continues a broken subscription: on its pipeline when it still runs here (replayed from the ring),
+        else by starting the request again (file sources at `point.next_sequence_numbers`). Either way the
+        subscription's `gap` says how it continued.
+
+        Raises:
+            NotFoundError: STREAM_NOT_FOUND: the stream is not running here and the request names no sources.
+            as `subscribe` otherwise.
+        """
+        with self._lock:
+            self._check_open()
+            pipeline = self._by_id.get(point.stream_id)
+            if pipeline is not None:
                 self._reserve_subscriber()
-                pipeline = self._shared.get(key) if delivery is Delivery.LOSSY else None
-                created = pipeline is None or pipeline.exclusive
-                if created:
-                    try:
-                        pipeline = self._create(key, sources, shared=delivery is Delivery.LOSSY)
-                    except ResourceExhaustedError:
-                        self._subscribers -= 1
-                        raise
-            assert pipeline is not None
+        if pipeline is not None:
             try:
-                return self._attach(pipeline, delivery)
+                return self._attach(pipeline, delivery, resume_after=point.after_cursor)
             except PipelineStoppedError:
                 self._forget(pipeline)
-            except InvalidArgumentError:
-                if created:
-                    pipeline.close(timeout_s=0)
-                    raise
-                # An every-frame subscriber took the shared pipeline between our look and our join.
-        raise UnavailableError("stream pipelines keep stopping while being joined; try again")
+        if not request.sources:
+            raise _stream_not_found()
+        positions = point.next_sequence_numbers
+        restarted = dataclasses.replace(
+            request,
+            sources=tuple(
+                dataclasses.replace(spec, start_frame=positions[spec.index])
+                if spec.kind is SourceKind.FILE and spec.index < len(positions)
+                else spec
+                for spec in request.sources
+            ),
+        )
+        subscription = self.subscribe(restarted, delivery)
+        subscription.gap = ResumeGap(ResumeOutcome.RESTARTED, point.stream_id)
+        return subscription
 
     def join(self, stream_id: str, delivery: Delivery = Delivery.LOSSY) -> Subscription:
         """Joins a running pipeline by its stream id; the first message is its STARTED status (once known).
@@ -184,11 +221,43 @@ class StreamManager:
 
     # -- internals ---------------------------------------------------------------------------------------
 
-    def _resolve_model(self, model_id: str) -> str:
-        # Loads the model if needed (outside our lock); usually it is loaded already by the caller or by a
-        # running pipeline. The pipeline takes its own lease for its whole life.
-        with self._models.acquire(model_id) as predictor:
-            return f"{predictor.name}/{predictor.version}"
+    def _subscribe(
+        self, key: PipelineKey, sources: Sequence[SourceSpec], lease: ModelLease, delivery: Delivery
+    ) -> Subscription:
+        """Joins the shared pipeline of `key` or creates one; owns `lease` (gives it to a new pipeline)."""
+        owned: ModelLease | None = lease
+        try:
+            for _ in range(_JOIN_ATTEMPTS):
+                with self._lock:
+                    self._check_open()
+                    self._reserve_subscriber()
+                    pipeline = self._shared.get(key) if delivery is Delivery.LOSSY else None
+                    created = pipeline is None or pipeline.exclusive
+                    if created:
+                        try:
+                            pipeline = self._create(key, sources, lease, shared=delivery is Delivery.LOSSY)
+                        except ResourceExhaustedError:
+                            self._subscribers -= 1
+                            raise
+                        owned = None  # the pipeline owns it now
+                assert pipeline is not None
+                try:
+                    return self._attach(pipeline, delivery)
+                except PipelineStoppedError:
+                    self._forget(pipeline)
+                    if created:  # stopped before its first subscriber: only a shutdown does that
+                        raise UnavailableError(
+                            "the server is shutting down", reason="SHUTTING_DOWN"
+                        ) from None
+                except InvalidArgumentError:
+                    if created:
+                        pipeline.close(timeout_s=0)
+                        raise
+                    # An every-frame subscriber took the shared pipeline between our look and our join.
+            raise UnavailableError("stream pipelines keep stopping while being joined; try again")
+        finally:
+            if owned is not None:  # joined a running pipeline (or failed): it holds a lease of its own
+                owned.release()
 
     def _check_open(self) -> None:
         """Caller holds the lock."""
@@ -211,7 +280,9 @@ class StreamManager:
         with self._lock:
             self._subscribers -= 1
 
-    def _create(self, key: PipelineKey, sources: Sequence[SourceSpec], *, shared: bool) -> Pipeline:
+    def _create(
+        self, key: PipelineKey, sources: Sequence[SourceSpec], lease: ModelLease, *, shared: bool
+    ) -> Pipeline:
         """Caller holds the lock. Builds the pipeline object only; its first subscriber starts its threads."""
         limit = self._config.max_pipelines
         if len(self._by_id) >= limit:
@@ -223,12 +294,12 @@ class StreamManager:
             )
         pipeline = Pipeline(
             sources,
-            key.model,
+            lease,
             key.decode_options,
             key.options,
-            models=self._models,
             stream_id=new_stream_id(),
             subscriber_queue=self._config.subscriber_queue,
+            replay_messages=self._config.stream_replay_messages,
             linger_s=self._config.pipeline_linger_s,
             reconnect=self._reconnect,
             reader_factory=self._reader_factory,
@@ -241,14 +312,16 @@ class StreamManager:
             self._shared[key] = pipeline
         return pipeline
 
-    def _attach(self, pipeline: Pipeline, delivery: Delivery) -> Subscription:
+    def _attach(
+        self, pipeline: Pipeline, delivery: Delivery, *, resume_after: int | None = None
+    ) -> Subscription:
         """Subscribes to the pipeline with a subscriber slot already reserved; releases it on failure."""
         try:
-            subscription = pipeline.subscribe(delivery)
+            subscription = pipeline.subscribe(delivery, resume_after=resume_after)
         except BaseException:
             self._release_subscriber()
             raise
-        subscription.add_close_callback(self._release_subscriber)
+        subscription.add_close_callback(lambda _: self._release_subscriber())
         if delivery is Delivery.EVERY_FRAME:
             with self._lock:  # joined by id: it is private from now on
                 key = self._keys.get(pipeline.stream_id)

@@ -19,8 +19,10 @@ Decisions, for the servicer and clients:
   pipeline would silently answer a different question.
 - While nobody watches (the linger after the last subscriber leaves) the inference thread idles: files wait
   under back-pressure and live sources keep only their newest frame, so a quick rejoin resumes where it was.
-- Subscription.get() returns None only on timeout; once the end was received, or after close(), it returns
-  a StreamEnd at once, so a consumer loop can never hang on a finished subscription.
+- Every published message gets the next cursor (1, 2, ...) and goes into a bounded replay ring before any
+  subscriber sees it, so a subscriber whose call broke can resume after its last cursor with nothing lost
+  (docs/stream-resume.md). While nobody subscribes, frames wait (files) or only the newest is kept (live).
+- The pipeline holds its model's lease (taken once, by the stream manager) for its whole life.
 """
 
 from __future__ import annotations
@@ -30,28 +32,30 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import cv2
 
 from ..domain import ChannelOrder, Prediction
 from ..errors import InvalidArgumentError, ResourceExhaustedError, VisionRpcError
-from ..models.manager import ModelManager
+from ..models.manager import ModelLease
+from ..models.repository import ModelId
 from ..predictor import InputImage, Predictor
 from ..processing import DecodeOptions
 from ..scheduler import Origin
 from .buffers import Gate, SourceBuffer
-from .sources import SourceReader
+from .reading import Reader, ReaderFactory, source_reader
 from .subscription import Subscription
 from .types import (
     Delivery,
     Frame,
     FrameImage,
-    FramePolicy,
     FrameResult,
-    FrameSink,
     ReconnectPolicy,
+    ResumeGap,
+    ResumeOutcome,
     SourceEvent,
     SourceEventKind,
     SourceInfo,
@@ -65,16 +69,7 @@ from .types import (
 if TYPE_CHECKING:
     from visionrpc.client import ImagePrediction
 
-__all__ = [
-    "MAX_BATCH",
-    "Pipeline",
-    "PipelineStoppedError",
-    "Reader",
-    "ReaderFactory",
-    "Subscription",
-    "new_stream_id",
-    "source_reader",
-]
+__all__ = ["MAX_BATCH", "SHUTDOWN_REASON", "Pipeline", "PipelineStoppedError", "new_stream_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,33 +78,6 @@ MAX_BATCH = 8  # frames of different sources submitted together (the scheduler m
 # holds only a few decoded frames in memory.
 FRAME_BUFFER = 4
 SHUTDOWN_REASON = "the stream was closed: the server is shutting down"
-
-
-class Reader(Protocol):
-    """What the pipeline needs of a source reader (`sources.SourceReader`)."""
-
-    @property
-    def frames_read(self) -> int: ...
-
-    @property
-    def frames_skipped(self) -> int: ...
-
-    @property
-    def alive(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout_s: float | None = ...) -> object: ...
-
-
-ReaderFactory = Callable[[SourceSpec, FrameSink, FramePolicy, "float | None", ReconnectPolicy], Reader]
-
-
-def source_reader(
-    spec: SourceSpec, sink: FrameSink, policy: FramePolicy, max_fps: float | None, reconnect: ReconnectPolicy
-) -> Reader:
-    """The real reader: OpenCV capture of a file, URL or device on a thread of its own."""
-    return SourceReader(spec, sink, policy=policy, max_fps=max_fps, reconnect=reconnect)
 
 
 def new_stream_id() -> str:
@@ -125,7 +93,7 @@ class Pipeline:
     """(sources, model, decode options, stream options) decoded and inferred once for all its subscribers.
 
     Example:
-        pipeline = Pipeline([spec], "yolov3-tiny-coco/1", decode_options, StreamOptions(), models=models)
+        pipeline = Pipeline([spec], models.lease(model_id), decode_options, StreamOptions())
         subscription = pipeline.subscribe()        # the first subscriber starts readers and inference
         while not isinstance(message := subscription.get(timeout_s=1.0), StreamEnd): ...
         subscription.close()                       # the last one out stops it after linger_s
@@ -134,30 +102,32 @@ class Pipeline:
     def __init__(
         self,
         sources: Sequence[SourceSpec],
-        model_id: str,
+        lease: ModelLease,
         decode_options: DecodeOptions,
         options: StreamOptions,
         *,
-        models: ModelManager,
         stream_id: str | None = None,
         subscriber_queue: int = 32,
+        replay_messages: int = 64,
         linger_s: float = 2.0,
         reconnect: ReconnectPolicy | None = None,
         reader_factory: ReaderFactory = source_reader,
         on_stopped: Callable[[Pipeline], None] | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
+        """Takes ownership of `lease`: released when the pipeline stops (or at close() if it never ran)."""
         if not sources:
             raise ValueError("expected at least one source")
         if [spec.index for spec in sources] != list(range(len(sources))):
             raise ValueError(f"expected source indexes 0..{len(sources) - 1} in order")
         self.sources = tuple(sources)
-        self.model_id = model_id
+        self._lease = lease
+        self.model = ModelId(lease.predictor.name, lease.predictor.version)
+        self.model_key = lease.predictor.key  # "name/version", for logs
         self.decode_options = decode_options
         self.options = options
         self.stream_id = stream_id or new_stream_id()
         self._tag = self.stream_id[:8]  # logs and thread names show a prefix: the whole id lets anyone join
-        self._models = models
         self._subscriber_queue = subscriber_queue
         self._linger_s = linger_s
         self._reconnect = reconnect or ReconnectPolicy()
@@ -181,6 +151,8 @@ class Pipeline:
         self._reported = [False] * len(self.sources)  # STARTED, RECONNECTING or ENDED seen
         self._ended = [False] * len(self.sources)
         self._started_status: StreamStatus | None = None
+        self._cursor = 0  # the last cursor handed out
+        self._ring: deque[StreamMessage] = deque(maxlen=replay_messages)
 
     # -- observation -------------------------------------------------------------------------------------
 
@@ -238,8 +210,14 @@ class Pipeline:
 
     # -- subscribers -------------------------------------------------------------------------------------
 
-    def subscribe(self, delivery: Delivery = Delivery.LOSSY) -> Subscription:
+    def subscribe(
+        self, delivery: Delivery = Delivery.LOSSY, *, resume_after: int | None = None
+    ) -> Subscription:
         """Adds a subscriber; the first one starts the pipeline.
+
+        Args:
+            resume_after: a resumed subscriber's last cursor: it receives the messages after it that the
+                replay ring still holds (its `gap` says whether any were lost) instead of the STARTED status.
 
         Raises:
             InvalidArgumentError (reason EVERY_FRAME_DELIVERY_UNAVAILABLE): EVERY_FRAME delivery with a live
@@ -260,9 +238,24 @@ class Pipeline:
                 raise _every_frame_unavailable(
                     "every-frame delivery needs the stream to itself: it has another subscriber"
                 )
-            subscription = Subscription(self, delivery, self._subscriber_queue)
-            if self._started_status is not None:
-                subscription._offer(self._started_status, self._is_stopping)
+            gap: ResumeGap | None = None
+            if resume_after is None:
+                backlog = [self._started_status] if self._started_status is not None else []
+            else:
+                backlog = [m for m in self._ring if _cursor_of(m) > resume_after]
+                first_kept = _cursor_of(backlog[0]) if backlog else self._cursor + 1
+                lost = max(0, first_kept - (resume_after + 1))
+                outcome = ResumeOutcome.PARTIAL if lost else ResumeOutcome.REPLAYED
+                gap = ResumeGap(outcome, self.stream_id, lost)
+            subscription = Subscription(
+                self.stream_id,
+                self.model,
+                delivery,
+                self._subscriber_queue,
+                on_close=self._unsubscribe,
+                gap=gap,
+            )
+            subscription.replay(backlog)
             self._subs.append(subscription)
             self._idle_since = None
             self._gate.work.notify()
@@ -299,7 +292,7 @@ class Pipeline:
             self._gate.work.notify_all()
             self._gate.room.notify_all()
         for subscription in subs:
-            subscription._wake()  # an every-frame offer waiting for room re-checks `stopping`
+            subscription.wake()  # an every-frame offer waiting for room re-checks `stopping`
         if thread is None:
             self._finish(None)  # never started: nothing runs, nobody to tell but the owner
         elif timeout_s > 0:
@@ -325,9 +318,8 @@ class Pipeline:
                     self._readers.append(reader)
                 reader.start()
             # The lease keeps the model loaded (never evicted under us) for the life of the pipeline.
-            with self._models.acquire(self.model_id) as predictor:
-                logger.info("stream %s: %d source(s) on %s", self._tag, len(self.sources), self.model_id)
-                end = self._loop(predictor)
+            logger.info("stream %s: %d source(s) on %s", self._tag, len(self.sources), self.model_key)
+            end = self._loop(self._lease.predictor)
         except VisionRpcError as exc:
             logger.warning("stream %s failed: %s", self._tag, exc.message)
             end = StreamEnd(error=exc.message)
@@ -351,7 +343,7 @@ class Pipeline:
             self._gate.room.notify_all()
         if end is not None:
             for subscription in subs:
-                subscription._offer(end, self._is_stopping)
+                subscription.offer(end, self._is_stopping)
         # After the end went out: a reader stuck in a network read may take up to its read timeout. All are
         # told first, then awaited, so many sources stop in parallel.
         for reader in readers:
@@ -363,6 +355,7 @@ class Pipeline:
             self._tag, self.frames_decoded, self.frames_inferred,
             f" ({end.error})" if end is not None and end.error else "",
         )  # fmt: skip
+        self._lease.release()
         if self._on_stopped is not None:
             self._on_stopped(self)
 
@@ -478,7 +471,7 @@ class Pipeline:
         """Through the model's batch scheduler; a full queue is waited out (None: the pipeline stops)."""
         while True:
             try:
-                return predictor.submit(images, self.decode_options, origin=Origin.STREAM).predictions
+                return predictor.infer(images, self.decode_options, origin=Origin.STREAM).predictions
             except ResourceExhaustedError as exc:
                 with self._gate.lock:
                     if not self._gate.stopping:
@@ -504,19 +497,26 @@ class Pipeline:
             return b""
         return encoded.tobytes()
 
-    def _publish(self, message: StreamMessage, *, started: bool = False) -> None:
+    def _publish(self, message: FrameResult | StreamStatus, *, started: bool = False) -> None:
         with self._gate.lock:
-            # Recording STARTED and taking the subscriber list in one step: a subscriber either is in this
-            # list or joins later and gets the recorded STARTED; never both, never neither.
+            # Numbering, recording and taking the subscriber list in one step: a subscriber either is in this
+            # list or joins later and finds the message in the ring (or the recorded STARTED); never both.
+            self._cursor += 1
+            message = dataclasses.replace(message, cursor=self._cursor)
+            self._ring.append(message)
             if started:
                 assert isinstance(message, StreamStatus)
                 self._started_status = message
             subs = tuple(self._subs)
         for subscription in subs:
-            subscription._offer(message, self._is_stopping)  # blocks only for an every-frame subscriber
+            subscription.offer(message, self._is_stopping)  # blocks only for an every-frame subscriber
 
 
 def _every_frame_unavailable(message: str) -> InvalidArgumentError:
     return InvalidArgumentError.for_field(
         "stream_options.delivery", message, reason="EVERY_FRAME_DELIVERY_UNAVAILABLE"
     )
+
+
+def _cursor_of(message: StreamMessage) -> int:
+    return 0 if isinstance(message, StreamEnd) else message.cursor

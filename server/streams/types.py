@@ -23,6 +23,9 @@ __all__ = [
     "FrameResult",
     "FrameSink",
     "ReconnectPolicy",
+    "ResumeGap",
+    "ResumeOutcome",
+    "ResumePoint",
     "SourceEvent",
     "SourceEventKind",
     "SourceInfo",
@@ -48,6 +51,9 @@ class SourceSpec:
     index: int
     kind: SourceKind
     location: str
+    # Files: the first frame to process (a stream started again elsewhere continues where it broke off);
+    # sequence numbers still count from the file's first frame. Live sources always start at their present.
+    start_frame: int = 0
 
     @property
     def live(self) -> bool:
@@ -177,6 +183,7 @@ class FrameResult:
     frames_skipped: int  # cumulative, this source, by the pipeline (newest-frame policy, max_fps)
     results_dropped: int  # cumulative, this subscriber
     frame_jpeg: bytes = b""
+    cursor: int = 0  # the message's position in its stream, from 1 (stamped when the pipeline publishes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +193,7 @@ class StreamStatus:
     sources: tuple[SourceInfo, ...] = ()  # STARTED: every source
     attempt: int = 0
     reason: str = ""
+    cursor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,3 +204,30 @@ class StreamEnd:
 
 
 StreamMessage = FrameResult | StreamStatus | StreamEnd
+
+
+# -- resuming a broken subscription ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a client's broken subscription stopped (docs/stream-resume.md)."""
+
+    stream_id: str
+    after_cursor: int  # the last cursor received
+    next_sequence_numbers: tuple[int, ...] = ()  # per source index: last frame received + 1
+
+
+class ResumeOutcome(enum.Enum):
+    REPLAYED = "replayed"  # same pipeline, everything after the cursor follows
+    PARTIAL = "partial"  # same pipeline, the replay ring had lost `messages_lost` of them
+    RESTARTED = "restarted"  # the pipeline was started again: results in between are lost
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeGap:
+    """How a resumed subscription continued; sent to its subscriber first."""
+
+    outcome: ResumeOutcome
+    previous_stream_id: str
+    messages_lost: int = 0

@@ -26,7 +26,12 @@ from visionrpc.engines.base import Tensor
 from visionrpc.server.app import OnnxRuntimeEngineFactory, batch_settings
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ChannelOrder, InferOptions, Prediction
-from visionrpc.server.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from visionrpc.server.errors import (
+    DeadlineExceededError,
+    EngineFailedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from visionrpc.server.models.manager import ModelManager
 from visionrpc.server.models.manifest import ModelManifest
 from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
@@ -147,7 +152,7 @@ def submit_in_thread(
 
     def run() -> None:
         try:
-            call.result = predictor.submit(images, options, **kwargs)  # type: ignore[arg-type]
+            call.result = predictor.infer(images, options, **kwargs)  # type: ignore[arg-type]
         except BaseException as exc:  # asserted by the test
             call.error = exc
 
@@ -223,19 +228,19 @@ def test_concurrent_submissions_share_one_engine_call_and_match_unbatched_result
     ]
     jobs = [(photos[i % len(photos)], options_for(predictor, **variants[i % 3])) for i in range(8)]
     calls = [submit_in_thread(predictor, [photo], options) for photo, options in jobs]
-    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 8)
+    assert wait_for(lambda: predictor.scheduler_stats().queued_unary == 8)
     engine.step(2)
     results = [call.join() for call in calls]
     assert blocker.join().error is None
     assert engine.batches == [1, 8]  # the eight queued images ran as one engine call
     # The first ran inline in its caller's thread (idle engine); the queue, on the scheduler's thread.
     assert engine.threads == [blocker.thread.name, f"visionrpc-batch-{model.key}"]
-    stats = predictor.scheduler.stats()
+    stats = predictor.scheduler_stats()
     assert (stats.batches, stats.images, stats.largest_batch) == (2, 9, 8)
     for call, (photo, options) in zip(results, jobs, strict=True):
         assert call.error is None and call.result is not None
         (batched,) = call.result.predictions
-        (alone,) = reference.predict([photo], options)
+        (alone,) = reference.infer([photo], options).predictions
         assert_same(batched, alone)
         assert batched.timings.queue_ms > 0  # they waited for the held batch, and it shows
         assert batched.timings.inference_ms > 0
@@ -250,7 +255,7 @@ def test_a_lone_request_on_an_idle_engine_runs_at_once_in_its_own_thread(
     # A ten-minute window: if a lone request waited for company, this test would hang, not pass.
     predictor, engine = make(model, BatchSettings(max_batch_size=8, max_queue_delay_ms=600_000))
     for photo in photos[:2]:  # coffee, motorbike
-        result = predictor.submit([photo], options_for(predictor))
+        result = predictor.infer([photo], options_for(predictor))
         assert result.predictions[0].detections
     assert engine.batches == [1, 1]
     # No hand-off to the scheduler thread and back: the caller ran its batch itself.
@@ -281,11 +286,11 @@ def test_batches_larger_than_the_engine_takes_are_split(
     predictor, engine = make(model, settings, **engine_options)
     request = [photos[i % len(photos)] for i in range(images)]
     options = options_for(predictor)
-    result = predictor.submit(request, options)
+    result = predictor.infer(request, options)
     assert engine.batches == batches
     assert len(result.predictions) == images
     for photo, batched in zip(request, result.predictions, strict=True):
-        assert_same(batched, reference.predict([photo], options)[0])
+        assert_same(batched, reference.infer([photo], options).predictions[0])
     predictor.close()
 
 
@@ -300,7 +305,7 @@ def test_a_passed_deadline_or_a_departed_caller_is_dropped_before_compute(
     gone = threading.Event()
     departed = submit_in_thread(predictor, [photos[3]], options, cancelled=gone)
     on_time = submit_in_thread(predictor, [photos[4]], options, deadline=time.monotonic() + 600)
-    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 4)
+    assert wait_for(lambda: predictor.scheduler_stats().queued_unary == 4)
     gone.set()
     assert wait_for(lambda: time.monotonic() > deadline)
     engine.step(2)
@@ -310,7 +315,7 @@ def test_a_passed_deadline_or_a_departed_caller_is_dropped_before_compute(
     assert on_time.join().error is None and on_time.result is not None
     assert blocker.join().error is None
     assert engine.batches == [1, 1]  # only the blocker and the request on time were computed
-    stats = predictor.scheduler.stats()
+    stats = predictor.scheduler_stats()
     assert (stats.dropped_deadline, stats.dropped_cancelled, stats.images) == (1, 1, 2)
     predictor.close()
 
@@ -322,20 +327,20 @@ def test_a_full_queue_answers_resource_exhausted_with_a_retry_delay(
     blocker = hold_engine(predictor, engine, photos[0])
     options = options_for(predictor)
     queued = [submit_in_thread(predictor, [photo], options) for photo in photos[1:4]]
-    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 3)
+    assert wait_for(lambda: predictor.scheduler_stats().queued_unary == 3)
     with pytest.raises(ResourceExhaustedError) as full:
-        predictor.submit([photos[4]], options)
+        predictor.infer([photos[4]], options)
     assert full.value.reason == "QUEUE_FULL" and full.value.retry_after_s > 0
     details = to_status(full.value).details
     retry = error_details_pb2.RetryInfo()
     assert any(detail.Unpack(retry) for detail in details) and retry.retry_delay.ToMilliseconds() > 0
     # Each origin has its own bound: the unary flood does not shut stream frames out.
     frame = submit_in_thread(predictor, [photos[5]], options, origin=Origin.STREAM)
-    assert wait_for(lambda: predictor.scheduler.stats().queued_stream == 1)
+    assert wait_for(lambda: predictor.scheduler_stats().queued_stream == 1)
     engine.step(10)
     assert all(call.join().error is None for call in [blocker, frame, *queued])
-    assert predictor.scheduler.stats().rejected == 1
-    assert predictor.submit([photos[4]], options).predictions  # room again
+    assert predictor.scheduler_stats().rejected == 1
+    assert predictor.infer([photos[4]], options).predictions  # room again
     predictor.close()
 
 
@@ -349,13 +354,13 @@ def test_a_flood_of_one_origin_cannot_starve_the_other(
     # 32 flood images queued first (four submissions of 8, like stream pipelines), then one lone image.
     flooders = [submit_in_thread(predictor, photos[:4] * 2, options, origin=flood) for _ in range(4)]
     queued = "queued_stream" if flood is Origin.STREAM else "queued_unary"
-    assert wait_for(lambda: getattr(predictor.scheduler.stats(), queued) == 32)
+    assert wait_for(lambda: getattr(predictor.scheduler_stats(), queued) == 32)
     single = submit_in_thread(predictor, [photos[5]], options, origin=lone)
     assert wait_for(lambda: _queued(predictor) == 33)
     engine.step(2)  # the held batch, then exactly one more
     assert single.join().error is None  # served by the first batch after the hold, ahead of 32 older images
     assert engine.batches == [1, 8]
-    stats = predictor.scheduler.stats()
+    stats = predictor.scheduler_stats()
     flooded = stats.stream_images if flood is Origin.STREAM else stats.unary_images
     # The batch that served the lone image: half its slots (or more, if unused) went to the flood.
     assert flooded == (1 + 7 if flood is Origin.STREAM else 7)  # the held batch was one stream frame
@@ -366,7 +371,7 @@ def test_a_flood_of_one_origin_cannot_starve_the_other(
 
 
 def _queued(predictor: Predictor) -> int:
-    stats = predictor.scheduler.stats()
+    stats = predictor.scheduler_stats()
     return stats.queued_unary + stats.queued_stream
 
 
@@ -377,7 +382,7 @@ def test_close_fails_queued_work_at_once_and_lets_the_batch_in_flight_finish(
     blocker = hold_engine(predictor, engine, photos[0])
     options = options_for(predictor)
     queued = [submit_in_thread(predictor, [photo], options) for photo in photos[1:4]]
-    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 3)
+    assert wait_for(lambda: predictor.scheduler_stats().queued_unary == 3)
     predictor.close()  # the model is being unloaded
     for call in queued:  # failed while the engine is still held: none of them was computed
         assert isinstance(call.join().error, UnavailableError)
@@ -389,7 +394,7 @@ def test_close_fails_queued_work_at_once_and_lets_the_batch_in_flight_finish(
     assert engine.batches == [1]
     assert wait_for(lambda: engine.closed)  # closed by the last batch on it
     with pytest.raises(UnavailableError):
-        predictor.submit([photos[1]], options)
+        predictor.infer([photos[1]], options)
 
 
 def test_an_engine_failure_fails_that_batch_only(model: ResolvedModel, photos: list[InputImage]) -> None:
@@ -397,14 +402,14 @@ def test_an_engine_failure_fails_that_batch_only(model: ResolvedModel, photos: l
     blocker = hold_engine(predictor, engine, photos[0])
     options = options_for(predictor)
     doomed = [submit_in_thread(predictor, [photo], options) for photo in photos[1:3]]
-    assert wait_for(lambda: predictor.scheduler.stats().queued_unary == 2)
+    assert wait_for(lambda: predictor.scheduler_stats().queued_unary == 2)
     engine.step()
     assert blocker.join().error is None
     engine.fail_next = True  # the batch holding both queued images
     engine.step(5)
     for call in doomed:
-        assert isinstance(call.join().error, EngineError)
-    assert predictor.submit([photos[0]], options).predictions[0].detections  # the scheduler carries on
+        assert isinstance(call.join().error, EngineFailedError)
+    assert predictor.infer([photos[0]], options).predictions[0].detections  # the scheduler carries on
     predictor.close()
 
 
@@ -438,13 +443,13 @@ def test_the_manager_gives_each_model_its_scheduler_with_manifest_overrides(tmp_
         max_loaded=2,
         batching=batch_settings(ServerConfig(max_batch_size=4, batch_queue_size=16)),
     )
-    with manager.acquire("alpha") as alpha, manager.acquire("beta") as beta:
-        assert alpha.scheduler.settings.limits("cpu") == (4, 2.0)  # the server's, the device's delay
-        assert beta.scheduler.settings.limits("cpu") == (2, 0.5)  # the manifest's
-        assert beta.scheduler.settings.max_queue_size == 16
-        manager.unload("beta")
+    with manager.acquire(ModelId.parse("alpha")) as alpha, manager.acquire(ModelId.parse("beta")) as beta:
+        assert alpha.batching.limits("cpu") == (4, 2.0)  # the server's, the device's delay
+        assert beta.batching.limits("cpu") == (2, 0.5)  # the manifest's
+        assert beta.batching.max_queue_size == 16
+        manager.unload(ModelId.parse("beta"))
     with pytest.raises(UnavailableError):  # unloaded: its scheduler closed with it
-        beta.submit(
+        beta.infer(
             [InputImage(np.zeros((32, 32, 3), np.uint8), ChannelOrder.BGR)],
             beta.resolve_options(InferOptions()),
         )

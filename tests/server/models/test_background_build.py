@@ -132,7 +132,7 @@ def make_manager(repo: Path, builder: EngineBuilder | None, *, cap: int = 2) -> 
 
 
 def build_state(manager: ModelManager, model_id: str) -> BuildState | None:
-    build = manager.status(model_id).build
+    build = manager.status(ModelId.parse(model_id)).build
     return build.state if build is not None else None
 
 
@@ -141,16 +141,19 @@ def test_the_model_serves_during_the_build_and_no_request_fails_across_the_swap(
 ) -> None:
     builder = SlowBuilder()
     manager = make_manager(yolo_repo, builder)
-    loaded = manager.load("alpha")  # returns at once: the build runs in the background
+    loaded = manager.load(ModelId.parse("alpha"))  # returns at once: the build runs in the background
     assert loaded.state is ModelState.READY and loaded.engine is not None
     assert loaded.engine.engine == "onnxruntime"
     assert loaded.build is not None and loaded.build.target_engine == "tensorrt"
     assert loaded.build.state is BuildState.BUILDING
     assert builder.started.wait(10)
     assert wait_for(
-        lambda: manager.status("alpha").build == replace(loaded.build, progress=0.25, reason="building")
+        lambda: (
+            manager.status(ModelId.parse("alpha")).build
+            == replace(loaded.build, progress=0.25, reason="building")
+        )
     )
-    with manager.acquire("alpha") as predictor:
+    with manager.acquire(ModelId.parse("alpha")) as predictor:
         fallback = predictor.engine
 
     ran_on: list[str] = []
@@ -162,8 +165,8 @@ def test_the_model_serves_during_the_build_and_no_request_fails_across_the_swap(
     def client() -> None:
         while not stop.is_set():
             try:
-                with manager.acquire("alpha") as predictor:
-                    result = predictor.run([coffee], predictor.resolve_options(InferOptions()))
+                with manager.acquire(ModelId.parse("alpha")) as predictor:
+                    result = predictor.infer([coffee], predictor.resolve_options(InferOptions()))
                 with lock:
                     ran_on.append(result.engine.engine)
                     classes.append({d.class_name for d in result.predictions[0].detections})
@@ -189,7 +192,7 @@ def test_the_model_serves_during_the_build_and_no_request_fails_across_the_swap(
     assert ran_on[first_built:].count("onnxruntime") <= len(clients)
     assert all("cup" in found for found in classes)  # real predictions on both engines
     assert fallback.closed  # the replaced engine closed once its last batch finished
-    status = manager.status("alpha")
+    status = manager.status(ModelId.parse("alpha"))
     assert status.engine is not None and status.engine.engine == BUILT
     assert status.build is not None and status.build.state is BuildState.READY
     assert status.build.progress == 1.0 and status.build.reason.startswith("built in ")
@@ -207,7 +210,7 @@ def test_a_batch_running_during_the_swap_finishes_on_the_old_engine(
     old.gate.clear()
     results: list[str] = []
     in_flight = threading.Thread(
-        target=lambda: results.append(predictor.run([coffee], options).engine.engine)
+        target=lambda: results.append(predictor.infer([coffee], options).engine.engine)
     )
     in_flight.start()
     assert old.entered.wait(10)  # that batch now runs on the old engine
@@ -215,10 +218,13 @@ def test_a_batch_running_during_the_swap_finishes_on_the_old_engine(
     new = ort_engine(model.onnx_path, "new")
     assert predictor.swap_engine(new)  # does not wait for the batch in flight
     assert not old.closed  # still in use
-    assert predictor.run([coffee], options).engine.engine == "new"  # later batches take the new engine
+    # The next batch waits for the one in flight (one batch per model at a time), then takes the new engine.
+    later = threading.Thread(target=lambda: results.append(predictor.infer([coffee], options).engine.engine))
+    later.start()
     old.gate.set()
     in_flight.join(30)
-    assert results == ["old"]
+    later.join(30)
+    assert results == ["old", "new"]
     assert old.closed  # closed by its last user
     predictor.close()
     assert new.closed
@@ -242,7 +248,7 @@ def test_an_engine_with_other_tensors_is_refused_and_the_old_one_keeps_serving(
     with pytest.raises(EngineError, match=r"tensors .* differ from the current engine's"):
         predictor.swap_engine(other)
     options = predictor.resolve_options(InferOptions())
-    assert predictor.run([coffee], options).engine.engine == "old"
+    assert predictor.infer([coffee], options).engine.engine == "old"
     predictor.close()
 
 
@@ -252,23 +258,23 @@ def test_a_failed_build_keeps_serving_reports_why_and_is_retried_only_after_unlo
     builder = SlowBuilder(fail="ONNX parser: unsupported operator NonMaxSuppression")
     builder.release.set()
     manager = make_manager(yolo_repo, builder, cap=1)
-    manager.load("alpha")
+    manager.load(ModelId.parse("alpha"))
     assert wait_for(lambda: build_state(manager, "alpha") is BuildState.FAILED)
-    status = manager.status("alpha")
+    status = manager.status(ModelId.parse("alpha"))
     assert status.state is ModelState.READY  # the model itself is fine
     assert status.build is not None and status.build.progress is None
     assert status.build.reason == "ONNX parser: unsupported operator NonMaxSuppression"
-    with manager.acquire("alpha") as predictor:
-        result = predictor.run([coffee], predictor.resolve_options(InferOptions()))
+    with manager.acquire(ModelId.parse("alpha")) as predictor:
+        result = predictor.infer([coffee], predictor.resolve_options(InferOptions()))
     assert result.engine.engine == "onnxruntime" and result.predictions[0].detections
 
-    manager.load("beta")  # cap 1: evicts alpha
+    manager.load(ModelId.parse("beta"))  # cap 1: evicts alpha
     assert wait_for(lambda: build_state(manager, "beta") is BuildState.FAILED)
-    manager.load("alpha")  # reloaded after eviction: the failure is remembered, no new build
+    manager.load(ModelId.parse("alpha"))  # reloaded after eviction: the failure is remembered, no new build
     assert build_state(manager, "alpha") is BuildState.FAILED
     assert builder.calls == ["alpha/1", "beta/1"]
-    manager.unload("alpha")  # an explicit unload forgets it: the next load tries again
-    manager.load("alpha")
+    manager.unload(ModelId.parse("alpha"))  # an explicit unload forgets it: the next load tries again
+    manager.load(ModelId.parse("alpha"))
     assert wait_for(lambda: builder.calls.count("alpha/1") == 2)
     manager.close()
 
@@ -277,10 +283,10 @@ def test_a_built_engine_is_loaded_from_the_cache_next_time(yolo_repo: Path) -> N
     builder = SlowBuilder()
     builder.release.set()
     manager = make_manager(yolo_repo, builder)
-    manager.load("alpha")
+    manager.load(ModelId.parse("alpha"))
     assert wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
-    manager.unload("alpha")
-    status = manager.load("alpha")  # straight onto the built engine, no fallback, no build
+    manager.unload(ModelId.parse("alpha"))
+    status = manager.load(ModelId.parse("alpha"))  # straight onto the built engine, no fallback, no build
     assert status.engine is not None and status.engine.engine == BUILT
     assert status.build is not None and status.build.state is BuildState.READY
     assert status.build.reason == "loaded from the engine cache"
@@ -291,13 +297,13 @@ def test_a_built_engine_is_loaded_from_the_cache_next_time(yolo_repo: Path) -> N
 def test_unloading_during_a_build_cancels_it(yolo_repo: Path) -> None:
     builder = SlowBuilder()
     manager = make_manager(yolo_repo, builder)
-    manager.load("alpha")
+    manager.load(ModelId.parse("alpha"))
     assert builder.started.wait(10)
-    assert manager.unload("alpha").state is ModelState.AVAILABLE
+    assert manager.unload(ModelId.parse("alpha")).state is ModelState.AVAILABLE
     assert builder.cancelled.wait(10)  # the builder was told to stop at its next progress report
-    assert builder.built == [] and manager.status("alpha").build is None
+    assert builder.built == [] and manager.status(ModelId.parse("alpha")).build is None
     builder.started.clear()
-    manager.load("alpha")  # a cancelled build is no failure: loading again builds again
+    manager.load(ModelId.parse("alpha"))  # a cancelled build is no failure: loading again builds again
     assert builder.started.wait(10)
     builder.release.set()
     assert wait_for(lambda: build_state(manager, "alpha") is BuildState.READY)
@@ -307,9 +313,9 @@ def test_unloading_during_a_build_cancels_it(yolo_repo: Path) -> None:
 def test_builds_run_one_at_a_time_and_the_next_shows_as_queued(yolo_repo: Path) -> None:
     builder = SlowBuilder()
     manager = make_manager(yolo_repo, builder)
-    manager.load("alpha")
+    manager.load(ModelId.parse("alpha"))
     assert builder.started.wait(10)
-    queued = manager.load("beta").build
+    queued = manager.load(ModelId.parse("beta")).build
     assert queued is not None and queued.state is BuildState.BUILDING
     assert (queued.progress, queued.reason) == (None, "queued")
     time.sleep(0.2)

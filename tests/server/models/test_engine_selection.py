@@ -30,6 +30,7 @@ from visionrpc.server.models.engine_selection import (
 )
 from visionrpc.server.models.manager import ModelState
 from visionrpc.server.models.manifest import ModelManifest
+from visionrpc.server.models.repository import ModelId
 
 SELECTION_LOGGER = "visionrpc.server.models.engine_selection"
 HERE = RuntimeProbe.detect()
@@ -80,14 +81,17 @@ def test_auto_runs_onnxruntime_on_cpu_here_and_logs_why(
     yolo_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     manager = build_model_manager(make_config(yolo_repo, tmp_path, engine="auto"))
-    with caplog.at_level(logging.INFO, logger=SELECTION_LOGGER), manager.acquire("alpha") as predictor:
+    with (
+        caplog.at_level(logging.INFO, logger=SELECTION_LOGGER),
+        manager.acquire(ModelId.parse("alpha")) as predictor,
+    ):
         info = predictor.engine_info
     assert info == EngineInfo("onnxruntime", "CPUExecutionProvider", "cpu", "fp32")
     assert selection_lines(caplog) == [
         "model alpha/1: engine onnxruntime (providers cpu); auto by the server: "
         "TensorRT is not available: cannot import tensorrt (No module named 'tensorrt')"
     ]
-    status = manager.status("alpha")
+    status = manager.status(ModelId.parse("alpha"))
     assert status.state is ModelState.READY
     assert status.build == BuildStatus(BuildState.NOT_NEEDED)
     assert not (tmp_path / "engines").exists()  # nothing was built or cached
@@ -97,14 +101,14 @@ def test_auto_runs_onnxruntime_on_cpu_here_and_logs_why(
 @cpu_only
 def test_insisting_on_tensorrt_here_fails_the_load_with_the_reason(yolo_repo: Path, tmp_path: Path) -> None:
     manager = build_model_manager(make_config(yolo_repo, tmp_path, engine="tensorrt"))
-    with pytest.raises(FailedPreconditionError) as info, manager.acquire("alpha"):
+    with pytest.raises(FailedPreconditionError) as info, manager.acquire(ModelId.parse("alpha")):
         pass
     error = info.value
     assert error.reason == "ENGINE_UNAVAILABLE"
     assert error.metadata == {"engine": "tensorrt", "source": "server", "model_id": "alpha/1"}
     assert "engine tensorrt was requested (by the server) but cannot run here" in error.message
     assert "cannot import tensorrt" in error.message and "use engine auto or onnxruntime" in error.message
-    status = manager.status("alpha")
+    status = manager.status(ModelId.parse("alpha"))
     assert status.state is ModelState.FAILED and "cannot run here" in status.reason
     manager.close()
 
@@ -116,7 +120,10 @@ def test_a_manifest_override_beats_the_server_setting_both_ways(
     set_manifest_engine(yolo_repo, "alpha", "onnxruntime")
     set_manifest_engine(yolo_repo, "beta", "tensorrt")
     strict = build_model_manager(make_config(yolo_repo, tmp_path, engine="tensorrt"))
-    with caplog.at_level(logging.INFO, logger=SELECTION_LOGGER), strict.acquire("alpha") as predictor:
+    with (
+        caplog.at_level(logging.INFO, logger=SELECTION_LOGGER),
+        strict.acquire(ModelId.parse("alpha")) as predictor,
+    ):
         assert predictor.engine_info.engine == "onnxruntime"
     assert selection_lines(caplog) == [
         "model alpha/1: engine onnxruntime (providers cpu); onnxruntime by the manifest: requested"
@@ -125,10 +132,10 @@ def test_a_manifest_override_beats_the_server_setting_both_ways(
     relaxed = build_model_manager(make_config(yolo_repo, tmp_path, engine="auto"))
     with (
         pytest.raises(FailedPreconditionError, match=r"requested \(by the manifest\)"),
-        relaxed.acquire("beta"),
+        relaxed.acquire(ModelId.parse("beta")),
     ):
         pass
-    with relaxed.acquire("alpha") as predictor:  # other models are unaffected
+    with relaxed.acquire(ModelId.parse("alpha")) as predictor:  # other models are unaffected
         assert predictor.engine_info.engine == "onnxruntime"
     relaxed.close()
 
@@ -141,12 +148,12 @@ def test_the_probe_runs_only_when_a_model_may_want_tensorrt(yolo_repo: Path, tmp
         return RuntimeProbe(NO_TRT, ("CPUExecutionProvider",))
 
     manager = build_model_manager(make_config(yolo_repo, tmp_path, engine="onnxruntime"), probe=probe)
-    with manager.acquire("alpha"), manager.acquire("beta"):
+    with manager.acquire(ModelId.parse("alpha")), manager.acquire(ModelId.parse("beta")):
         pass
     assert calls == []  # never imported tensorrt
     manager.close()
     manager = build_model_manager(make_config(yolo_repo, tmp_path, engine="auto"), probe=probe)
-    with manager.acquire("alpha"), manager.acquire("beta"):
+    with manager.acquire(ModelId.parse("alpha")), manager.acquire(ModelId.parse("beta")):
         pass
     assert calls == [1]  # once, then reused
     manager.close()

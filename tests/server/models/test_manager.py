@@ -104,11 +104,11 @@ def test_malformed_model_ids_are_invalid_argument(text: str) -> None:
 
 def test_newest_version_is_default_and_explicit_versions_resolve(user_repo: Path, builtin_root: Path) -> None:
     manager = make_manager(user_repo, builtin_root, CountingFactory())
-    with manager.acquire("alpha") as predictor:
+    with manager.acquire(ModelId.parse("alpha")) as predictor:
         assert predictor.version == "2"
-    with manager.acquire("alpha/1") as predictor:
+    with manager.acquire(ModelId.parse("alpha/1")) as predictor:
         assert predictor.version == "1"
-    assert manager.status("alpha").versions == ("1", "2")
+    assert manager.status(ModelId.parse("alpha")).versions == ("1", "2")
     manager.close()
 
 
@@ -146,7 +146,7 @@ def test_lookup_failures(
     user_repo: Path, builtin_root: Path, model_id: str, error: type[Exception], reason: str
 ) -> None:
     manager = make_manager(user_repo, builtin_root, CountingFactory())
-    with pytest.raises(error) as info, manager.acquire(model_id):
+    with pytest.raises(error) as info, manager.acquire(ModelId.parse(model_id)):
         pass
     assert info.value.reason == reason  # type: ignore[attr-defined]
     manager.close()
@@ -154,14 +154,14 @@ def test_lookup_failures(
 
 def test_a_failed_model_reports_why_and_others_keep_serving(user_repo: Path, builtin_root: Path) -> None:
     manager = make_manager(user_repo, builtin_root, CountingFactory())
-    with pytest.raises(FailedPreconditionError), manager.acquire("broken"):
+    with pytest.raises(FailedPreconditionError), manager.acquire(ModelId.parse("broken")):
         pass
-    status = manager.status("broken")
+    status = manager.status(ModelId.parse("broken"))
     assert status.state is ModelState.FAILED
     assert "broken/1" in status.reason or "onnx" in status.reason.lower()
-    with manager.acquire("beta") as predictor:
+    with manager.acquire(ModelId.parse("beta")) as predictor:
         assert predictor.name == "beta"
-    assert manager.status("beta").state is ModelState.READY
+    assert manager.status(ModelId.parse("beta")).state is ModelState.READY
     manager.close()
 
 
@@ -174,7 +174,7 @@ def test_concurrent_first_requests_load_once(user_repo: Path, builtin_root: Path
 
     def request() -> None:
         try:
-            with manager.acquire("alpha") as predictor:
+            with manager.acquire(ModelId.parse("alpha")) as predictor:
                 names.append(predictor.model.key)
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
@@ -183,7 +183,7 @@ def test_concurrent_first_requests_load_once(user_repo: Path, builtin_root: Path
     for thread in threads:
         thread.start()
     # All eight are now waiting on the one load; it reports LOADING meanwhile.
-    assert manager.status("alpha").state is ModelState.LOADING
+    assert manager.status(ModelId.parse("alpha")).state is ModelState.LOADING
     gate.set()
     for thread in threads:
         thread.join(60)
@@ -197,11 +197,11 @@ def test_lru_cap_evicts_the_least_recently_used(user_repo: Path, builtin_root: P
     factory = CountingFactory()
     manager = make_manager(user_repo, builtin_root, factory, cap=2)
     for model_id in ["alpha", "beta", "alpha", "gamma"]:  # alpha touched again, so beta is the LRU
-        with manager.acquire(model_id):
+        with manager.acquire(ModelId.parse(model_id)):
             pass
     assert manager.loaded_keys() == ["alpha/2", "gamma/1"]
-    assert manager.status("beta").state is ModelState.AVAILABLE
-    with manager.acquire("beta"):  # reloads on demand
+    assert manager.status(ModelId.parse("beta")).state is ModelState.AVAILABLE
+    with manager.acquire(ModelId.parse("beta")):  # reloads on demand
         pass
     assert factory.calls == ["alpha/2", "beta/1", "gamma/1", "beta/1"]
     manager.close()
@@ -210,11 +210,11 @@ def test_lru_cap_evicts_the_least_recently_used(user_repo: Path, builtin_root: P
 def test_unload_is_idempotent_and_waits_for_requests_in_flight(user_repo: Path, builtin_root: Path) -> None:
     manager = make_manager(user_repo, builtin_root, CountingFactory())
     blank = InputImage(np.zeros((64, 64, 3), np.uint8), ChannelOrder.BGR)
-    with manager.acquire("beta") as predictor:
-        assert manager.unload("beta").state is ModelState.AVAILABLE
+    with manager.acquire(ModelId.parse("beta")) as predictor:
+        assert manager.unload(ModelId.parse("beta")).state is ModelState.AVAILABLE
         # Unloaded while in use: the engine stays open for this request.
-        predictor.predict([blank], predictor.resolve_options(InferOptions()))
-    assert manager.unload("beta").state is ModelState.AVAILABLE
+        predictor.infer([blank], predictor.resolve_options(InferOptions()))
+    assert manager.unload(ModelId.parse("beta")).state is ModelState.AVAILABLE
     assert manager.loaded_keys() == []
     manager.close()
 

@@ -73,7 +73,7 @@ def test_without_tensorrt_a_model_on_the_real_builder_keeps_serving_on_onnxrunti
     repository = ModelRepository(yolo_repo, builtin_models(), cache_root() / "downloads")
     builder = TensorRTBuilder(TensorRTSettings(cache_dir=tmp_path / "engines"))
     manager = ModelManager(repository, OnnxRuntimeEngineFactory(("cpu",), 1), max_loaded=2, builder=builder)
-    status = manager.load("alpha")
+    status = manager.load(ModelId.parse("alpha"))
     assert status.engine is not None and status.engine.engine == "onnxruntime"
     assert status.build is not None and status.build.state is BuildState.FAILED
     assert status.build.reason.startswith(
@@ -88,16 +88,18 @@ def test_a_real_build_swaps_in_and_the_next_load_hits_the_cache(yolo_repo: Path,
     repository = ModelRepository(yolo_repo, builtin_models(), cache_root() / "downloads")
     builder = TensorRTBuilder(TensorRTSettings(cache_dir=tmp_path / "engines", max_batch=2))
     manager = ModelManager(repository, OnnxRuntimeEngineFactory(("cpu",), 1), max_loaded=2, builder=builder)
-    assert manager.load("alpha").build is not None
+    assert manager.load(ModelId.parse("alpha")).build is not None
     deadline = time.monotonic() + 600
-    while (build := manager.status("alpha").build) is not None and build.state is BuildState.BUILDING:
+    while (
+        build := manager.status(ModelId.parse("alpha")).build
+    ) is not None and build.state is BuildState.BUILDING:
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    status = manager.status("alpha")
+    status = manager.status(ModelId.parse("alpha"))
     assert status.build is not None and status.build.state is BuildState.READY, status.build
     assert status.engine is not None and status.engine.engine == "tensorrt"
-    manager.unload("alpha")
-    again = manager.load("alpha")
+    manager.unload(ModelId.parse("alpha"))
+    again = manager.load(ModelId.parse("alpha"))
     assert again.build is not None and again.build.reason == "loaded from the engine cache"
     manager.close()
     shutil.rmtree(tmp_path / "engines")

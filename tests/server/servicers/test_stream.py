@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from visionrpc.client import Client, StreamFrame, StreamStatus
 from visionrpc.server.config import ServerConfig
+from visionrpc.server.models.repository import ModelId
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 BIKES_FRAMES = 250
@@ -343,6 +344,6 @@ def test_unary_infer_is_served_while_a_stream_runs(
         # The stream kept inferring (its lossy queue overflows while we do not read) while Infer was answered.
         assert pipelines and pipelines[0].running and pipelines[0].frames_inferred > 0
         # Both went through the model's one batch scheduler.
-        with server.server.models.acquire(server.config.default_model) as predictor:
-            stats = predictor.scheduler.stats()
+        with server.server.models.acquire(ModelId.parse(server.config.default_model)) as predictor:
+            stats = predictor.scheduler_stats()
         assert stats.unary_images >= 5 and stats.stream_images > 0
