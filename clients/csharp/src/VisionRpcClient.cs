@@ -16,6 +16,13 @@ public sealed record VisionRpcClientOptions
     /// <summary>HTTP/2 keepalive ping interval while calls are active (the server accepts one every 10 s).</summary>
     public TimeSpan KeepAlivePingDelay { get; init; } = TimeSpan.FromSeconds(30);
     public TimeSpan KeepAlivePingTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// Resume <see cref="VisionRpcClient.StreamAsync"/> subscriptions whose call fails with UNAVAILABLE or whose
+    /// connection dies (docs/stream-resume.md). False throws the first such error.
+    /// </summary>
+    public bool ResumeStreams { get; init; } = true;
+    /// <summary>Consecutive re-issued calls without a message before a stream throws the last error (at least 1).</summary>
+    public int MaxResumeAttempts { get; init; } = ResumeState.DefaultMaxAttempts;
 }
 
 /// <summary>
@@ -25,35 +32,63 @@ public sealed record VisionRpcClientOptions
 /// var response = await client.InferAsync(new[] { await File.ReadAllBytesAsync("coffee.png") });
 /// foreach (var d in response.Predictions[0].Detections) Console.WriteLine($"{d.ClassName} {d.Confidence:F2}");
 /// </code>
+/// With several addresses (the replicas of a deployment) every call goes to the current one; a call that fails with
+/// UNAVAILABLE or a dead connection moves the client on to the next (wrapping around), so a stream resumes there and
+/// the caller's retry of a unary call does too. Nothing is retried behind the caller's back except stream resumes.
 /// </summary>
 public sealed class VisionRpcClient : IDisposable
 {
-    private readonly GrpcChannel _channel;
-    private readonly InferenceService.InferenceServiceClient _inference;
-    private readonly ModelService.ModelServiceClient _models;
-    private readonly Health.HealthClient _health;
+    /// <summary>One server address: its own channel (one HTTP/2 connection pool) and stubs.</summary>
+    private sealed record Target(
+        GrpcChannel Channel,
+        InferenceService.InferenceServiceClient Inference,
+        ModelService.ModelServiceClient Models,
+        Health.HealthClient HealthCheck);
+
+    private readonly IReadOnlyList<Target> _targets;
     private readonly VisionRpcClientOptions _options;
+    private int _current;
+    private volatile bool _disposed;
 
     /// <param name="address">"http://host:port" for plaintext (loopback, or a mesh doing mTLS), "https://..." for TLS.</param>
     public VisionRpcClient(string address, VisionRpcClientOptions? options = null)
+        : this(new[] { address }, options)
+    {
+    }
+
+    /// <param name="addresses">Server addresses ("http://host:port" or "https://..."), tried in turn.</param>
+    public VisionRpcClient(IEnumerable<string> addresses, VisionRpcClientOptions? options = null)
     {
         _options = options ?? new VisionRpcClientOptions();
-        _channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        Addresses = addresses.ToList().AsReadOnly();
+        if (Addresses.Count == 0)
+            throw new ArgumentException("expected at least one address, got none", nameof(addresses));
+        if (_options.MaxResumeAttempts < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), _options.MaxResumeAttempts, "MaxResumeAttempts: expected >= 1");
+        _targets = Addresses.Select(address =>
         {
-            MaxReceiveMessageSize = _options.MaxMessageBytes,
-            MaxSendMessageSize = _options.MaxMessageBytes,
-            HttpHandler = new SocketsHttpHandler
+            var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
             {
-                EnableMultipleHttp2Connections = true,
-                KeepAlivePingDelay = _options.KeepAlivePingDelay,
-                KeepAlivePingTimeout = _options.KeepAlivePingTimeout,
-                KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
-            },
-        });
-        _inference = new InferenceService.InferenceServiceClient(_channel);
-        _models = new ModelService.ModelServiceClient(_channel);
-        _health = new Health.HealthClient(_channel);
+                MaxReceiveMessageSize = _options.MaxMessageBytes,
+                MaxSendMessageSize = _options.MaxMessageBytes,
+                HttpHandler = new SocketsHttpHandler
+                {
+                    EnableMultipleHttp2Connections = true,
+                    KeepAlivePingDelay = _options.KeepAlivePingDelay,
+                    KeepAlivePingTimeout = _options.KeepAlivePingTimeout,
+                    KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
+                },
+            });
+            return new Target(
+                channel,
+                new InferenceService.InferenceServiceClient(channel),
+                new ModelService.ModelServiceClient(channel),
+                new Health.HealthClient(channel));
+        }).ToList();
     }
+
+    /// <summary>The server addresses, in the order they are tried.</summary>
+    public IReadOnlyList<string> Addresses { get; }
 
     /// <summary>Runs a model on encoded images (JPEG, PNG, BMP, WebP, GIF bytes).</summary>
     public Task<InferResponse> InferAsync(
@@ -62,7 +97,7 @@ public sealed class VisionRpcClient : IDisposable
     {
         var request = new InferRequest { ModelId = model, Options = options ?? new InferOptions() };
         request.Images.AddRange(images.Select(bytes => new Image { Encoded = ByteString.CopyFrom(bytes) }));
-        return Unary(() => _inference.InferAsync(request, Deadline(), cancellationToken: cancellationToken).ResponseAsync);
+        return Unary(t => t.Inference.InferAsync(request, Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken);
     }
 
     /// <summary>Runs a model on image files, read before the call.</summary>
@@ -76,14 +111,66 @@ public sealed class VisionRpcClient : IDisposable
     }
 
     /// <summary>
-    /// Subscribes to a server-side video pipeline. Results arrive as they are produced; cancel the token (or stop
-    /// enumerating) to unsubscribe, which frees the subscription on the server at once.
+    /// Subscribes to a server-side video pipeline: <c>await foreach</c> over the result. Results arrive as they are
+    /// produced; cancel the token (or stop enumerating) to unsubscribe, which frees the subscription on the server at
+    /// once. A broken call is resumed (see <see cref="PredictionStream"/>) unless
+    /// <see cref="VisionRpcClientOptions.ResumeStreams"/> is false; <paramref name="deadline"/> covers the whole
+    /// subscription, resumes included.
     /// </summary>
-    public async IAsyncEnumerable<StreamPredictionsResponse> StreamAsync(
-        StreamPredictionsRequest request, DateTime? deadline = null,
-        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    public PredictionStream StreamAsync(
+        StreamPredictionsRequest request, DateTime? deadline = null, CancellationToken cancellationToken = default) =>
+        new(StreamCallAsync, () => _disposed, request, deadline, cancellationToken,
+            _options.ResumeStreams, _options.MaxResumeAttempts);
+
+    public Task<ListModelsResponse> ListModelsAsync(CancellationToken cancellationToken = default) =>
+        Unary(t => t.Models.ListModelsAsync(new ListModelsRequest(), Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken);
+
+    public async Task<Model> GetModelAsync(string modelId, CancellationToken cancellationToken = default) =>
+        (await Unary(t => t.Models.GetModelAsync(new GetModelRequest { ModelId = modelId }, Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken)).Model;
+
+    public async Task<Model> LoadModelAsync(string modelId, CancellationToken cancellationToken = default) =>
+        (await Unary(t => t.Models.LoadModelAsync(new LoadModelRequest { ModelId = modelId }, Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken)).Model;
+
+    public async Task<Model> UnloadModelAsync(string modelId, CancellationToken cancellationToken = default) =>
+        (await Unary(t => t.Models.UnloadModelAsync(new UnloadModelRequest { ModelId = modelId }, Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken)).Model;
+
+    /// <summary>grpc.health.v1 status; "" is the whole server, "visionrpc.v1.InferenceService" is readiness.</summary>
+    public async Task<HealthCheckResponse.Types.ServingStatus> HealthAsync(
+        string service = "", CancellationToken cancellationToken = default) =>
+        (await Unary(t => t.HealthCheck.CheckAsync(new HealthCheckRequest { Service = service }, Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken)).Status;
+
+    /// <summary>Closes every channel, cancelling calls in flight (streams are not resumed).</summary>
+    public void Dispose()
     {
-        using var call = _inference.StreamPredictions(request, deadline: deadline, cancellationToken: cancellationToken);
+        _disposed = true;
+        foreach (var target in _targets)
+            target.Channel.Dispose();
+    }
+
+    private DateTime? Deadline() => _options.Timeout is { } timeout ? DateTime.UtcNow + timeout : null;
+
+    /// <summary>Every unary RPC goes through here: one error mapping, one address choice.</summary>
+    private async Task<T> Unary<T>(Func<Target, Task<T>> call, CancellationToken cancellationToken)
+    {
+        var index = Volatile.Read(ref _current);
+        try
+        {
+            return await call(_targets[index]);
+        }
+        catch (RpcException e)
+        {
+            Failed(index, e, cancellationToken);
+            throw VisionRpcException.From(e);
+        }
+    }
+
+    /// <summary>One call of a stream subscription, on the current address; PredictionStream resumes across them.</summary>
+    private async IAsyncEnumerable<StreamPredictionsResponse> StreamCallAsync(
+        StreamPredictionsRequest request, DateTime? deadline, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var index = Volatile.Read(ref _current);
+        using var call = _targets[index].Inference.StreamPredictions(request, deadline: deadline, cancellationToken: cancellationToken);
         var stream = call.ResponseStream;
         while (true)
         {
@@ -92,49 +179,24 @@ public sealed class VisionRpcClient : IDisposable
             {
                 more = await stream.MoveNext(cancellationToken);
             }
-            catch (RpcException e) when (e.StatusCode == StatusCode.Cancelled && cancellationToken.IsCancellationRequested)
-            {
-                yield break; // our own cancellation is a normal end
-            }
             catch (RpcException e)
             {
-                throw VisionRpcException.From(e);
+                Failed(index, e, cancellationToken);
+                throw;
             }
             if (!more) yield break;
             yield return stream.Current;
         }
     }
 
-    public Task<ListModelsResponse> ListModelsAsync(CancellationToken cancellationToken = default) =>
-        Unary(() => _models.ListModelsAsync(new ListModelsRequest(), Deadline(), cancellationToken: cancellationToken).ResponseAsync);
-
-    public async Task<Model> GetModelAsync(string modelId, CancellationToken cancellationToken = default) =>
-        (await Unary(() => _models.GetModelAsync(new GetModelRequest { ModelId = modelId }, Deadline(), cancellationToken: cancellationToken).ResponseAsync)).Model;
-
-    public async Task<Model> LoadModelAsync(string modelId, CancellationToken cancellationToken = default) =>
-        (await Unary(() => _models.LoadModelAsync(new LoadModelRequest { ModelId = modelId }, Deadline(), cancellationToken: cancellationToken).ResponseAsync)).Model;
-
-    public async Task<Model> UnloadModelAsync(string modelId, CancellationToken cancellationToken = default) =>
-        (await Unary(() => _models.UnloadModelAsync(new UnloadModelRequest { ModelId = modelId }, Deadline(), cancellationToken: cancellationToken).ResponseAsync)).Model;
-
-    /// <summary>grpc.health.v1 status; "" is the whole server, "visionrpc.v1.InferenceService" is readiness.</summary>
-    public async Task<HealthCheckResponse.Types.ServingStatus> HealthAsync(
-        string service = "", CancellationToken cancellationToken = default) =>
-        (await Unary(() => _health.CheckAsync(new HealthCheckRequest { Service = service }, Deadline(), cancellationToken: cancellationToken).ResponseAsync)).Status;
-
-    public void Dispose() => _channel.Dispose();
-
-    private DateTime? Deadline() => _options.Timeout is { } timeout ? DateTime.UtcNow + timeout : null;
-
-    private static async Task<T> Unary<T>(Func<Task<T>> call)
+    /// <summary>
+    /// A call on address <paramref name="index"/> failed: when the server there is unavailable or the connection died
+    /// (and not because the caller cancelled), later calls go to the next address. Only the first of several calls
+    /// failing on the same address moves it, so concurrent failures do not skip an address.
+    /// </summary>
+    private void Failed(int index, RpcException error, CancellationToken cancellationToken)
     {
-        try
-        {
-            return await call();
-        }
-        catch (RpcException e)
-        {
-            throw VisionRpcException.From(e);
-        }
+        if (!cancellationToken.IsCancellationRequested && !_disposed && ResumeState.IsResumable(error))
+            Interlocked.CompareExchange(ref _current, (index + 1) % _targets.Count, index);
     }
 }
