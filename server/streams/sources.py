@@ -1,16 +1,14 @@
-"""Video sources: validating what a request names (`resolve_source`) and reading it (`SourceReader`).
+"""Reading video sources: `SourceReader` decodes one source on its own thread and feeds a `FrameSink`.
 
-Validation is the security boundary of the streaming side: a request may name a file below the media root,
-a URL whose scheme and host the operator allowed, or a capture device when devices are enabled; nothing else
-ever reaches a decoder. Reading runs one daemon thread per source that decodes with OpenCV's FFmpeg backend
-and hands every frame and every state change to a `FrameSink`:
+What a request may read is decided before this module is involved (source_policy.resolve_source); a reader
+only ever gets a validated SourceSpec. Each reader runs one daemon thread that decodes with OpenCV's FFmpeg
+backend and hands every frame and every state change to its sink:
 
     files      STARTED, frame, frame, ..., ENDED                 (or ERROR when it cannot be opened at all)
     live       STARTED, frames, RECONNECTING(1), RECONNECTING(2), ..., RECONNECTED, frames, ...
                (ENDED only after ReconnectPolicy.max_attempts > 0 failed attempts in a row)
 
-Credentials in URLs (rtsp://user:pass@cam/...) are needed to connect, so SourceSpec keeps them, but every log
-line and every event reason shows the URL through `redact_url`.
+Event reasons reach clients: they name files without server paths and URLs without credentials (`redact_url`).
 """
 
 from __future__ import annotations
@@ -20,15 +18,13 @@ import math
 import os
 import threading
 import time
-import urllib.parse
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
 
-from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from .source_policy import SourcePolicy, redact_url, resolve_source
 from .types import (
     Frame,
     FramePolicy,
@@ -42,10 +38,11 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from ..config import ServerConfig
     from ..domain import ImageArray
 
-__all__ = ["SourcePolicy", "SourceReader", "redact_url", "resolve_source"]
+# SourcePolicy and resolve_source live in source_policy; re-exported here only until the last importer
+# (tests/server/streams/test_pipeline.py) imports them from there. Then drop these two.
+__all__ = ["SourcePolicy", "SourceReader", "resolve_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,145 +62,6 @@ def _prefer_rtsp_over_tcp() -> None:
 
 
 _prefer_rtsp_over_tcp()
-
-
-# -- validation --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePolicy:
-    """What requests may read. allowed_url_hosts: exact names, "*.example.com" suffixes, or "*" (any)."""
-
-    media_root: Path
-    allowed_url_schemes: tuple[str, ...]
-    allowed_url_hosts: tuple[str, ...]
-    enable_devices: bool
-
-    @classmethod
-    def from_config(cls, config: ServerConfig) -> SourcePolicy:
-        return cls(
-            media_root=config.media_root,
-            allowed_url_schemes=tuple(s.lower() for s in config.allowed_url_schemes),
-            allowed_url_hosts=tuple(h.lower() for h in config.allowed_url_hosts),
-            enable_devices=config.enable_devices,
-        )
-
-    def allows_host(self, host: str) -> bool:
-        host = host.lower()
-        for allowed in self.allowed_url_hosts:
-            allowed = allowed.lower()
-            if allowed == "*" or allowed == host:
-                return True
-            if allowed.startswith("*.") and host.endswith(allowed[1:]):
-                return True
-        return False
-
-
-def redact_url(url: str) -> str:
-    """Masks the user info of a URL for logs and messages: rtsp://user:pw@cam/x -> rtsp://***@cam/x."""
-    scheme, sep, rest = url.partition("://")
-    before_query = rest.split("?", 1)[0].split("#", 1)[0]
-    authority = before_query.split("/", 1)[0]
-    # A password may hold an unescaped "/" (u:pa/ss@cam): then the last "@" after a ":" still ends it.
-    if "@" in authority or (":" in before_query.split("@", 1)[0] and "@" in before_query):
-        cut = authority.rfind("@") if "@" in authority else before_query.rfind("@")
-        return f"{scheme}{sep}***{rest[cut:]}"
-    return url
-
-
-def resolve_source(
-    index: int,
-    *,
-    path: str | None = None,
-    url: str | None = None,
-    device: int | None = None,
-    policy: SourcePolicy,
-) -> SourceSpec:
-    """Validates one requested source against the policy; exactly one of path, url and device is given.
-
-    Raises:
-        InvalidArgumentError: malformed (field "sources[i].path" / ".url" / ".device", or "sources[i]").
-        PermissionDeniedError: reasons SOURCE_OUTSIDE_MEDIA_ROOT, URL_SCHEME_NOT_ALLOWED, URL_HOST_NOT_ALLOWED
-            (metadata "host"), DEVICES_DISABLED; with a field violation naming the source.
-        NotFoundError: reason SOURCE_NOT_FOUND, a file below the media root that does not exist.
-
-    Example: `resolve_source(0, path="clips/bikes.mp4", policy=policy)`.
-    """
-    given = [name for name, value in (("path", path), ("url", url), ("device", device)) if value is not None]
-    if len(given) != 1:
-        raise InvalidArgumentError.for_field(
-            f"sources[{index}]", f"expected one of path, url or device, got {' and '.join(given) or 'none'}"
-        )
-    if path is not None:
-        return _resolve_path(f"sources[{index}].path", index, path, policy)
-    if url is not None:
-        return _resolve_url(f"sources[{index}].url", index, url, policy)
-    assert device is not None
-    field = f"sources[{index}].device"
-    if isinstance(device, bool) or device < 0:
-        raise InvalidArgumentError.for_field(field, f"expected a device index >= 0, got {device!r}")
-    if not policy.enable_devices:
-        raise _denied(field, "capture devices are disabled on this server", "DEVICES_DISABLED")
-    return SourceSpec(index=index, kind=SourceKind.DEVICE, location=str(device))
-
-
-def _denied(field: str, message: str, reason: str, **metadata: str) -> PermissionDeniedError:
-    # The field violation too, so the servicer can point at the offending source like for INVALID_ARGUMENT.
-    return PermissionDeniedError(
-        message, reason=reason, metadata=metadata, violations=(FieldViolation(field, message),)
-    )
-
-
-def _resolve_path(field: str, index: int, path: str, policy: SourcePolicy) -> SourceSpec:
-    if not path or "\x00" in path:
-        raise InvalidArgumentError.for_field(field, "expected a non-empty path relative to the media root")
-    # Judge the path both ways so "C:\\x" or "\\\\host\\share" are refused on POSIX hosts too.
-    posix, windows = PurePosixPath(path), PureWindowsPath(path)
-    if posix.is_absolute() or windows.is_absolute() or windows.drive or path.startswith(("/", "\\")):
-        raise InvalidArgumentError.for_field(field, f"expected a path relative to the media root: {path!r}")
-    if ".." in posix.parts or ".." in windows.parts:
-        raise InvalidArgumentError.for_field(field, f"expected a path without '..', got {path!r}")
-    root = policy.media_root.resolve()
-    # realpath follows every symlink; a link anywhere in the path that leads outside the root is refused
-    # whether or not its target exists, so the answer never reveals what exists outside.
-    real = Path(os.path.realpath(root / posix))
-    if not real.is_relative_to(root):
-        raise _denied(field, f"source {path!r} resolves outside the media root", "SOURCE_OUTSIDE_MEDIA_ROOT")
-    if not real.exists():
-        message = f"no file {path!r} below the media root"
-        raise NotFoundError(message, reason="SOURCE_NOT_FOUND", violations=(FieldViolation(field, message),))
-    if not real.is_file():
-        raise InvalidArgumentError.for_field(field, f"expected a file, got a directory or device: {path!r}")
-    return SourceSpec(index=index, kind=SourceKind.FILE, location=str(real))
-
-
-def _resolve_url(field: str, index: int, url: str, policy: SourcePolicy) -> SourceSpec:
-    shown = redact_url(url)  # messages reach clients and logs: never with credentials
-    if not url or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise InvalidArgumentError.for_field(field, f"expected a URL without spaces or controls: {shown!r}")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:  # its text may quote part of a password that holds a "/"
-        raise InvalidArgumentError.for_field(field, f"malformed host or port in {shown!r}") from None
-    scheme = parts.scheme.lower()
-    if not scheme or "://" not in url:
-        raise InvalidArgumentError.for_field(field, f"expected scheme://host/..., got {shown!r}")
-    if scheme not in policy.allowed_url_schemes:
-        allowed = ", ".join(policy.allowed_url_schemes) or "none"
-        message = f"URL scheme {scheme!r} is not allowed (allowed: {allowed})"
-        raise _denied(field, message, "URL_SCHEME_NOT_ALLOWED", scheme=scheme)
-    if not host:
-        raise InvalidArgumentError.for_field(field, f"expected a host in the URL, got {shown!r}")
-    if not policy.allows_host(host):
-        raise _denied(
-            field, f"URL host {host!r} is not allowed on this server", "URL_HOST_NOT_ALLOWED", host=host
-        )
-    return SourceSpec(index=index, kind=SourceKind.URL, location=url)
-
-
-# -- reading -----------------------------------------------------------------------------------------------
 
 # A read that takes this share of the read timeout or more means the stream stalled: FFmpeg's interrupt fires
 # at the timeout, yet a frozen RTSP server's first reads still return True (DESIGN.md, facts for video tests).
@@ -444,6 +302,8 @@ class SourceReader:
         with self._lock:
             sequence = self._frames_read
             self._frames_read += 1
+            if sequence < self._spec.start_frame:  # a resumed file: these went out before the stream broke
+                return True
             skip = self._skip_for_max_fps and self._min_interval_s > 0 and now < self._next_due
             if skip:
                 self._frames_skipped += 1
@@ -551,5 +411,5 @@ def _label(spec: SourceSpec) -> str:
 def _timed_read(capture: cv2.VideoCapture) -> tuple[ImageArray | None, float]:
     """The next frame (None when the read failed) and how long the read took."""
     began = time.monotonic()
-    ok, pixels = capture.read()
-    return (cast("ImageArray", pixels) if ok and pixels is not None else None), time.monotonic() - began
+    ok, pixels = capture.read()  # (False, None) when no frame came
+    return (cast("ImageArray", pixels) if ok else None), time.monotonic() - began

@@ -13,9 +13,9 @@ from media import media
 from visionrpc.server.app import OnnxRuntimeEngineFactory
 from visionrpc.server.domain import InferOptions
 from visionrpc.server.models.manager import ModelManager
-from visionrpc.server.models.repository import ModelRepository
+from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.processing import DecodeOptions
-from visionrpc.server.streams.sources import SourcePolicy, resolve_source
+from visionrpc.server.streams.source_policy import SourcePolicy, resolve_source
 from visionrpc.server.streams.types import SourceSpec
 
 MODEL = "yolov3-tiny-coco"
@@ -54,5 +54,5 @@ def bikes(source_policy: SourcePolicy) -> SourceSpec:
 
 @pytest.fixture(scope="session")
 def decode_options(models: ModelManager) -> DecodeOptions:
-    with models.acquire(MODEL) as predictor:
+    with models.acquire(ModelId.parse(MODEL)) as predictor:
         return predictor.resolve_options(InferOptions())
