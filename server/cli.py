@@ -10,8 +10,11 @@
 
 Client commands reach the server at --address (env VISIONRPC_ADDRESS, default 127.0.0.1:50051). Exit codes:
 0 success, 1 failure, 2 a bad request (INVALID_ARGUMENT, NOT_FOUND, a missing image file or a usage error),
-130 interrupted. Server modules are imported only by the commands that need them, so client commands start
-fast.
+130 interrupted. The server itself (visionrpc.server.app, engines, onnx) is imported only by the commands that
+run it, so client commands start fast.
+
+Modules: cli_common (exit codes, usage errors, the SDK client), cli_models (`models pull | add |
+import-darknet`), cli_stream (`stream`); this one assembles the parser and holds the other client commands.
 """
 
 from __future__ import annotations
@@ -23,14 +26,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
 from visionrpc.client import (
     DEFAULT_ADDRESS,
-    Client,
     Detection,
     ImagePrediction,
     InferResult,
@@ -39,24 +39,34 @@ from visionrpc.client import (
     VisionRpcError,
     annotate,
 )
+from visionrpc.v1 import models_pb2
 
+from .cli_common import (
+    DEFAULT_TIMEOUT_S,
+    EXIT_BAD_REQUEST,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    UsageError,
+    client_for,
+    error,
+    parse_classes,
+    write_json,
+)
+from .cli_models import add_repository_commands
+from .cli_stream import add_stream_command
 from .config import ServerConfig, add_server_arguments
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-# Deadlines when --timeout is not given: a first `models load` of a built-in may download and convert it.
-_DEFAULT_TIMEOUT_S = 30.0
+# Deadlines when --timeout is not given (DEFAULT_TIMEOUT_S otherwise): a first `models load` of a built-in may
+# download and convert it.
 _LOAD_TIMEOUT_S = 600.0
 _HEALTH_TIMEOUT_S = 5.0
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_REQUEST, EXIT_INTERRUPTED = 0, 1, 2, 130
 _BAD_REQUEST_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
-
-
-class UsageError(Exception):
-    """A problem with the command line found before any RPC (a missing file, an unknown built-in)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,10 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(ns)
     except UsageError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_BAD_REQUEST
     except VisionRpcError as exc:
-        _error(f"{exc.code.name}: {exc.message}" if exc.message else exc.code.name)
+        error(f"{exc.code.name}: {exc.message}" if exc.message else exc.code.name)
         for violation in exc.field_violations:
             sys.stderr.write(f"  {violation.field or '<request>'}: {violation.description}\n")
         return EXIT_BAD_REQUEST if exc.code in _BAD_REQUEST_CODES else EXIT_FAILURE
@@ -140,13 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = model_commands.add_parser(action, parents=[client, json_flag], help=help_text)
         sub.add_argument("model_id", metavar="ID", help="'name' or 'name/version'")
         sub.set_defaults(handler=_cmd_models_action, action=action)
-    # Imported here, not at the top: cli_models builds on this module's exit codes and UsageError.
-    from .cli_models import add_repository_commands
-
     add_repository_commands(model_commands)
-
-    from .cli_stream import add_stream_command
-
     add_stream_command(commands, [client, json_flag])
 
     health = commands.add_parser(
@@ -161,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    from .app import serve  # lazy: client commands must not pay for engine and model imports
+    # Imported on use, not to break a cycle: client commands must not pay for loading engines and onnx.
+    from .app import serve
 
     try:
         config = ServerConfig.from_namespace(ns)
@@ -177,10 +182,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _client(ns: argparse.Namespace, default_timeout_s: float = _DEFAULT_TIMEOUT_S) -> Client:
-    return Client(ns.address, timeout_s=ns.timeout if ns.timeout is not None else default_timeout_s)
-
-
 @dataclass(frozen=True, slots=True)
 class _InputImage:
     name: str
@@ -189,7 +190,7 @@ class _InputImage:
 
 def _read_images(names: Sequence[str]) -> list[_InputImage]:
     """Reads every image before any RPC, so a typo fails fast and clearly."""
-    images = []
+    images: list[_InputImage] = []
     for name in names:
         if name == "-":
             images.append(_InputImage("<stdin>", sys.stdin.buffer.read()))
@@ -204,27 +205,20 @@ def _read_images(names: Sequence[str]) -> list[_InputImage]:
     return images
 
 
-def _parse_classes(text: str | None) -> list[str | int] | None:
-    if text is None:
-        return None
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    return [int(item) if item.isdigit() else item for item in items]
-
-
 def _cmd_infer(ns: argparse.Namespace) -> int:
     images = _read_images(ns.images)
-    with _client(ns) as client:
+    with client_for(ns) as client:
         result = client.infer(
             [image.data for image in images],
             model=ns.model,
             confidence=ns.confidence,
             iou=ns.iou,
             max_detections=ns.max_detections,
-            classes=_parse_classes(ns.classes),
+            classes=parse_classes(ns.classes),
             top_k=ns.top_k,
         )
     if ns.json:
-        _write_json(result.response)
+        write_json(result.response)
     else:
         _write_infer_result(result, [image.name for image in images])
     if ns.annotate is not None:
@@ -236,14 +230,12 @@ def _cmd_infer(ns: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(ns: argparse.Namespace) -> int:
-    with _client(ns) as client:
+    with client_for(ns) as client:
         models = client.list_models()
     if ns.json:
-        from visionrpc.v1 import models_pb2
-
-        _write_json(models_pb2.ListModelsResponse(models=[m.proto for m in models]))
+        write_json(models_pb2.ListModelsResponse(models=[m.proto for m in models]))
         return EXIT_OK
-    rows = [["NAME", "VERSION", "TASK", "DECODER", "STATE", "ENGINE", "INPUT", "BUILTIN"]]
+    rows: list[list[str]] = [["NAME", "VERSION", "TASK", "DECODER", "STATE", "ENGINE", "INPUT", "BUILTIN"]]
     for m in models:
         rows.append(
             [
@@ -266,18 +258,18 @@ def _cmd_models_list(ns: argparse.Namespace) -> int:
 
 
 def _cmd_models_action(ns: argparse.Namespace) -> int:
-    with _client(ns, _LOAD_TIMEOUT_S if ns.action == "load" else _DEFAULT_TIMEOUT_S) as client:
+    with client_for(ns, _LOAD_TIMEOUT_S if ns.action == "load" else DEFAULT_TIMEOUT_S) as client:
         actions = {"get": client.get_model, "load": client.load_model, "unload": client.unload_model}
         model = actions[ns.action](ns.model_id)
     if ns.json:
-        _write_json(model.proto)
+        write_json(model.proto)
     else:
         _write_model(model)
     return EXIT_OK
 
 
 def _cmd_health(ns: argparse.Namespace) -> int:
-    with _client(ns, _HEALTH_TIMEOUT_S) as client:
+    with client_for(ns, _HEALTH_TIMEOUT_S) as client:
         try:
             status = client.health(ns.service)
         except NotFoundError as exc:
@@ -290,18 +282,6 @@ def _cmd_health(ns: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- output
-
-
-def _error(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-
-
-def _write_json(message: Any) -> None:
-    # Proto field names (snake_case) and zero values included: `class_id: 0` is a real class, not "absent".
-    text = json_format.MessageToJson(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    sys.stdout.write(text + "\n")
 
 
 def _engine_text(model: ModelInfo | InferResult) -> str:
@@ -394,7 +374,7 @@ def _numbered(path: Path, index: int) -> Path:
 
 
 def _write_annotated(image: _InputImage, prediction: ImagePrediction, out: Path) -> None:
-    import cv2  # lazy: only --annotate needs OpenCV
+    import cv2  # on use: only --annotate needs OpenCV, and it is slow to import
 
     pixels = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:

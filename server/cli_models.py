@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import EXIT_FAILURE, EXIT_OK, UsageError
+from .cli_common import EXIT_OK, CommandAdder, UsageError, fail
 from .config import ServerConfig
 from .domain import ChannelOrder, Task
+from .errors import VisionRpcError
 from .models.manifest import ENGINE_CHOICES, Decoder, ModelManifest, ResizeMode
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ __all__ = ["add_repository_commands"]
 logger = logging.getLogger(__name__)
 
 
-def add_repository_commands(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_repository_commands(model_commands: CommandAdder) -> None:
     """Adds `pull`, `add` and `import-darknet` to the `visionrpc models` sub-commands."""
     pull = model_commands.add_parser(
         "pull",
@@ -127,8 +128,7 @@ def add_repository_commands(model_commands: argparse._SubParsersAction[argparse.
 
 
 def _cmd_pull(ns: argparse.Namespace) -> int:
-    # Lazy: the converters pull in onnx; the other commands never need them.
-    from . import errors
+    # Imported on use, not to break a cycle: the converters load onnx, which no client command needs.
     from .models.builtins import BUILTIN_MODELS, install_builtin, is_builtin
 
     config = _config(argparse.Namespace(cache_dir=ns.cache_dir))
@@ -139,10 +139,10 @@ def _cmd_pull(ns: argparse.Namespace) -> int:
     for name in ns.names:
         try:
             path = install_builtin(name, config.builtin_repository, config.cache_dir)
-        except errors.VisionRpcError as exc:  # the server's domain errors: sources unavailable or broken
-            return _fail(f"could not install {name}: {exc.message}")
+        except VisionRpcError as exc:  # the server's domain errors: sources unavailable or broken
+            return fail(f"could not install {name}: {exc.message}")
         except OSError as exc:
-            return _fail(f"could not install {name}: {exc}")
+            return fail(f"could not install {name}: {exc}")
         sys.stdout.write(f"{name}: {path}\n")
     return EXIT_OK
 
@@ -190,7 +190,7 @@ def _cmd_add(ns: argparse.Namespace) -> int:
 
 
 def _cmd_import_darknet(ns: argparse.Namespace) -> int:
-    from .models.importing import darknet_model
+    from .models.importing import darknet_model  # on use: onnx (see _cmd_pull)
 
     _require_file(ns.cfg, "Darknet cfg")
     _require_file(ns.weights, "Darknet weights file")
@@ -203,7 +203,7 @@ def _cmd_import_darknet(ns: argparse.Namespace) -> int:
 
 
 def _add(ns: argparse.Namespace, model: onnx.ModelProto | Path, manifest: ModelManifest) -> int:
-    from .models.builtins import is_builtin
+    from .models.builtins import is_builtin  # on use: onnx (see _cmd_pull)
     from .models.importing import add_model
 
     if ns.engine:
@@ -215,7 +215,7 @@ def _add(ns: argparse.Namespace, model: onnx.ModelProto | Path, manifest: ModelM
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
     except OSError as exc:  # the repository itself: permissions, a full disk
-        return _fail(f"could not write to {repository}: {exc}")
+        return fail(f"could not write to {repository}: {exc}")
     if is_builtin(ns.name):
         logger.warning("%s shadows the built-in model of the same name in this repository", ns.name)
     sys.stdout.write(f"{version_dir}\n")
@@ -230,11 +230,6 @@ def _config(namespace: argparse.Namespace) -> ServerConfig:
         return ServerConfig.from_namespace(namespace)
     except ValueError as exc:  # a VISIONRPC_* value out of range
         raise UsageError(str(exc)) from exc
-
-
-def _fail(message: str) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    return EXIT_FAILURE
 
 
 def _require_file(path: Path, what: str) -> None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from google.protobuf import json_format
 from visionrpc.client import StreamFrame, StreamStatus
+
+from .cli_common import EXIT_OK, CommandAdder, UsageError, client_for, parse_classes, write_json
 
 __all__ = ["add_stream_command"]
 
 
-def add_stream_command(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+def add_stream_command(commands: CommandAdder, parents: list[argparse.ArgumentParser]) -> None:
+    """Adds `stream` to the `visionrpc` commands; `parents` carry the client flags (--address, --json...)."""
     stream = commands.add_parser(
         "stream",
         parents=parents,
@@ -38,40 +39,31 @@ def add_stream_command(commands: Any, parents: list[argparse.ArgumentParser]) ->
 
 
 def _cmd_stream(ns: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, UsageError, _client, _parse_classes
-
     if not ns.sources and not ns.stream_id:
         raise UsageError("give at least one SOURCE, or --stream-id")
     sources: list[str | int] = [int(s) if s.isdigit() else s for s in ns.sources]
     # A stream has no deadline unless --timeout asks for one: it lasts as long as its source.
-    with _client(ns) as client:
+    with client_for(ns) as client:
         subscription = client.stream(
             sources,
             model=ns.model,
             stream_id=ns.stream_id,
             max_fps=ns.max_fps,
             confidence=ns.confidence,
-            classes=_parse_classes(ns.classes),
+            classes=parse_classes(ns.classes),
             every_frame_delivery=ns.every_frame,
             timeout_s=ns.timeout,
         )
         with subscription:
             if ns.json:
                 for message in subscription.messages():
-                    _write_json_line(message)
+                    write_json(message, indent=None)  # JSON Lines
+                    sys.stdout.flush()
             else:
                 for event in subscription:
                     _write_event(event)
                     sys.stdout.flush()
     return EXIT_OK
-
-
-def _write_json_line(message: Any) -> None:
-    text = json_format.MessageToJson(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=None
-    )
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _write_event(event: StreamFrame | StreamStatus) -> None:

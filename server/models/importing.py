@@ -28,6 +28,7 @@ from visionrpc.engines.importers import darknet
 
 from ..domain import ChannelOrder, Task
 from ..errors import InvalidArgumentError
+from .ids import split_model_id
 from .manifest import Decoder, ModelManifest, ResizeMode
 
 __all__ = ["add_model", "check_model_against_manifest", "darknet_model", "write_version_dir"]
@@ -302,15 +303,12 @@ def _check_centerface(outputs: Mapping[str, list[Dim] | None], manifest: ModelMa
 
 
 def _check_id(name: str, version: str | None) -> None:
-    """Applies the repository's id grammar (`ModelId.parse`), as a ValueError for callers off the network."""
-    # Imported here: repository imports builtins, which builds on this module.
-    from .repository import ModelId
-
+    """Applies the repository's id grammar (ids.py), as a ValueError for callers off the network."""
     try:
-        if ModelId.parse(name, field="name").version is not None:
+        if split_model_id(name, field="name")[1] is not None:
             raise ValueError(f"expected a model name without '/', got {name!r}")
         if version is not None:
-            ModelId.parse(f"{name}/{version}", field="version")
+            split_model_id(f"{name}/{version}", field="version")
     except InvalidArgumentError as exc:
         raise ValueError(exc.message) from None
     if version is not None and str(int(version)) != version:

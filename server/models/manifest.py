@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..domain import ChannelOrder, Task
 
@@ -83,7 +83,7 @@ class ModelManifest:
     # follows the server. E.g. max_batch_size 1 for a model that misbehaves batched.
     max_batch_size: int | None = None
     max_queue_delay_ms: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    extra: dict[str, Any] = field(default_factory=dict[str, Any], compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.input_width <= 0 or self.input_height <= 0:
@@ -134,7 +134,7 @@ class ModelManifest:
             if isinstance(value, enum.Enum):
                 data[key] = value.value
             elif isinstance(value, tuple):
-                data[key] = list(value)
+                data[key] = [*value]
         return data
 
     @classmethod
@@ -160,14 +160,14 @@ class ModelManifest:
     @classmethod
     def _read_uncached(cls, path: Path) -> ModelManifest:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data: object = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValueError(f"{path} is missing") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(cast("dict[str, Any]", data))
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -8,20 +8,17 @@ Built-in models live in their own repository inside the cache and are installed 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..errors import FailedPreconditionError, NotFoundError
 from .builtins import BUILTIN_MODELS, install_builtin, is_builtin
+from .ids import NAME, VERSION, split_model_id
 from .manifest import FileSignature, ModelManifest, file_signature
 
 __all__ = ["ModelId", "ModelRepository", "ResolvedModel"]
 
 logger = logging.getLogger(__name__)
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_VERSION = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,18 +28,9 @@ class ModelId:
 
     @classmethod
     def parse(cls, text: str, *, field: str = "model_id") -> ModelId:
-        """Parses "name" or "name/version"; anything else is INVALID_ARGUMENT naming `field`."""
-        name, sep, version = text.partition("/")
-        expected = "expected 'name' or 'name/version' (name: letters, digits, '.', '_', '-'; version: digits)"
-        if not _NAME.fullmatch(name) or name.endswith(".") or ".." in name:
-            raise InvalidArgumentError.for_field(
-                field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID"
-            )
-        if sep and not _VERSION.fullmatch(version):
-            raise InvalidArgumentError.for_field(
-                field, f"{expected}, got {text!r}", reason="INVALID_MODEL_ID"
-            )
-        return cls(name, version if sep else None)
+        """Parses "name" or "name/version"; anything else is INVALID_ARGUMENT naming `field` (ids.py)."""
+        name, version = split_model_id(text, field=field)
+        return cls(name, version)
 
     def __str__(self) -> str:
         return self.name if self.version is None else f"{self.name}/{self.version}"
@@ -99,7 +87,7 @@ class ModelRepository:
             return list(cached[1])
         if not directory.is_dir():
             return []
-        found = [p.name for p in directory.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
+        found = [p.name for p in directory.iterdir() if p.is_dir() and VERSION.fullmatch(p.name)]
         versions = sorted(found, key=int)
         if signature.settled():
             self._versions[directory] = (signature, tuple(versions))
@@ -155,4 +143,4 @@ class ModelRepository:
     def _user_names(self) -> list[str]:
         if not self._user_root.is_dir():
             return []
-        return [p.name for p in self._user_root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+        return [p.name for p in self._user_root.iterdir() if p.is_dir() and NAME.fullmatch(p.name)]
