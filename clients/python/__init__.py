@@ -8,11 +8,13 @@
             for det in prediction.detections:
                 print(det.class_name, f"{det.confidence:.2f}", det.box.as_tuple())
 
-The SDK depends on grpcio, grpcio-status, grpcio-health-checking, protobuf, numpy and the generated
-`visionrpc.v1` messages only; it never imports the server.
+The SDK depends on grpcio, grpcio-status, grpcio-health-checking, protobuf, numpy, the generated
+`visionrpc.v1` messages and `visionrpc.common` (drawing, shared with the server) only; it never imports the
+server.
 """
 
-from ._annotate import annotate
+from visionrpc.common.annotate import annotate
+
 from ._client import DEFAULT_ADDRESS, USE_CLIENT_DEFAULT, Client, UseClientDefault
 from ._convert import ImageInput
 from ._exceptions import (
@@ -30,7 +32,8 @@ from ._exceptions import (
     VisionRpcError,
     from_rpc_error,
 )
-from ._stream import PredictionStream, SourceInfo, StreamEvent, StreamFrame, StreamStatus
+from ._resume import ResumePolicy
+from ._stream import PredictionStream, ResumeInfo, SourceInfo, StreamEvent, StreamFrame, StreamStatus
 from ._types import (
     BoundingBox,
     ChannelOrder,
@@ -82,6 +85,8 @@ __all__ = [
     "PermissionDeniedError",
     "PredictionStream",
     "ResourceExhaustedError",
+    "ResumeInfo",
+    "ResumePolicy",
     "SourceInfo",
     "StreamEvent",
     "StreamFrame",
@@ -95,9 +100,15 @@ __all__ = [
     "from_rpc_error",
 ]
 
-# Objects report the public module, so tracebacks and reprs read `visionrpc.client.NotFoundError`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type):
-        _obj.__module__ = __name__
-del _name, _obj
+
+def _report_public_module(names: list[str]) -> None:
+    # Classes report the public module, so tracebacks and reprs read `visionrpc.client.NotFoundError`.
+    namespace = globals()
+    for name in names:
+        obj = namespace[name]
+        if isinstance(obj, type) and obj.__module__.startswith(f"{__name__}."):
+            obj.__module__ = __name__
+
+
+_report_public_module(__all__)
+del _report_public_module

@@ -30,6 +30,7 @@ from ._convert import (
     options_to_proto,
 )
 from ._exceptions import map_rpc_errors
+from ._resume import ResumePolicy
 from ._stream import PredictionStream, build_stream_request
 from ._types import InferResult, ModelInfo
 
@@ -210,6 +211,7 @@ class Client:
         max_detections: int | None = None,
         classes: Iterable[str | int] | None = None,
         timeout_s: float | None = None,
+        resume: ResumePolicy | None = None,
     ) -> PredictionStream:
         """Subscribes to the predictions of a server-side video pipeline.
 
@@ -226,6 +228,8 @@ class Client:
                 file sources only). By default a slow subscriber loses its own oldest results instead.
             frame_image: "raw" or "annotated" to receive each frame as JPEG.
             timeout_s: deadline of the whole stream; None (the default) streams until the server ends it.
+            resume: how a broken subscription (UNAVAILABLE) resumes; default `ResumePolicy()`: up to 8
+                attempts 50 ms..2 s apart; `ResumePolicy(enabled=False)` ends the stream at the first break.
 
         Returns:
             A PredictionStream: iterate it for StreamFrame and StreamStatus events; use it as a context
@@ -246,7 +250,12 @@ class Client:
             frame_image=frame_image,
             jpeg_quality=jpeg_quality,
         )
-        return PredictionStream(self._inference.StreamPredictions(request, timeout=timeout_s))
+        return PredictionStream(
+            lambda message, timeout: self._inference.StreamPredictions(message, timeout=timeout),
+            request,
+            timeout_s=timeout_s,
+            resume=resume,
+        )
 
     # ----------------------------------------------------------------------------------------- models
 

@@ -7,12 +7,19 @@ Example:
                 print(event.sequence_number, [d.class_name for d in event.prediction.detections])
 
 Leaving the `with` block (or calling `cancel()`) cancels the RPC; the server frees the subscription at once.
+
+A subscription whose call breaks (UNAVAILABLE: the connection was recycled, a proxy restarted, the server
+drained) is resumed on a new call, by default: after a short backoff the same request is sent again with
+"resume after the last cursor received", and the first event of the new call is a StreamStatus RESUMED whose
+`resume` says whether anything was lost (docs/stream-resume.md).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,11 +27,13 @@ import grpc
 from visionrpc.v1 import inference_pb2
 
 from ._convert import image_prediction_from_proto
-from ._exceptions import CancelledError, map_rpc_errors
+from ._exceptions import CancelledError, UnavailableError, map_rpc_errors
+from ._resume import Backoff, ResumePolicy, ResumeState
 from ._types import ImagePrediction
 
 __all__ = [
     "PredictionStream",
+    "ResumeInfo",
     "SourceInfo",
     "StreamEvent",
     "StreamFrame",
@@ -39,6 +48,7 @@ class StreamEvent(enum.Enum):
     RECONNECTED = "reconnected"
     SOURCE_ENDED = "source_ended"
     ERROR = "error"
+    RESUMED = "resumed"
 
 
 _EVENTS = {
@@ -47,7 +57,28 @@ _EVENTS = {
     inference_pb2.STREAM_EVENT_RECONNECTED: StreamEvent.RECONNECTED,
     inference_pb2.STREAM_EVENT_SOURCE_ENDED: StreamEvent.SOURCE_ENDED,
     inference_pb2.STREAM_EVENT_ERROR: StreamEvent.ERROR,
+    inference_pb2.STREAM_EVENT_RESUMED: StreamEvent.RESUMED,
 }
+_OUTCOMES = {
+    inference_pb2.RESUME_OUTCOME_REPLAYED: "replayed",
+    inference_pb2.RESUME_OUTCOME_PARTIAL: "partial",
+    inference_pb2.RESUME_OUTCOME_RESTARTED: "restarted",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeInfo:
+    """How a broken subscription continued (the RESUMED status).
+
+    outcome: "replayed" (nothing lost), "partial" (`messages_lost` messages lost) or "restarted" (the stream
+    was started again, under a new stream id, on a server that did not know it: results in between are lost;
+    files continue where they were).
+    """
+
+    outcome: str
+    previous_stream_id: str
+    messages_lost: int
+    downtime_s: float  # from the break to the first message of the new call, measured here
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +103,7 @@ class StreamFrame:
     frames_skipped: int  # cumulative: frames the pipeline skipped on this source to stay live
     results_dropped: int  # cumulative: results this subscriber lost by falling behind
     frame_jpeg: bytes = field(default=b"", repr=False)
+    cursor: int = 0  # position of the message in its stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +114,8 @@ class StreamStatus:
     sources: tuple[SourceInfo, ...] = ()
     attempt: int = 0
     reason: str = ""
+    cursor: int = 0
+    resume: ResumeInfo | None = None  # RESUMED only
 
 
 _FRAME_POLICIES = {
@@ -133,7 +167,9 @@ def build_stream_request(
     )
 
 
-def stream_message_from_proto(message: inference_pb2.StreamPredictionsResponse) -> StreamFrame | StreamStatus:
+def stream_message_from_proto(
+    message: inference_pb2.StreamPredictionsResponse, downtime_s: float = 0.0
+) -> StreamFrame | StreamStatus:
     if message.WhichOneof("payload") == "frame":
         frame = message.frame
         return StreamFrame(
@@ -146,8 +182,15 @@ def stream_message_from_proto(message: inference_pb2.StreamPredictionsResponse) 
             frames_skipped=frame.drops.frames_skipped,
             results_dropped=frame.drops.results_dropped,
             frame_jpeg=frame.frame_jpeg,
+            cursor=message.cursor,
         )
     status = message.status
+    resume = None
+    if status.event == inference_pb2.STREAM_EVENT_RESUMED:
+        gap = status.resume
+        resume = ResumeInfo(
+            _OUTCOMES.get(gap.outcome, "restarted"), gap.previous_stream_id, gap.messages_lost, downtime_s
+        )
     return StreamStatus(
         stream_id=message.stream_id,
         event=_EVENTS.get(status.event, StreamEvent.ERROR),
@@ -157,37 +200,99 @@ def stream_message_from_proto(message: inference_pb2.StreamPredictionsResponse) 
         ),
         attempt=status.attempt,
         reason=status.reason,
+        cursor=message.cursor,
+        resume=resume,
     )
 
 
 class PredictionStream:
     """An iterator over a subscription's frames and status events; ends when the server ends the stream.
 
-    Errors surface from iteration as `VisionRpcError` subclasses. A cancelled stream simply stops iterating.
+    Errors surface from iteration as `VisionRpcError` subclasses; a break (UNAVAILABLE) is resumed first,
+    as the `ResumePolicy` says. A cancelled stream simply stops iterating. One consumer thread; `cancel()`
+    may come from any thread.
     """
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._cancelled = False
+    def __init__(
+        self,
+        open_call: Callable[[inference_pb2.StreamPredictionsRequest, float | None], Any],
+        request: inference_pb2.StreamPredictionsRequest,
+        *,
+        timeout_s: float | None = None,
+        resume: ResumePolicy | None = None,
+    ) -> None:
+        """`open_call(request, timeout_s)` starts one StreamPredictions call (the client's stub)."""
+        self._open_call = open_call
+        self._request = request
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._policy = resume or ResumePolicy()
+        self._state = ResumeState()
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._call = open_call(request, timeout_s)
+        self._resumes = 0
+        self._broke_at: float | None = None  # when the current break began (for the downtime reported)
+
+    @property
+    def resumes(self) -> int:
+        """How many times the subscription was resumed on a new call."""
+        return self._resumes
+
+    @property
+    def stream_id(self) -> str:
+        """The stream's id as last received ("" before the first message)."""
+        return self._state.stream_id
 
     def __iter__(self) -> Iterator[StreamFrame | StreamStatus]:
         for message in self.messages():
-            yield stream_message_from_proto(message)
+            downtime = 0.0
+            if message.HasField("status") and message.status.event == inference_pb2.STREAM_EVENT_RESUMED:
+                downtime = time.monotonic() - (self._broke_at or time.monotonic())
+                self._broke_at = None
+            yield stream_message_from_proto(message, downtime)
 
     def messages(self) -> Iterator[inference_pb2.StreamPredictionsResponse]:
-        """The raw StreamPredictionsResponse messages (for JSON output or forwarding)."""
-        try:
-            with map_rpc_errors():
-                yield from self._call
-        except CancelledError:
-            if self._cancelled:  # our own cancel() is a normal end, not an error
+        """The raw StreamPredictionsResponse messages (for JSON output or forwarding), across resumes."""
+        backoff = Backoff(self._policy)
+        while True:
+            try:
+                with map_rpc_errors():
+                    for message in self._call:
+                        backoff.reset()
+                        self._state.record(message)
+                        yield message
                 return
-            raise
+            except CancelledError:
+                if self._cancelled.is_set():  # our own cancel() is a normal end, not an error
+                    return
+                raise
+            except UnavailableError:
+                if self._cancelled.is_set():
+                    return
+                delay = backoff.next_delay() if self._policy.enabled else None
+                remaining = None if self._deadline is None else self._deadline - time.monotonic()
+                if delay is None or (remaining is not None and remaining <= delay):
+                    raise
+                if self._broke_at is None:
+                    self._broke_at = time.monotonic()
+                if self._cancelled.wait(delay):
+                    return
+                self._reopen()
+
+    def _reopen(self) -> None:
+        request = self._state.resume_request(self._request)
+        remaining = None if self._deadline is None else max(0.001, self._deadline - time.monotonic())
+        with self._lock:
+            if self._cancelled.is_set():
+                return
+            self._call = self._open_call(request, remaining)
+            self._resumes += 1
 
     def cancel(self) -> None:
         """Cancels the subscription; the server frees it at once. Safe from any thread."""
-        self._cancelled = True
-        self._call.cancel()
+        self._cancelled.set()
+        with self._lock:
+            self._call.cancel()
 
     def __enter__(self) -> PredictionStream:
         return self

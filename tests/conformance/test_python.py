@@ -6,15 +6,25 @@ The Go and Node suites run the same table through their clients (tests/conforman
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, start_server
 from media import media
-from visionrpc.client import Client, ImagePrediction, StreamFrame, StreamStatus, VisionRpcError
+from visionrpc.client import (
+    Client,
+    ImagePrediction,
+    StreamEvent,
+    StreamFrame,
+    StreamStatus,
+    VisionRpcError,
+)
+from visionrpc.server.config import ServerConfig
 from visionrpc.v1 import inference_pb2
 
 CASES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "cases.json").read_text())
@@ -38,8 +48,14 @@ def run(client: Client, case: dict[str, Any]) -> Any:
             return client._unary(client._inference.Infer, inference_pb2.InferRequest(), None)
         return client.infer(images, **common)
     sources = [s.get("path") or s.get("url") for s in request["sources"]]
-    max_fps = request.get("stream_options", {}).get("max_fps")
-    stream = client.stream(sources, max_fps=max_fps, timeout_s=300, **common)
+    stream_options = request.get("stream_options", {})
+    stream = client.stream(
+        sources,
+        max_fps=stream_options.get("max_fps"),
+        every_frame_delivery=stream_options.get("delivery") == "DELIVERY_EVERY_FRAME",
+        timeout_s=300,
+        **common,
+    )
     if "cancel_after_frames" in expect:
         frames = 0
         for event in stream:
@@ -73,9 +89,22 @@ def check_prediction(prediction: ImagePrediction, expected: dict[str, Any]) -> N
         assert {d.class_name for d in prediction.detections} <= set(expected["only_classes"])
 
 
+@pytest.fixture(scope="module")
+def recycling_server(server: RunningServer, base_config: ServerConfig) -> Iterator[RunningServer]:
+    """Like the harness's second server: connections recycled every ~2 s (after the session server, which
+    installed the model)."""
+    config = dataclasses.replace(base_config, max_connection_age_s=2.0, max_connection_age_grace_s=1.0)
+    running = start_server(config)
+    running.server.wait_until_ready(timeout_s=300)
+    yield running
+    running.server.stop(grace_s=0.5)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_conformance_case(server: RunningServer, case: dict[str, Any]) -> None:
+def test_conformance_case(request: pytest.FixtureRequest, case: dict[str, Any]) -> None:
     expect = case["expect"]
+    fixture = "recycling_server" if case.get("server") == "recycling" else "server"
+    server: RunningServer = request.getfixturevalue(fixture)
     with Client(server.address, timeout_s=300) as client:
         if "code" in expect:
             with pytest.raises(VisionRpcError) as info:
@@ -97,9 +126,16 @@ def test_conformance_case(server: RunningServer, case: dict[str, Any]) -> None:
         assert result == expect["cancel_after_frames"]
     else:
         frames = [e for e in result if isinstance(e, StreamFrame)]
-        statuses = [e for e in result if isinstance(e, StreamStatus)]
+        statuses = [e for e in result if isinstance(e, StreamStatus) and e.event is not StreamEvent.RESUMED]
+        resumed = [e for e in result if isinstance(e, StreamStatus) and e.event is StreamEvent.RESUMED]
         assert len(frames) == expect["frames"]
         assert "STREAM_EVENT_" + statuses[0].event.name == expect["first_status"]
         assert "STREAM_EVENT_" + statuses[-1].event.name == expect["last_status"]
         seen = {d.class_name for f in frames for d in f.prediction.detections}
-        assert set(expect["classes_seen"]) <= seen
+        assert set(expect.get("classes_seen", [])) <= seen
+        if expect.get("sequence_numbers") == "each_once_in_order":
+            assert [f.sequence_number for f in frames] == list(range(expect["frames"]))
+        assert len(resumed) >= expect.get("min_resumes", 0)
+        if "resume_outcome" in expect:
+            wanted = expect["resume_outcome"].removeprefix("RESUME_OUTCOME_").lower()
+            assert [r.resume and r.resume.outcome for r in resumed] == [wanted] * len(resumed)
