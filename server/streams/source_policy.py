@@ -14,6 +14,7 @@ import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+
 from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .types import SourceKind, SourceSpec
