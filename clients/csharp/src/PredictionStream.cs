@@ -13,9 +13,9 @@ namespace VisionRpc.Client;
 /// <para>
 /// A subscription outlives its calls (docs/stream-resume.md): when a call fails with UNAVAILABLE or its connection
 /// dies, the stream waits a backoff (50 ms doubling to 2 s, +-20% jitter) and re-issues the request with
-/// <c>resume</c> set, on the client's next address when it has several. The server continues after the last
-/// message received (or starts the stream again and says so); the enumeration goes on, with a RESUMED status at
-/// each seam (<see cref="LastResumption"/> adds the downtime measured here). After
+/// <c>resume</c> set (with several addresses, on the next one when this one does not answer or drains). The server
+/// continues after the last message received (or starts the stream again and says so); the enumeration goes on,
+/// with a RESUMED status at each seam (<see cref="LastResumption"/> adds the downtime measured here). After
 /// <see cref="VisionRpcClientOptions.MaxResumeAttempts"/> consecutive re-issued calls without a message it throws
 /// the last error; any other status ends it at once.
 /// </para>

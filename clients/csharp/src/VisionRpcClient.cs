@@ -32,12 +32,18 @@ public sealed record VisionRpcClientOptions
 /// var response = await client.InferAsync(new[] { await File.ReadAllBytesAsync("coffee.png") });
 /// foreach (var d in response.Predictions[0].Detections) Console.WriteLine($"{d.ClassName} {d.Confidence:F2}");
 /// </code>
-/// With several addresses (the replicas of a deployment) every call goes to the current one; a call that fails with
-/// UNAVAILABLE or a dead connection moves the client on to the next (wrapping around), so a stream resumes there and
-/// the caller's retry of a unary call does too. Nothing is retried behind the caller's back except stream resumes.
+/// With several addresses (the replicas of a deployment) every call goes to the current one. A call that finds its
+/// server unavailable (UNAVAILABLE or a dead connection before any response, or a server that says it is shutting
+/// down) moves the client on to the next (wrapping around), so a stream resumes there and the caller's retry of a
+/// unary call does too. A stream that broke after messages (e.g. a connection recycled by max age) resumes on the same
+/// address first, where its pipeline still runs and nothing is lost. Nothing is retried behind the caller's back
+/// except stream resumes.
 /// </summary>
 public sealed class VisionRpcClient : IDisposable
 {
+    /// <summary>ErrorInfo.reason of the UNAVAILABLE that ends every stream of a draining server.</summary>
+    private const string ShuttingDown = "SHUTTING_DOWN";
+
     /// <summary>One server address: its own channel (one HTTP/2 connection pool) and stubs.</summary>
     private sealed record Target(
         GrpcChannel Channel,
@@ -172,6 +178,7 @@ public sealed class VisionRpcClient : IDisposable
         var index = Volatile.Read(ref _current);
         using var call = _targets[index].Inference.StreamPredictions(request, deadline: deadline, cancellationToken: cancellationToken);
         var stream = call.ResponseStream;
+        var answered = false;
         while (true)
         {
             bool more;
@@ -181,18 +188,23 @@ public sealed class VisionRpcClient : IDisposable
             }
             catch (RpcException e)
             {
-                Failed(index, e, cancellationToken);
+                // A server that answered and then lost the connection (recycled by max age, a proxy restart) most
+                // likely still runs the stream: resume there, where it is replayed. One that did not answer, or says
+                // it drains, is skipped.
+                if (!answered || VisionRpcException.From(e).Reason == ShuttingDown)
+                    Failed(index, e, cancellationToken);
                 throw;
             }
             if (!more) yield break;
+            answered = true;
             yield return stream.Current;
         }
     }
 
     /// <summary>
-    /// A call on address <paramref name="index"/> failed: when the server there is unavailable or the connection died
-    /// (and not because the caller cancelled), later calls go to the next address. Only the first of several calls
-    /// failing on the same address moves it, so concurrent failures do not skip an address.
+    /// A call on address <paramref name="index"/> found its server unavailable: when the failure is UNAVAILABLE or a
+    /// dead connection (and not the caller's cancellation), later calls go to the next address. Only the first of
+    /// several calls failing on the same address moves it, so concurrent failures do not skip an address.
     /// </summary>
     private void Failed(int index, RpcException error, CancellationToken cancellationToken)
     {

@@ -42,6 +42,8 @@ import { isResumable } from "./resume.js";
 import { PredictionStream } from "./stream.js";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
+/** ErrorInfo.reason of the UNAVAILABLE that ends every stream of a draining server. */
+const SHUTTING_DOWN = "SHUTTING_DOWN";
 const MIB = 1024 * 1024;
 
 /** TLS settings (node:tls); `true` uses the system's trusted CAs. */
@@ -116,8 +118,8 @@ export interface StreamCallOptions {
   headers?: HeadersInit;
   /**
    * Resume the subscription when its call fails with UNAVAILABLE or its connection dies (docs/stream-resume.md):
-   * re-issue it after a backoff (50 ms doubling to 2 s, +-20% jitter), on the next address when the client has
-   * several. Default true; false throws the first such error.
+   * re-issue it after a backoff (50 ms doubling to 2 s, +-20% jitter); with several addresses, on the next one
+   * when this one does not answer or drains. Default true; false throws the first such error.
    */
   resume?: boolean;
   /** Consecutive re-issued calls without a message before the stream throws the last error. Default 8. */
@@ -140,9 +142,11 @@ interface Target {
  * in turn. Connects lazily on the first call and reconnects on its own (also after the server's max connection
  * age). Every method rejects with a `VisionRpcError`; bad inputs throw TypeError / RangeError before any RPC.
  *
- * With several addresses, every call goes to the current one; a call that fails with UNAVAILABLE or a dead
- * connection moves the client on to the next (wrapping around), so a stream resumes there and the caller's
- * retry of a unary call does too. Nothing is retried behind the caller's back except stream resumes.
+ * With several addresses, every call goes to the current one. A call that finds its server unavailable (UNAVAILABLE
+ * or a dead connection before any response, or a server that says it is shutting down) moves the client on to the
+ * next (wrapping around), so a stream resumes there and the caller's retry of a unary call does too. A stream
+ * that broke after messages (e.g. a connection recycled by max age) resumes on the same address first, where its
+ * pipeline still runs and nothing is lost. Nothing is retried behind the caller's back except stream resumes.
  */
 export class VisionRpcClient {
   /** The first address. */
@@ -356,10 +360,20 @@ export class VisionRpcClient {
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
       ...(headers === undefined ? {} : { headers }),
     });
+    let answered = false;
     try {
-      yield* call;
+      for await (const message of call) {
+        answered = true;
+        yield message;
+      }
     } catch (err) {
-      this.#failed(index, VisionRpcError.from(err), signal);
+      const error = VisionRpcError.from(err);
+      // A server that answered and then lost the connection (recycled by max age, a proxy restart) most likely
+      // still runs the stream: resume there, where it is replayed. One that did not answer, or says it drains,
+      // is skipped.
+      if (!answered || error.reason === SHUTTING_DOWN) {
+        this.#failed(index, error, signal);
+      }
       throw err;
     }
   }
@@ -369,8 +383,8 @@ export class VisionRpcClient {
   }
 
   /**
-   * A call on address `index` failed: when the server there is unavailable or the connection died (and not
-   * because the caller aborted), later calls go to the next address. Only the first of several calls failing
+   * A call on address `index` found its server unavailable: when the failure is UNAVAILABLE or a dead connection
+   * (and not the caller's abort), later calls go to the next address. Only the first of several calls failing
    * on the same address moves it, so concurrent failures do not skip an address.
    */
   #failed(index: number, error: VisionRpcError, signal: AbortSignal | undefined): void {

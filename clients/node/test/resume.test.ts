@@ -5,10 +5,11 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 
 import { buildStreamRequest, resumeRequest } from "../src/convert.js";
 import { VisionRpcError } from "../src/errors.js";
+import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import {
   ResumeOutcome,
   StreamEvent,
@@ -70,6 +71,16 @@ const connectionDied = (): ConnectError =>
 /** A status the server sent: grpc-status in the trailers. */
 const serverStatus = (code: Code, message: string): ConnectError =>
   new ConnectError(message, code, new Headers({ "grpc-status": String(code) }));
+
+/** What a draining server ends its streams with: UNAVAILABLE, ErrorInfo reason SHUTTING_DOWN. */
+function drainingStatus(): ConnectError {
+  const error = serverStatus(Code.Unavailable, "the server is shutting down");
+  error.details.push({
+    desc: ErrorInfoSchema,
+    value: { reason: "SHUTTING_DOWN", domain: "visionrpc.dev" },
+  });
+  return error;
+}
 
 // ------------------------------------------------------------------------------------------------- backoff
 
@@ -379,6 +390,43 @@ describe("several addresses", () => {
       assert.ok(err instanceof VisionRpcError, String(err));
       assert.equal(err.codeName, "UNAVAILABLE");
       assert.deepEqual(urls, [addresses[0], addresses[1], addresses[0]]);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a stream cut after messages resumes on the same address; a draining server is left", async () => {
+    const addresses = [await deadAddress(), await deadAddress()];
+    const urls: string[] = [];
+    // Plays the server: no connection is made. Each call answers with what `script` gives for its number.
+    const script: (() => AsyncIterable<StreamPredictionsResponse>)[] = [
+      async function* () {
+        yield started("s1", 1n);
+        throw serverStatus(Code.Unavailable, "max connection age"); // recycled: s1 still runs there
+      },
+      async function* () {
+        yield resumed("s1", "s1", ResumeOutcome.REPLAYED);
+        throw drainingStatus(); // the server drains: leave it
+      },
+      async function* () {
+        yield resumed("s2", "s1", ResumeOutcome.RESTARTED);
+        yield ended("s2", 1n);
+      },
+    ];
+    const play: Interceptor = () => async (req) => {
+      urls.push(new URL(req.url).host);
+      const next = script.shift();
+      assert.ok(next !== undefined && req.stream, "one scripted server-streaming call per attempt");
+      return { ...req, stream: true, header: new Headers(), trailer: new Headers(), message: next() } as StreamResponse;
+    };
+    const client = createClient(addresses, { interceptors: [play] });
+    try {
+      const events = await collect(client.stream({ sources: ["bikes.mp4"] }));
+      assert.deepEqual(
+        events.map((e) => (e.kind === "status" ? e.event : e.kind)),
+        ["started", "resumed", "resumed", "source_ended"],
+      );
+      assert.deepEqual(urls, [addresses[0], addresses[0], addresses[1]]);
     } finally {
       client.close();
     }
