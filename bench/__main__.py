@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .modes import FULL, QUICK
-from .report import NOISY_SHARE, write_reports
+from .report import COMPARED, NOISY_SHARE, comparison_reading, write_reports
 from .run import run_benchmark
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -28,6 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", help="model to measure (default: the server's default, yolov3-tiny-coco)")
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads (default: the server's)")
+    parser.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        help="also measure the current server against the server at git REF (e.g. 7aad327), both running, "
+        "in alternating segments; REF is checked out into a temporary worktree (default: no comparison)",
+    )
     ns = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the server process is stopped and the temporary folder removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -37,11 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["default_model"] = ns.model
     if ns.intra_op_threads is not None:
         settings["intra_op_threads"] = ns.intra_op_threads
-    results, targets = run_benchmark(QUICK if ns.quick else FULL, settings)
+    results, targets = run_benchmark(QUICK if ns.quick else FULL, settings, ns.baseline_ref)
     json_path, md_path = write_reports(results, targets, ns.out)
     for target in targets:
         result = "met   " if target.met else "MISSED"
         print(f"{result} {target.name}: {target.measured} (target {target.target})")
+    if "comparison" in results:
+        measures = results["comparison"]["measures"]
+        for key, label in COMPARED:
+            m = measures[key]
+            print(
+                f"vs {ns.baseline_ref}: {label}: {m['current']['value']:.2f} vs {m['previous']['value']:.2f} "
+                f"{m['unit']}, median pair ratio {m['ratio_median']:.3f} ({comparison_reading(m)})"
+            )
     share = results["noise"].get("other_processes_share_of_machine", 0.0)
     if share > NOISY_SHARE:
         print(

@@ -1,13 +1,15 @@
 """The transport floor: what gRPC itself adds to a call of this size here, around the same engine work.
 
-A bare grpcio server built like visionrpc's (the sync server, the same thread pool size and channel arguments,
-the same InferRequest/InferResponse (de)serialisation) whose Infer runs the model's engine on one fixed,
-preprocessed tensor and answers a canned response of the real size: no decoding, preprocessing, scheduler,
-postprocessing or servicer code. The engine keeps the cores busy exactly as in the real server (an idle
-handler, `time.sleep`, measures more: idle virtual CPUs wake up slower). Each response carries the engine's
-own time in `timings.total_ms`, so the floor is, per request, the client's latency minus that: transport,
-HTTP/2, protobuf and grpcio's thread hand-offs. The real server's "outside the pipeline" share is measured
-the same way (`LoadResult.outside_pipeline_ms`); the difference is what visionrpc's servicer adds.
+A bare grpc.aio server built like visionrpc's (`grpc_server(config)`: the same channel arguments and RPC
+limit, the same InferRequest/InferResponse (de)serialisation) whose async Infer hands the model's engine, on
+one fixed preprocessed tensor, to a worker pool of the server's size and awaits it — the one thread hop any
+asyncio server needs for CPU work, as visionrpc's Infer makes it — then answers a canned response of the real
+size: no decoding, preprocessing, scheduler, postprocessing or servicer code. The engine keeps the cores busy
+exactly as in the real server (an idle handler, `time.sleep`, measures more: idle virtual CPUs wake up
+slower). Each response carries the engine's own time in `timings.total_ms`, so the floor is, per request,
+the client's latency minus that: transport, HTTP/2, protobuf, the event loop and the hop to the worker and
+back. The real server's "outside the pipeline" share is measured the same way
+(`LoadResult.outside_pipeline_ms`); the difference is what visionrpc's servicer adds.
 
     python -m bench.floor --host 127.0.0.1 --port P --model-repository ... --response response.bin
 """
@@ -15,15 +17,17 @@ the same way (`LoadResult.outside_pipeline_ms`); the difference is what visionrp
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 from visionrpc.engines import Engine
 from visionrpc.server.app import grpc_server
 from visionrpc.server.config import ServerConfig, add_server_arguments
@@ -41,17 +45,22 @@ __all__ = ["FloorServer", "measure_floor"]
 _SERVICE = "visionrpc.v1.InferenceService"
 
 
-def _serve(engine: Engine, inputs: dict[str, Any], response: bytes, config: ServerConfig) -> None:
+async def _serve(engine: Engine, inputs: dict[str, Any], response: bytes, config: ServerConfig) -> None:
     canned = inference_pb2.InferResponse.FromString(response)
+    workers = ThreadPoolExecutor(max_workers=config.cpu_workers, thread_name_prefix="floor-worker")
 
-    def infer(
-        request: inference_pb2.InferRequest, context: grpc.ServicerContext
-    ) -> inference_pb2.InferResponse:
+    def run_engine() -> float:
         start = time.perf_counter()
         engine.infer(inputs)
+        return (time.perf_counter() - start) * 1000.0
+
+    async def infer(
+        request: inference_pb2.InferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inference_pb2.InferResponse:
+        engine_ms = await asyncio.wrap_future(workers.submit(run_engine))
         answer = inference_pb2.InferResponse()
         answer.CopyFrom(canned)
-        answer.predictions[0].timings.total_ms = (time.perf_counter() - start) * 1000.0
+        answer.predictions[0].timings.total_ms = engine_ms
         return answer
 
     handler = grpc.method_handlers_generic_handler(
@@ -67,11 +76,12 @@ def _serve(engine: Engine, inputs: dict[str, Any], response: bytes, config: Serv
     server = grpc_server(config)  # the very server visionrpc builds, before its services are added
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(config.address)
-    server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    server.stop(0)
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+    workers.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,8 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with loaded_predictor(config) as predictor:
         image = assets.load_image(assets.IMAGES[0])
         tensor, _ = preprocess(image, ChannelOrder.BGR, predictor.model.manifest)
-        inputs = {predictor.input_name: stack_batch([tensor])}
-        _serve(predictor.engine, inputs, ns.response.read_bytes(), config)
+        engine = predictor.engine
+        inputs = {engine.inputs[0].name: stack_batch([tensor])}
+        asyncio.run(_serve(engine, inputs, ns.response.read_bytes(), config))
     return 0
 
 

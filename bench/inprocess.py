@@ -1,7 +1,10 @@
-"""The baseline: the server's own pipeline (Predictor.predict: preprocess -> engine -> decode), no gRPC.
+"""The baseline: the server's own pipeline (Predictor.infer: preprocess -> batch scheduler -> engine ->
+decode), no gRPC.
 
 The predictor comes from the same model manager the server builds (`build_model_manager(config)`): same model
-repository, engine selection, providers, intra-op threads and warm-up.
+repository, engine selection, providers, intra-op threads, batching and warm-up. `infer` is the one inference
+path the servicers use too, in two halves there (`start` in a worker thread, `finish` after the batch); here
+both run in the calling thread, and on an idle engine the batch runs in that thread as well.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy.typing as npt
 from visionrpc.server.app import build_model_manager
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ChannelOrder, InferOptions
+from visionrpc.server.models.repository import ModelId
 from visionrpc.server.predictor import InputImage, Predictor
 from visionrpc.server.processing import DecodeOptions
 
@@ -35,7 +39,7 @@ def loaded_predictor(config: ServerConfig) -> Iterator[Predictor]:
     """The default model loaded and warmed up exactly as the server does it; closed on exit."""
     manager = build_model_manager(config)
     try:
-        with manager.acquire(config.default_model) as predictor:
+        with manager.acquire(ModelId.parse(config.default_model)) as predictor:
             yield predictor
     finally:
         manager.close()
@@ -55,26 +59,26 @@ class Baseline:
         return [InputImage(self.images[(start + i) % n], ChannelOrder.BGR) for i in range(count)]
 
     def predict_one(self, index: int) -> None:
-        """One single-image predict of image `index` (round-robin)."""
-        self.predictor.predict(self._inputs(index, 1), self.options)
+        """One single-image infer of image `index` (round-robin)."""
+        self.predictor.infer(self._inputs(index, 1), self.options)
 
     def latency(self, count: int) -> dict[str, Any]:
-        """Single-image predict calls one after another on one thread, images alternating; also the median
+        """Single-image infer calls one after another on one thread, images alternating; also the median
         of the pipeline's own step timings."""
-        self.predictor.predict(self._inputs(0, 1), self.options)
+        self.predictor.infer(self._inputs(0, 1), self.options)
         samples, timings = [], []
         for i in range(count):
             inputs = self._inputs(i, 1)
             start = time.perf_counter()
-            (prediction,) = self.predictor.predict(inputs, self.options)
+            (prediction,) = self.predictor.infer(inputs, self.options).predictions
             samples.append(time.perf_counter() - start)
             timings.append({name: float(getattr(prediction.timings, name)) for name in TIMING_FIELDS})
         return {**latency_summary(samples), "pipeline_p50_ms": median_timings(timings)}
 
     def throughput(self, batch: int, threads: int, images: int) -> dict[str, Any]:
-        """Images per second with `threads` threads each calling predict on batches of `batch` images."""
+        """Images per second with `threads` threads each calling infer on batches of `batch` images."""
         calls_per_thread = max(1, -(-images // (batch * threads)))  # ceil
-        self.predictor.predict(self._inputs(0, batch), self.options)  # first run of this batch shape
+        self.predictor.infer(self._inputs(0, batch), self.options)  # first run of this batch shape
         barrier = threading.Barrier(threads + 1)
         errors: list[BaseException] = []
 
@@ -82,7 +86,7 @@ class Baseline:
             barrier.wait()
             try:
                 for call in range(calls_per_thread):
-                    self.predictor.predict(self._inputs(offset + call * batch, batch), self.options)
+                    self.predictor.infer(self._inputs(offset + call * batch, batch), self.options)
             except BaseException as exc:  # reported below, never swallowed
                 errors.append(exc)
 
@@ -113,7 +117,7 @@ class Baseline:
         return {"best": self.best, "tried": tried}
 
     def video_loop(self, path: Path, max_frames: int | None) -> dict[str, float]:
-        """The in-process stream: cv2.VideoCapture then predict, frame after frame, from opening the file."""
+        """The in-process stream: cv2.VideoCapture then infer, frame after frame, from opening the file."""
         start = time.perf_counter()
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
@@ -125,7 +129,7 @@ class Baseline:
                 if not ok:
                     break
                 pixels = np.asarray(frame, dtype=np.uint8)
-                self.predictor.predict([InputImage(pixels, ChannelOrder.BGR)], self.options)
+                self.predictor.infer([InputImage(pixels, ChannelOrder.BGR)], self.options)
                 frames += 1
         finally:
             capture.release()

@@ -11,7 +11,7 @@ __all__ = ["FULL", "QUICK", "Mode"]
 class Mode:
     name: str
     # In-process sweep.
-    latency_images: int  # single-image predict calls, one thread
+    latency_images: int  # single-image infer calls, one thread
     throughput_images: int  # images per (batch size, threads) configuration, at least one batch per thread
     batch_sizes: tuple[int, ...]
     thread_counts: tuple[int, ...]
@@ -28,6 +28,14 @@ class Mode:
     round_images: int  # images per throughput round and side
     stream_frames: int | None  # frames per stream round and side (None: the whole file, 250 frames)
     fanout_frames: int | None  # frames per fan-out window (None: to the end of the file)
+    # Current vs previous server (--baseline-ref, compare.py): cycles of one pair of segments per measure
+    # (c=1: `compare_latency_segments` pairs per cycle), each segment short, the order flipping per pair.
+    compare_cycles: int
+    compare_latency_segments: int
+    compare_latency_requests: int  # c=1 requests per segment
+    compare_throughput: tuple[tuple[int, float], ...]  # (concurrency, measured seconds per segment)
+    compare_warm_s: float  # before each throughput segment's window opens (the pipeline fills)
+    compare_stream_frames: int | None  # frames per stream segment (None: the whole file)
 
 
 FULL = Mode(
@@ -45,6 +53,12 @@ FULL = Mode(
     round_images=240,
     stream_frames=None,
     fanout_frames=None,
+    compare_cycles=12,
+    compare_latency_segments=2,
+    compare_latency_requests=10,
+    compare_throughput=((4, 3.0), (16, 4.0)),
+    compare_warm_s=1.0,
+    compare_stream_frames=None,
 )
 
 QUICK = Mode(
@@ -62,4 +76,10 @@ QUICK = Mode(
     round_images=16,
     stream_frames=40,
     fanout_frames=30,
+    compare_cycles=2,
+    compare_latency_segments=1,
+    compare_latency_requests=4,
+    compare_throughput=((4, 0.5), (16, 0.6)),
+    compare_warm_s=0.4,
+    compare_stream_frames=20,
 )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from grpc import aio
+import grpc.aio as aio
 
 from . import procstat
 from .inprocess import Baseline

@@ -42,16 +42,17 @@ def _precise_cpu_seconds(pid: int) -> float:
         return cpu_seconds(pid)
 
 
-def quiesce(pid: int, *, step_s: float = 0.002, idle_share: float = 0.1, limit_s: float = 0.5) -> float:
-    """Waits until this process and process `pid` both use under `idle_share` of a core over `step_s`
-    (ONNX Runtime's pool threads, for one, spin for tens of ms after a run by default); returns the wait.
-    Gives up after `limit_s`."""
+def quiesce(*pids: int, step_s: float = 0.002, idle_share: float = 0.1, limit_s: float = 0.5) -> float:
+    """Waits until this process and processes `pids` together use under `idle_share` of a core over
+    `step_s` (ONNX Runtime's pool threads, for one, spin for tens of ms after a run by default); returns the
+    wait. Gives up after `limit_s`."""
     start = time.perf_counter()
     while True:
-        # Our own clock is read inside the other's, so reading /proc is not counted as our work.
-        server, own = _precise_cpu_seconds(pid), time.process_time()
+        # Our own clock is read inside the others', so reading /proc is not counted as our work.
+        servers = sum(_precise_cpu_seconds(pid) for pid in pids)
+        own = time.process_time()
         time.sleep(step_s)
-        used = (time.process_time() - own) + (_precise_cpu_seconds(pid) - server)
+        used = (time.process_time() - own) + (sum(_precise_cpu_seconds(pid) for pid in pids) - servers)
         waited = time.perf_counter() - start
         if used < idle_share * step_s or waited >= limit_s:
             return waited
@@ -96,19 +97,20 @@ class _Snapshot:
 
 class NoiseMeter:
     """How much CPU other processes took while the benchmark ran, per phase and overall: on a small machine
-    any of it shows in the numbers. Set `server_pid` while the server runs so its CPU counts as our own."""
+    any of it shows in the numbers. Add each server's pid to `server_pids` while it runs, so its CPU counts
+    as our own (once stopped and reaped, it is counted among our children)."""
 
     def __init__(self) -> None:
-        self.server_pid: int | None = None
+        self.server_pids: set[int] = set()
         self.phases: dict[str, float] = {}  # phase -> other processes' share of the machine's CPU
         self._start = self._snapshot()
         self._load = _loadavg()
 
     def _snapshot(self) -> _Snapshot:
         own = _reaped_cpu_seconds()
-        if self.server_pid is not None:
+        for pid in self.server_pids:
             with suppress(OSError, RuntimeError):  # exited: once reaped, it is counted above
-                own += cpu_seconds(self.server_pid)
+                own += cpu_seconds(pid)
         return _Snapshot(_machine_busy_seconds(), own, time.perf_counter())
 
     def _share(self, start: _Snapshot, end: _Snapshot) -> float | None:

@@ -87,7 +87,8 @@ def summarise(raw: Path, seconds: float, calls: int, concurrency: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
+    about = (__doc__ or "").splitlines()[0]
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=about)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=int, default=20, help="how long py-spy samples")
     parser.add_argument("--rate", type=int, default=250, help="samples per second per thread")

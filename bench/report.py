@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Target", "evaluate_targets", "render_markdown", "write_reports"]
+__all__ = ["COMPARED", "Target", "comparison_reading", "evaluate_targets", "render_markdown", "write_reports"]
 
 # DESIGN.md, "Performance yardsticks": the server's overhead is a ratio to the in-process pipeline.
 UNARY_P50_OVERHEAD_MS = 1.5
@@ -183,7 +183,7 @@ def _measurements(results: dict[str, Any]) -> list[str]:
     stream = paired["stream"]
     for side, label in (
         ("served", "StreamPredictions, 1 every-frame subscriber"),
-        ("in_process", "in-process loop: cv2.VideoCapture + predict"),
+        ("in_process", "in-process loop: cv2.VideoCapture + infer"),
     ):
         runs = ", ".join(f"{r['fps']:.1f}" for r in stream[side]["runs"])
         frames = sum(int(r["frames"]) for r in stream[side]["runs"])
@@ -225,6 +225,92 @@ def _noise_warning(noise: dict[str, Any]) -> list[str]:
     ]
 
 
+COMPARED = (
+    ("unary_p50_c1", "unary p50 latency, c=1"),
+    ("unary_throughput_c4", "unary throughput, c=4"),
+    ("unary_throughput_c16", "unary throughput, c=16"),
+    ("stream_fps", "stream frames/s, every-frame delivery"),
+)
+
+
+def comparison_reading(measure: dict[str, Any]) -> str:
+    """The median per-pair change in words, and whether its 95% confidence interval holds "no change"."""
+    change = measure["current_better_by"]
+    words = f"current {abs(change):.1%} {'faster' if change >= 0 else 'slower'}"
+    if measure["within_noise"] is None:
+        return f"{words}; too few pairs to tell noise from a change"
+    if measure["within_noise"]:
+        return f"{words}: within noise"
+    return f"{words}: beyond noise" if change > 0 else f"**{words}: a regression beyond noise**"
+
+
+def _comparison_section(comparison: dict[str, Any], quick: bool) -> list[str]:
+    prev, cur = comparison["previous"], comparison["current"]
+    imports = prev["imports"]
+    measures = comparison["measures"]
+    pairs = ", ".join(f"{measures[key]['pairs']}" for key, _ in COMPARED if key in measures)
+    lines = [
+        "## Current vs previous server",
+        "",
+        f"Current: commit {cur['commit']} ({cur['server_source']}). Previous: `{prev['ref']}` = "
+        f"{prev['commit'][:12]} ({prev['subject']}), served from a temporary git worktree; "
+        f"{imports['visionrpc_modules_from_worktree']} `visionrpc` modules imported from it, none from the "
+        f"current checkout. Both running side by side on the same model repository and flags; "
+        f"{comparison['cycles']} cycles of alternating short segments ({pairs} pairs per measure, "
+        f"{comparison['seconds']:.0f} s). Ratio = current / previous per pair; the median of the ratios, "
+        "their spread, and the median's 95% confidence interval (binomial order statistics)."
+        + (" Quick mode: a smoke test of the plumbing, not a result." if quick else ""),
+        "",
+        _row(
+            "measure",
+            "current",
+            f"previous ({prev['ref']})",
+            "ratio: median",
+            "IQR",
+            "min - max",
+            "95% CI",
+            "server CPU, current vs previous",
+            "reading",
+        ),
+        _row("---", "---:", "---:", "---:", "---", "---", "---", "---", "---"),
+    ]
+    for key, label in COMPARED:
+        if key not in measures:
+            continue
+        m = measures[key]
+        per = m["server_cpu_per"]
+        cpu_key = f"server_cpu_ms_per_{per}"
+        ci = m["ratio_ci95"]
+        lines.append(
+            _row(
+                f"{label} ({m['unit']})",
+                f"{m['current']['value']:.2f}",
+                f"{m['previous']['value']:.2f}",
+                f"{m['ratio_median']:.3f}",
+                f"{m['ratio_q1']:.3f} - {m['ratio_q3']:.3f}",
+                f"{m['ratio_min']:.3f} - {m['ratio_max']:.3f}",
+                "n/a" if ci is None else f"{ci[0]:.3f} - {ci[1]:.3f}",
+                f"{m['current'][cpu_key]:.1f} vs {m['previous'][cpu_key]:.1f} ms/{per} "
+                f"= {m['server_cpu_ratio']:.3f} x",
+                comparison_reading(m),
+            )
+        )
+    rss = comparison["rss_mb_after"]
+    left_out = ", ".join(prev["settings_left_out"]) or "none"
+    lines += [
+        "",
+        f"Server RSS after the comparison: current {rss['current']:.1f} MB, previous "
+        f"{rss['previous']:.1f} MB. Previous server ready in {prev['server_ready_s']:.1f} s (modules "
+        f"compiled afresh); settings left out (not a flag of both): {left_out}.",
+        "",
+        "Previous server: `python " + " ".join(prev["argv"][1:]) + "`",
+        "",
+        *(f"- {example}" for example in imports["examples"]),
+        "",
+    ]
+    return lines
+
+
 def render_markdown(results: dict[str, Any], targets: Sequence[Target]) -> str:
     settings, quick, noise = results["settings"], results["mode"] != "full", results["noise"]
     title = f"# visionrpc benchmark, {results['mode']} mode"
@@ -244,6 +330,7 @@ def render_markdown(results: dict[str, Any], targets: Sequence[Target]) -> str:
             for t in targets
         ),
         "",
+        *(_comparison_section(results["comparison"], quick) if "comparison" in results else []),
         "## Measurements",
         "",
         _row("measurement", "value"),

@@ -10,19 +10,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import visionrpc.server
 from visionrpc.engines.onnxruntime_engine import available_cores
 
-from . import assets, paired, procstat
+from . import assets, paired, previous, procstat
+from .compare import Side, compare_servers
 from .floor import measure_floor
 from .inprocess import Baseline, loaded_predictor
 from .modes import Mode
 from .report import NOISY_SHARE, Target, evaluate_targets
-from .server_process import ServerProcess, server_config
+from .server_process import ServerProcess, accepted_flags, server_config, unaccepted_settings
 from .unary import LoadResult, encoded_requests, one_response, raw_requests, run_load
 
 __all__ = ["run_benchmark"]
@@ -62,8 +63,11 @@ def _commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def run_benchmark(mode: Mode, settings: dict[str, Any]) -> tuple[dict[str, Any], list[Target]]:
-    """Runs every measurement of `mode` once; `settings` are ServerConfig fields given to both sides."""
+def run_benchmark(
+    mode: Mode, settings: dict[str, Any], baseline_ref: str | None = None
+) -> tuple[dict[str, Any], list[Target]]:
+    """Runs every measurement of `mode` once; `settings` are ServerConfig fields given to both sides. With
+    `baseline_ref`, also the current server against that git ref's server (results["comparison"])."""
     started = time.perf_counter()
     meter = procstat.NoiseMeter()
     results: dict[str, Any] = {
@@ -76,8 +80,13 @@ def run_benchmark(mode: Mode, settings: dict[str, Any]) -> tuple[dict[str, Any],
     images = [assets.load_image(name) for name in assets.IMAGES]
     raw = raw_requests(images)  # serialised once; every served phase (and the floor) sends these bytes
     video = assets.asset(assets.VIDEO)
-    with tempfile.TemporaryDirectory(prefix="visionrpc-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="visionrpc-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
+        tree = None
+        if baseline_ref is not None:  # first, so that a bad ref fails before minutes of measuring
+            repo = previous.repository_root(_server_source())
+            tree = stack.enter_context(previous.checkout(baseline_ref, repo, root))
+            _say(f"previous server: {baseline_ref} = {tree.commit[:12]} checked out in {tree.worktree}")
         media_root = root / "media"
         media_root.mkdir()
         shutil.copyfile(video, media_root / video.name)  # a copy: links out of the media root are refused
@@ -90,18 +99,21 @@ def run_benchmark(mode: Mode, settings: dict[str, Any]) -> tuple[dict[str, Any],
             **settings,
         }
         config = server_config(settings)
+        flags = accepted_flags()
+        for name in unaccepted_settings(settings, flags):
+            _say(f"warning: the server has no flag for {name}; left out")
         results["settings"] = {key: str(value) for key, value in settings.items()} | {
             "default_model": config.default_model,
             "intra_op_threads": config.intra_op_threads or available_cores(),
-            "worker_threads": config.worker_threads,
+            "worker_threads": config.cpu_workers,  # 0 means one per core: the count it comes to
         }
         with loaded_predictor(config) as predictor:
             info = predictor.engine_info
             results["engine"] = f"{info.engine} ({info.provider}, {info.device}, {info.precision})"
             baseline = Baseline(predictor, images)
             results["in_process"] = _sweep(mode, baseline, meter)
-            with ServerProcess(settings, root / "server.log") as server:
-                meter.server_pid = server.pid
+            with ServerProcess(settings, root / "server.log", accepted=flags) as server:
+                meter.server_pids.add(server.pid)
                 results["server_argv"] = server.argv
                 with _phase(meter, "server start-up"):
                     ready_s = server.wait_ready()
@@ -110,10 +122,18 @@ def run_benchmark(mode: Mode, settings: dict[str, Any]) -> tuple[dict[str, Any],
                 results["paired"] = _paired(
                     mode, baseline, server, raw, video, meter, config.pipeline_linger_s
                 )
+                if tree is not None:
+                    results["comparison"] = _comparison(
+                        mode, tree, settings, flags, server, raw, video.name, meter, root
+                    )
+                    results["comparison"]["current"] |= {
+                        "commit": results["commit"],
+                        "server_source": results["server_source"],
+                    }
                 response = one_response(server.address, raw[0])
                 results["server_log_tail"] = server.log_tail(5).splitlines()
                 status = server.stop()
-                meter.server_pid = None  # reaped: its CPU now counts among our children's
+                meter.server_pids.discard(server.pid)  # reaped: its CPU now counts among our children's
                 if status != 0:
                     raise RuntimeError(f"the server exited with {status} after SIGTERM:\n{server.log_tail()}")
             with _phase(meter, "transport floor"):
@@ -187,3 +207,66 @@ def _paired(
     with _phase(meter, "paired fan-out"):
         out["fanout"] = paired.paired_fanout(server, video.name, mode.fanout_frames, mode.rounds, linger_s)
     return out
+
+
+def _comparison(
+    mode: Mode,
+    tree: previous.PreviousTree,
+    settings: dict[str, Any],
+    current_flags: frozenset[str],
+    current: ServerProcess,
+    raw: Sequence[bytes],
+    video: str,
+    meter: procstat.NoiseMeter,
+    root: Path,
+) -> dict[str, Any]:
+    """The previous server (REF's code, the flags both servers accept, the same model repository, cache and
+    media) started beside the running current one, then both measured in alternation (compare.py)."""
+    both = current_flags & accepted_flags(tree.env(), tree.import_root)
+    left_out = unaccepted_settings(settings, both)
+    for name in left_out:
+        _say(f"warning: {name} is not a flag of both servers; the previous server runs without it")
+    info: dict[str, Any] = {
+        "ref": tree.ref,
+        "commit": tree.commit,
+        "subject": tree.subject,
+        "worktree": str(tree.worktree),
+        "import_probe": tree.probe_imports(),
+        "settings_left_out": left_out,
+    }
+    # Both sides' pipelines must be gone before an identical stream request (the default linger is 2 s).
+    linger_s = float(settings["pipeline_linger_s"]) if not left_out else 5.0
+    log = root / "previous-server.log"
+    with ServerProcess(
+        settings, log, accepted=both, env=tree.env(pycache=True), cwd=tree.import_root
+    ) as server:
+        meter.server_pids.add(server.pid)
+        info["argv"] = server.argv
+        with _phase(meter, "previous server start-up"):
+            info["server_ready_s"] = round(server.wait_ready(), 2)
+        info["imports"] = tree.verify_imports(previous.repository_root(_server_source()))
+        _say(
+            f"previous server imports {info['imports']['visionrpc_modules_from_worktree']} visionrpc modules "
+            f"from {tree.worktree}"
+        )
+        with _phase(meter, "current vs previous server"):
+            out = compare_servers(
+                Side("current", current.address, current.pid),
+                Side("previous", server.address, server.pid),
+                raw,
+                video,
+                mode,
+                linger_s,
+            )
+        rss = {"current": round(current.rss_mb(), 1), "previous": round(server.rss_mb(), 1)}
+        info["log_tail"] = server.log_tail(5).splitlines()
+        info["exit_status"] = server.stop()
+        meter.server_pids.discard(server.pid)
+    if info["exit_status"] != 0:
+        _say(f"warning: the previous server exited with {info['exit_status']} after SIGTERM")
+    return {
+        "previous": info,
+        "current": {"argv": current.argv},
+        "rss_mb_after": rss,
+        **out,
+    }

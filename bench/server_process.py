@@ -3,6 +3,8 @@
 Client and server never share a GIL. The same settings build the in-process baseline's `ServerConfig`
 (`server_config`) and the server's flags (`server_flags`), so both load the model the same way; VISIONRPC_*
 variables in the environment apply to both (the server inherits the environment; flags beat it, as always).
+A server is given only the flags its `serve --help` lists (`accepted_flags`): another version of the server
+(previous.py) may lack some, and the report says which were left out.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,7 +29,7 @@ from visionrpc.server.config import ServerConfig
 
 from . import procstat
 
-__all__ = ["ServerProcess", "server_config", "server_flags"]
+__all__ = ["ServerProcess", "accepted_flags", "server_config", "server_flags", "unaccepted_settings"]
 
 INFERENCE_SERVICE = "visionrpc.v1.InferenceService"
 
@@ -36,18 +39,50 @@ def server_config(settings: Mapping[str, Any]) -> ServerConfig:
     return ServerConfig.from_namespace(argparse.Namespace(**settings))
 
 
-def server_flags(settings: Mapping[str, Any]) -> list[str]:
-    """`settings` as `visionrpc serve` flags."""
+def _flag(name: str, value: object) -> str:
+    dashed = name.replace("_", "-")
+    return f"--no-{dashed}" if value is False else f"--{dashed}"
+
+
+def server_flags(settings: Mapping[str, Any], accepted: Collection[str] | None = None) -> list[str]:
+    """`settings` as `visionrpc serve` flags; with `accepted`, only those whose flag is in it."""
     flags: list[str] = []
     for name, value in settings.items():
-        flag = "--" + name.replace("_", "-")
+        flag = _flag(name, value)
+        if accepted is not None and flag not in accepted:
+            continue
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+            flags.append(flag)
         elif isinstance(value, tuple):
             flags += [flag, ",".join(str(v) for v in value)]
         else:
             flags += [flag, str(value)]
     return flags
+
+
+def unaccepted_settings(settings: Mapping[str, Any], accepted: Collection[str]) -> list[str]:
+    """The names in `settings` whose flag is not in `accepted` (`server_flags` leaves them out)."""
+    return [name for name, value in settings.items() if _flag(name, value) not in accepted]
+
+
+def accepted_flags(
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    command: Sequence[str] = ("visionrpc.server.cli", "serve"),
+) -> frozenset[str]:
+    """The long options `python -m <command> --help` lists, run with `env` in `cwd` (default: ours)."""
+    done = subprocess.run(
+        [sys.executable, "-m", *command, "--help"],
+        env=os.environ if env is None else env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)} --help` exited with {done.returncode}:\n{done.stderr}")
+    return frozenset(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", done.stdout))
 
 
 _PR_SET_PDEATHSIG = 1
@@ -78,18 +113,27 @@ class ServerProcess:
         *,
         command: Sequence[str] = ("visionrpc.server.cli", "serve"),
         extra: Sequence[str] = (),
+        accepted: Collection[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         """`python -m <command> --host 127.0.0.1 --port P <settings as flags> <extra>`: `visionrpc serve` by
-        default; the transport floor's server takes the same flags."""
+        default; the transport floor's server takes the same flags. With `accepted`, settings whose flag is
+        not in it are left out; `env` (default: ours) and `cwd` (default: ours) decide what it imports."""
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         argv = [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += [*server_flags(settings), *extra]
+        argv += [*server_flags(settings, accepted), *extra]
         self.argv = argv
         self._log = log_path.open("wb")
         self._process = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ, preexec_fn=_die_with_parent()
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=os.environ if env is None else env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent(),
         )
 
     @property

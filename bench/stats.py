@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["TIMING_FIELDS", "latency_summary", "median_timings"]
+__all__ = ["TIMING_FIELDS", "latency_summary", "median_ci", "median_timings"]
 
 # The pipeline's own per-image timings (Prediction.timings / the Timings message), in ms.
 TIMING_FIELDS = ("decode_ms", "queue_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
@@ -32,3 +33,21 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 def median_timings(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """The median of each pipeline timing over `rows` (one per image): where the time went, step by step."""
     return {name: round(float(np.median([row[name] for row in rows])), 3) for name in TIMING_FIELDS}
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval of the median of `values`: the k-th smallest and k-th
+    largest, with k the largest rank such that the median lies outside with probability at most
+    1 - `confidence` (binomial, p = 1/2). None when there are too few values (fewer than 6 for 95%)."""
+    n = len(values)
+    tail = (1.0 - confidence) / 2.0
+    k, below = 0, 0.0
+    for j in range(n):
+        below += math.comb(n, j) / 2.0**n  # P(fewer than j + 1 values under the median)
+        if below > tail:
+            break
+        k = j + 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]

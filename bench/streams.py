@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpc import aio
+import grpc.aio as aio
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
-__all__ = ["fanout_cpu", "stream_fps"]
+__all__ = ["fanout_cpu", "stream_fps", "stream_fps_async"]
 
 _SOURCE_ENDED = inference_pb2.STREAM_EVENT_SOURCE_ENDED
 
@@ -25,7 +25,8 @@ def _request(path: str, every_frame: bool) -> inference_pb2.StreamPredictionsReq
     )
 
 
-async def _stream_fps(address: str, path: str, max_frames: int | None) -> dict[str, float]:
+async def stream_fps_async(address: str, path: str, max_frames: int | None) -> dict[str, float]:
+    """`stream_fps` inside a running event loop."""
     async with aio.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         frames, dropped = 0, 0
@@ -57,7 +58,7 @@ async def _stream_fps(address: str, path: str, max_frames: int | None) -> dict[s
 def stream_fps(address: str, path: str, max_frames: int | None) -> dict[str, float]:
     """Frames per second delivered to one every-frame subscriber of `path` (below the server's media root),
     from the call until the last frame's result (`max_frames` of them, or the whole file)."""
-    return asyncio.run(_stream_fps(address, path, max_frames))
+    return asyncio.run(stream_fps_async(address, path, max_frames))
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import cv2
+import grpc.aio as aio
 import numpy as np
 import numpy.typing as npt
-from grpc import aio
 from visionrpc.v1 import inference_pb2, types_pb2
 
 from .stats import TIMING_FIELDS, latency_summary, median_timings

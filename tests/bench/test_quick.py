@@ -1,7 +1,11 @@
-"""The benchmark harness must keep running: `python -m bench --quick` end to end, against a real server.
+"""The benchmark harness must keep running: `python -m bench --quick` end to end, against a real server, and
+`--baseline-ref` measuring it against an earlier commit's server in the same run.
 
-Only that it runs and measures something is checked, never whether the targets are met: timings on a shared
-CI machine are not pass/fail material (bench/README.md).
+One run serves both tests (a quick run takes about a minute on 2 cores): `--baseline-ref HEAD`, so the
+"previous" server is the last commit's code from a temporary worktree, whatever the working tree holds; it
+checks the plumbing (checkout, imports, both servers, the report's comparison table), not old code's speed.
+Only that it runs and measures something is checked, never whether a target is met or the current server is
+faster: timings on a shared CI machine are not pass/fail material (bench/README.md).
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.report import Target, render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 _NOT_POSITIVE = {
     "results_dropped", "results_dropped_max", "growth_mb", "noise", "targets", "pipeline_p50_ms",
     "server_pipeline_p50_ms", "median_pair_difference_ms", "outside_pipeline_p50_ms",
-    "outside_handler_p50_ms",
+    "outside_handler_p50_ms", "comparison",
 }  # fmt: skip
 
 
@@ -41,18 +48,47 @@ def _positive_numbers(value: Any, where: str) -> int:
     return 1
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(150)
-def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
+def _git(*args: str) -> str | None:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _worktrees() -> set[str]:
+    listing = _git("worktree", "list", "--porcelain") or ""
+    return {line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("worktree ")}
+
+
+@dataclass(frozen=True)
+class QuickRun:
+    out: Path
+    report: dict[str, Any]
+    markdown: str
+    stdout: str
+    compared: bool  # with --baseline-ref HEAD (not in a git checkout: without)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    out = tmp_path_factory.mktemp("bench")
+    compared = _git("rev-parse", "--verify", "HEAD^{commit}") is not None
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)]
+        + (["--baseline-ref", "HEAD"] if compared else []),
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=140,
+        timeout=280,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((tmp_path / "latest.json").read_text())
+    report = json.loads((out / "latest.json").read_text())
+    markdown = (out / "latest.md").read_text()
+    return QuickRun(out, report, markdown, done.stdout, compared)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
+    report = quick_run.report
     assert report["mode"] == "quick"
     for section in ("machine", "in_process", "unary", "memory", "paired", "floor", "targets"):
         assert report[section], section
@@ -82,5 +118,62 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     assert _positive_numbers({k: v for k, v in report.items() if k != "machine"}, "report") > 50
     assert len(report["targets"]) == 5
     assert all(target["ratio"] >= 0 and isinstance(target["met"], bool) for target in report["targets"])
-    markdown = (tmp_path / "latest.md").read_text()
-    assert "## Targets" in markdown and "onnxruntime" in markdown
+    assert "## Targets" in quick_run.markdown and "onnxruntime" in quick_run.markdown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_baseline_ref_compares_with_the_previous_server(quick_run: QuickRun) -> None:
+    if not quick_run.compared:
+        pytest.skip("not a git checkout: --baseline-ref needs one")
+    comparison = quick_run.report["comparison"]
+    previous = comparison["previous"]
+    # HEAD of the checkout the measured server code lives in (this one, unless PYTHONPATH says otherwise).
+    source = comparison["current"]["server_source"]
+    head = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert previous["ref"] == "HEAD" and previous["commit"] == head.stdout.strip()
+    # REF's code, from the worktree, in the server process itself (its .pyc trace) and in a probe.
+    worktree = previous["worktree"]
+    assert previous["imports"]["visionrpc_modules_from_worktree"] > 20
+    assert previous["imports"]["visionrpc_modules_from_current_checkout"] == 0
+    assert any(f"{worktree}/server/cli.py" in example for example in previous["imports"]["examples"])
+    probe = previous["import_probe"]
+    (server_path,) = probe["visionrpc.server.__path__"]
+    assert server_path.endswith("/previous-imports/visionrpc/server")
+    assert probe["visionrpc.server.cli.__file__ resolved"] == str(Path(worktree).resolve() / "server/cli.py")
+    assert not Path(worktree).exists() and worktree not in _worktrees()  # removed afterwards
+    # The same flags, with the same model repository, for both servers.
+    current_argv, previous_argv = comparison["current"]["argv"], previous["argv"]
+    assert previous_argv[:4] == current_argv[:4] == [current_argv[0], "-m", "visionrpc.server.cli", "serve"]
+    flags = {arg for arg in previous_argv if arg.startswith("--") and arg != "--port"}
+    assert flags == {arg for arg in current_argv if arg.startswith("--") and arg != "--port"}
+    repository = previous_argv[previous_argv.index("--model-repository") + 1]
+    assert repository == current_argv[current_argv.index("--model-repository") + 1]
+    assert previous["exit_status"] == 0
+    measures = comparison["measures"]
+    assert set(measures) == {"unary_p50_c1", "unary_throughput_c4", "unary_throughput_c16", "stream_fps"}
+    for name, measure in measures.items():
+        assert measure["pairs"] == comparison["cycles"] == 2, name
+        for side in ("current", "previous"):
+            assert measure[side]["value"] > 0, (name, side)
+            assert len(measure[side]["segments"]) == 2, (name, side)
+            assert measure[side][f"server_cpu_ms_per_{measure['server_cpu_per']}"] > 0, (name, side)
+        assert len(measure["ratios"]) == 2 and all(r > 0 for r in measure["ratios"])
+        assert measure["ratio_min"] <= measure["ratio_median"] <= measure["ratio_max"]
+        assert measure["ratio_ci95"] is None and measure["within_noise"] is None  # 2 pairs: too few
+    assert all(mb > 0 for mb in comparison["rss_mb_after"].values())
+    assert "## Current vs previous server" in quick_run.markdown
+    for label in ("unary p50 latency, c=1", "unary throughput, c=4", "unary throughput, c=16"):
+        assert f"| {label} (" in quick_run.markdown
+    assert "| stream frames/s, every-frame delivery (fps) |" in quick_run.markdown
+    assert "vs HEAD: unary throughput, c=16:" in quick_run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_report_without_comparison_has_no_comparison_table(quick_run: QuickRun) -> None:
+    """A run without --baseline-ref renders as before (the same report, minus the comparison)."""
+    results = {k: v for k, v in quick_run.report.items() if k not in ("comparison", "targets")}
+    targets = [Target(**t) for t in quick_run.report["targets"]]
+    markdown = render_markdown(results, targets)
+    assert "## Targets" in markdown and "Current vs previous" not in markdown
