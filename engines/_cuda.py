@@ -114,6 +114,8 @@ class CudaStream:
     @property
     def handle(self) -> int:
         """The stream as an integer handle, as TensorRT's `execute_async_v3(stream_handle=...)` takes it."""
+        if self._stream is None:
+            raise EngineError("the CUDA stream was destroyed")
         return int(self._stream)
 
     def synchronize(self) -> None:

@@ -203,8 +203,14 @@ class TensorRTEngine:
     def _mapped(self) -> bool:
         return self._device.integrated and self._device.can_map_host_memory
 
+    def _live(self) -> tuple[Any, Any]:
+        """(engine, execution context), or EngineError once closed."""
+        if self._engine is None or self._context is None:
+            raise EngineError(f"the TensorRT engine for {self._name} is closed")
+        return self._engine, self._context
+
     def _read_io(self, trt: Any) -> None:
-        engine = self._engine
+        engine, context = self._live()
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
             dtype = numpy_dtype_for_trt(engine.get_tensor_dtype(name))
@@ -218,7 +224,7 @@ class TensorRTEngine:
                 else:
                     low = high = raw
                 self._inputs[name] = _Binding(spec, dtype, low, high)
-                if not self._context.set_input_shape(name, high):
+                if not context.set_input_shape(name, high):
                     raise EngineError(
                         f"{self._name}: TensorRT refused input {name!r} at its profile max {high}"
                     )
@@ -226,7 +232,7 @@ class TensorRTEngine:
                 self._outputs[name] = _Binding(spec, dtype, (), ())
         # With every input at its largest shape, each output's shape is its largest too.
         for name, binding in self._outputs.items():
-            shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
+            shape = tuple(int(d) for d in context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise EngineError(
                     f"{self._name}: output {name!r} has a data-dependent shape {shape}; not supported"
@@ -249,7 +255,7 @@ class TensorRTEngine:
             nbytes = max(1, int(np.prod(binding.high, dtype=np.int64)) * binding.dtype.itemsize)
             binding.buffer = TensorBuffer(nbytes, mapped=self._mapped)
             # Buffers never move, so addresses are bound once for the engine's life.
-            if not self._context.set_tensor_address(binding.spec.name, binding.buffer.device_address):
+            if not self._live()[1].set_tensor_address(binding.spec.name, binding.buffer.device_address):
                 raise EngineError(f"{self._name}: TensorRT refused the address of {binding.spec.name!r}")
 
     def _check_inputs(self, inputs: Mapping[str, Tensor]) -> int:
@@ -284,7 +290,7 @@ class TensorRTEngine:
         with self._lock:
             if self._closed:
                 raise EngineError(f"the TensorRT engine for {self._name} is closed")
-            context, stream = self._context, self._stream
+            context, stream = self._live()[1], self._stream
             for name, binding in self._inputs.items():
                 array = inputs[name]
                 assert binding.buffer is not None

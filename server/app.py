@@ -25,8 +25,10 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # not in its __all__
 from grpc_reflection.v1alpha import reflection
 from visionrpc.engines import Engine, OnnxRuntimeEngine
 from visionrpc.engines.tensorrt_plan import Precision
@@ -34,10 +36,11 @@ from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_p
 
 from .config import ServerConfig
 from .errors import VisionRpcError
+from .manifest import ResolvedModel
 from .models.builds import EngineBuilder
 from .models.engine_selection import EngineSelector, RuntimeProbe, best_ort_providers
 from .models.manager import ModelManager
-from .models.repository import ModelId, ModelRepository, ResolvedModel
+from .models.repository import ModelId, ModelRepository
 from .models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
 from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
@@ -121,7 +124,7 @@ class VisionRpcServer:
         config: ServerConfig,
         runtime: _LoopThread,
         server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: health_aio.HealthServicer,
         models: ModelManager,
         streams: StreamManager,
         workers: ThreadPoolExecutor,
@@ -281,9 +284,9 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
     workers = ThreadPoolExecutor(max_workers=config.cpu_workers, thread_name_prefix="visionrpc-worker")
     runtime = _LoopThread(_CONTROL_THREADS)
 
-    async def assemble() -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    async def assemble() -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
         server = grpc_server(config)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health_aio.HealthServicer()
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(models, streams, config, workers), server
         )

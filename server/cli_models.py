@@ -23,7 +23,7 @@ from .cli_common import EXIT_OK, CommandAdder, UsageError, fail
 from .config import ServerConfig
 from .domain import ChannelOrder, Task
 from .errors import VisionRpcError
-from .models.manifest import ENGINE_CHOICES, Decoder, ModelManifest, ResizeMode
+from .manifest import ENGINE_CHOICES, Decoder, ModelManifest, ResizeMode
 
 if TYPE_CHECKING:
     import onnx

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
-from ..domain import ChannelOrder, Task
+from .domain import ChannelOrder, Task
 
 __all__ = [
     "ENGINE_CHOICES",
@@ -33,6 +33,7 @@ __all__ = [
     "FileSignature",
     "ModelManifest",
     "ResizeMode",
+    "ResolvedModel",
     "file_signature",
 ]
 
@@ -202,3 +203,22 @@ def file_signature(path: Path) -> FileSignature:
 # Every request resolves its model, and reading + parsing the manifest was ~0.1-0.4 ms of it. Manifests are
 # frozen, so one parsed copy per unchanged file can be shared; the map holds one entry per model version.
 _READ_CACHE: dict[Path, tuple[FileSignature, ModelManifest]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A concrete model version on disk."""
+
+    name: str
+    version: str
+    directory: Path
+    manifest: ModelManifest
+    builtin: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / self.manifest.onnx_file

@@ -23,7 +23,7 @@ from visionrpc.engines import Engine, EngineInfo
 
 from .domain import ChannelOrder, ImageArray, ImageSize, InferOptions, Prediction, Timings
 from .engine_slot import EngineSlot
-from .models.repository import ResolvedModel
+from .manifest import ResolvedModel
 from .processing import (
     Decoded,
     DecodeOptions,

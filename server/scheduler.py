@@ -13,60 +13,28 @@ The scheduler takes prepared tensors and leases engines from the model's `Engine
 into the predictor that owns it. A ticket can be waited on (`result()`) or observed (`add_done_callback`),
 so an asyncio front end awaits a batch without holding a thread.
 
-Decisions:
-- **When a batch starts.** As soon as the engine is free and something is queued, unless more work is known to
-  be on its way (a caller has reserved room and is still preprocessing) and the batch is not full: then it
-  waits for that work, but never longer than `max_queue_delay_ms` after the oldest queued item arrived. A lone
-  request on an idle engine therefore runs at once, in its caller's own thread (no queueing and no thread
-  hand-off at concurrency 1: ~0.2 ms less per call on 2 cores), and under load the queue that builds up
-  while a batch computes becomes the next batch, run by the scheduler thread.
-- **Fairness.** Work is queued per origin (unary, stream), FIFO within each. Each batch gives the origin whose
-  turn it is first pick of half the slots (rounded up), the other origin the rest, then fills what is left
-  from either; the turn alternates every batch. A busy origin can therefore never starve the other: with both
-  waiting, each gets half of every batch (the odd slot going to the origin whose turn it is), and an image is
-  served within the batches needed for the images of its own origin ahead of it; with a batch of one
-  (fixed-batch engines) the origins simply alternate.
-- **Bounds.** Each origin's queue holds at most `max_queue_size` images (a request bigger than that is let in
-  when its queue is empty); past it a submission fails at once with RESOURCE_EXHAUSTED and a RetryInfo delay
-  estimated from the backlog and recent batch times. Origins are bounded separately so that a unary flood
-  cannot lock streams out at the door, nor the reverse.
-- **Deadlines and cancellation.** An item whose deadline passed, or whose caller went away, is dropped when a
-  batch is formed, before any compute: its caller alone gets DEADLINE_EXCEEDED (or UNAVAILABLE). The rest of a
-  request whose item failed is dropped too. An engine that raises fails the batch's tickets with
-  EngineFailedError (INTERNAL, reason ENGINE_FAILED) carrying the engine's message.
-- **Engine limits.** A batch is capped by the engine it runs on: a fixed batch dimension (batches of 1 for
-  a [1, 3, H, W] export; a fixed N > 1 is padded up to N), or the TensorRT profile's `max_batch`. Larger
-  requests are split over several batches. The batch leases the engine it starts on for its whole run, so a
-  TensorRT hot swap only redirects later batches.
-- **Threads.** The batch runner (the scheduler thread, or an inline caller) only stacks tensors and calls the
-  engine; decoding, letterboxing and NMS
-  run in the callers' threads (OpenCV and numpy do the heavy parts outside the GIL), overlapping the next
-  batch's compute. One batch per model runs at a time, so ONNX Runtime's intra-op pool, sized to the cores the
-  process may use (`--intra-op-threads 0`), serves one run at a time instead of being shared by up to
-  `worker_threads` concurrent runs; and its threads sleep rather than spin between operators
-  (`OnnxRuntimeEngine.load(allow_spinning=False)`), so the callers' pre/post-processing (a few ms per image
-  against tens of ms of compute) gets the cores when it needs them. Measured on 2 cores: throughput equal to
-  unbatched concurrent calls (CPU kernels gain ~10% from batching), tighter p99, ~10% less CPU at one client.
-  Two models busy at once run two batches, and on a small CPU they compete.
-- **Queue time** (enqueue to batch start) is added to each item's `queue_ms`.
+In short (the reasons are in docs/batching.md): a batch starts as soon as the engine is free, unless admitted
+work is still being preprocessed (then it waits for it, at most max_queue_delay_ms); a lone request on an idle
+engine runs in its caller's thread; unary and stream work alternate first pick of each batch; each origin's
+queue is bounded (RESOURCE_EXHAUSTED with RetryInfo past it); items whose deadline passed or whose caller
+left are dropped before compute; an engine that raises fails its batch with EngineFailedError; a batch is
+capped by the engine's fixed batch or TensorRT profile and leases its engine for its whole run.
 
 Example:
     scheduler = BatchScheduler(slot, BatchSettings(max_batch_size=8, max_queue_delay_ms=2.0))
     admission = scheduler.admit(len(images), Origin.UNARY)
-    items = admission.submit([preprocess(image) for image in images]).result()
+    items = scheduler.submit(admission, [preprocess(image) for image in images]).result()
     scheduler.close()
 """
 
 from __future__ import annotations
 
-import copy
-import enum
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -82,6 +50,7 @@ from .errors import (
     UnavailableError,
 )
 from .processing import stack_batch
+from .tickets import Admission, ItemResult, Origin, Ticket
 
 __all__ = [
     "Admission",
@@ -105,11 +74,6 @@ CPU_DEFAULTS = (8, 2.0)
 GPU_DEFAULTS = (16, 1.0)
 _RETRY_MIN_S, _RETRY_MAX_S = 0.01, 10.0
 _UNKNOWN_BATCH_S = 0.1  # a batch's time for RetryInfo before any batch has finished
-
-
-class Origin(enum.Enum):
-    UNARY = "unary"
-    STREAM = "stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,17 +108,6 @@ class BatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ItemResult:
-    """One image's share of a batch: its rows of every output, and what running the batch cost."""
-
-    outputs: dict[str, Tensor]
-    engine: EngineInfo
-    queue_ms: float
-    inference_ms: float
-    batch_size: int
-
-
-@dataclass(frozen=True, slots=True)
 class SchedulerStats:
     batches: int = 0
     images: int = 0  # images run
@@ -178,93 +131,6 @@ def engine_batch_limit(engine: Engine) -> tuple[int | None, bool]:
     if isinstance(limit, int) and limit > 0:
         return limit, False
     return None, False
-
-
-class Ticket:
-    """One submission: its items' results, or the error that ended it.
-
-    Mutable state is guarded by the scheduler's lock; `done` is set exactly once, after which the ticket never
-    changes. Wait with `result()`, or learn of the end with `add_done_callback` (an asyncio caller turns that
-    into an awaitable without holding a thread).
-    """
-
-    __slots__ = ("_callbacks", "cancelled", "deadline", "done", "error", "origin", "pending", "results")
-
-    def __init__(
-        self, count: int, origin: Origin, deadline: float | None, cancelled: threading.Event | None
-    ) -> None:
-        self.origin = origin
-        self.deadline = deadline
-        self.cancelled = cancelled
-        self.results: list[ItemResult | None] = [None] * count
-        self.pending = count
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._callbacks: list[Callable[[], None]] = []
-
-    @property
-    def finished(self) -> bool:
-        return self.done.is_set()
-
-    def result(self, timeout_s: float | None = None) -> list[ItemResult]:
-        """Waits for the items' results, in submission order.
-
-        Raises:
-            ResourceExhaustedError, DeadlineExceededError, UnavailableError, EngineFailedError: see `admit`.
-            TimeoutError: not done within `timeout_s`.
-        """
-        if not self.done.wait(timeout_s):
-            raise TimeoutError(f"the batch did not finish within {timeout_s} s")
-        if self.error is not None:
-            raise _copy(self.error) from self.error
-        return [result for result in self.results if result is not None]
-
-    def add_done_callback(self, callback: Callable[[], None]) -> None:
-        """Calls `callback()` once the ticket is done: at once (in this thread) if it is, else in the thread
-        that finishes it, which must not be blocked for long."""
-        with _CALLBACK_LOCK:
-            if not self.done.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self._finish()
-
-    def deliver(self, index: int, result: ItemResult) -> None:
-        if self.done.is_set():
-            return
-        self.results[index] = result
-        self.pending -= 1
-        if self.pending == 0:
-            self._finish()
-
-    def _finish(self) -> None:
-        with _CALLBACK_LOCK:
-            self.done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # a callback's bug must not stop the others or the batch
-                logger.exception("bug in a batch ticket's done callback")
-
-
-# Orders add_done_callback against _finish: cheap, held for a list operation only, never while calling back.
-_CALLBACK_LOCK = threading.Lock()
-
-
-@dataclass(eq=False, slots=True)
-class Admission:
-    """Room reserved in a model's queue for `count` images of one origin while the caller preprocesses them:
-    the scheduler knows the work is coming and holds a forming batch back for it (up to max_queue_delay).
-    Pass it to `BatchScheduler.submit` exactly once, or to `BatchScheduler.cancel` when preparing failed."""
-
-    count: int
-    origin: Origin
-    open: bool = True  # guarded by the scheduler's lock
 
 
 @dataclass(slots=True)
@@ -560,11 +426,3 @@ class BatchScheduler:
                 stream_images=stats.stream_images + len(items) - unary,
                 largest_batch=max(stats.largest_batch, len(items)),
             )
-
-
-def _copy(error: BaseException) -> BaseException:
-    """A copy per caller: one exception object raised in several threads would share one traceback."""
-    try:
-        return copy.copy(error)
-    except Exception:  # pragma: no cover - exotic exception classes
-        return error

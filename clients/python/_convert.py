@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -80,8 +80,8 @@ def image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """One image or an iterable of images -> a list of images."""
     # bytes, str and arrays are iterable too, so "one image or many" is decided by type, not by iterability.
     if isinstance(images, bytes | bytearray | memoryview | str | os.PathLike | np.ndarray):
-        return [images]
-    return list(images)
+        return [cast(ImageInput, images)]
+    return list(images)  # pyright: ignore[reportUnknownArgumentType]
 
 
 def image_to_proto(image: ImageInput, channel_order: Literal["bgr", "rgb"] = "bgr") -> types_pb2.Image:

@@ -49,7 +49,8 @@ class Backoff:
             return None
         base = min(self.policy.max_backoff_s, self.policy.initial_backoff_s * 2**self.attempts)
         self.attempts += 1
-        return base * self._random.uniform(1 - self.policy.jitter, 1 + self.policy.jitter)
+        jitter = self.policy.jitter
+        return float(base * self._random.uniform(1 - jitter, 1 + jitter))
 
     def reset(self) -> None:
         self.attempts = 0

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from visionrpc.engines import Engine
 
-from .repository import ResolvedModel
+from ..manifest import ResolvedModel
 
 __all__ = ["BuildProgress", "BuildState", "BuildStatus", "EngineBuilder"]
 

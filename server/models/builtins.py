@@ -34,8 +34,8 @@ from visionrpc.engines.importers import onnx_edit
 
 from ..domain import ChannelOrder, Task
 from ..errors import FailedPreconditionError, NotFoundError
+from ..manifest import Decoder, ModelManifest, ResizeMode
 from .importing import darknet_model, write_version_dir
-from .manifest import Decoder, ModelManifest, ResizeMode
 from .package_fetch import PackageFetchError, fetch_package_files
 
 __all__ = [

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from visionrpc.engines.tensorrt_engine import TensorRTAvailability, probe_tensorrt
 
 from ..errors import FailedPreconditionError
-from .repository import ResolvedModel
+from ..manifest import ResolvedModel
 
 __all__ = ["EngineSelection", "EngineSelector", "RuntimeProbe", "best_ort_providers", "select_engine"]
 

@@ -28,8 +28,8 @@ from visionrpc.engines.importers import darknet
 
 from ..domain import ChannelOrder, Task
 from ..errors import InvalidArgumentError
+from ..manifest import Decoder, ModelManifest, ResizeMode
 from .ids import split_model_id
-from .manifest import Decoder, ModelManifest, ResizeMode
 
 __all__ = ["add_model", "check_model_against_manifest", "darknet_model", "write_version_dir"]
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from visionrpc.engines import Engine, EngineError, EngineInfo
 
 from ..errors import FailedPreconditionError, NotFoundError, VisionRpcError
+from ..manifest import ModelManifest, ResolvedModel
 from ..predictor import Predictor
 from ..scheduler import BatchSettings
 from .builds import NOT_NEEDED, BuildState, BuildStatus, EngineBuilder
 from .engine_selection import EngineSelection
-from .manifest import ModelManifest
-from .repository import ModelId, ModelRepository, ResolvedModel
+from .repository import ModelId, ModelRepository
 
 __all__ = ["EngineFactory", "EngineSelectorFn", "ModelLease", "ModelManager", "ModelState", "ModelStatus"]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FailedPreconditionError, NotFoundError
+from ..manifest import FileSignature, ModelManifest, ResolvedModel, file_signature
 from .builtins import BUILTIN_MODELS, install_builtin, is_builtin
 from .ids import NAME, VERSION, split_model_id
-from .manifest import FileSignature, ModelManifest, file_signature
 
 __all__ = ["ModelId", "ModelRepository", "ResolvedModel"]
 
@@ -34,25 +34,6 @@ class ModelId:
 
     def __str__(self) -> str:
         return self.name if self.version is None else f"{self.name}/{self.version}"
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedModel:
-    """A concrete model version on disk."""
-
-    name: str
-    version: str
-    directory: Path
-    manifest: ModelManifest
-    builtin: bool
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}/{self.version}"
-
-    @property
-    def onnx_path(self) -> Path:
-        return self.directory / self.manifest.onnx_file
 
 
 class ModelRepository:

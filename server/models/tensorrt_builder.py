@@ -24,8 +24,8 @@ from visionrpc.engines.tensorrt_engine import (
 )
 from visionrpc.engines.tensorrt_plan import BuildPlan, Precision, derive_profiles, onnx_input_specs
 
+from ..manifest import ResolvedModel
 from .builds import BuildProgress
-from .repository import ResolvedModel
 
 __all__ = ["TensorRTBuilder", "TensorRTSettings"]
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from ..domain import BoundingBox, Classification, Detection, InferOptions, Keypoint
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..models.manifest import Decoder, ModelManifest
+from ..manifest import Decoder, ModelManifest
 from .nms import batched_nms
 from .preprocess import Transform
 
@@ -215,7 +215,8 @@ def _allowed(class_ids: IntArray, options: DecodeOptions) -> npt.NDArray[np.bool
 
 def _cxcywh_to_xyxy(cx: FloatArray, cy: FloatArray, w: FloatArray, h: FloatArray) -> FloatArray:
     half_w, half_h = w * np.float32(0.5), h * np.float32(0.5)
-    return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    return boxes.astype(np.float32, copy=False)  # already float32: no copy; says so to the type checkers
 
 
 def _select(

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..domain import ChannelOrder, ImageSize
-from ..models.manifest import ModelManifest, ResizeMode
+from ..manifest import ModelManifest, ResizeMode
 
 __all__ = ["Transform", "preprocess", "stack_batch"]
 

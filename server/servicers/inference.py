@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 from ..config import ServerConfig
@@ -227,7 +228,10 @@ async def _done(ticket: Ticket) -> None:
         if not done.done():
             done.set_result(None)
 
-    ticket.add_done_callback(lambda: loop.call_soon_threadsafe(wake))
+    def wake_from_any_thread() -> None:
+        loop.call_soon_threadsafe(wake)
+
+    ticket.add_done_callback(wake_from_any_thread)
     await done
 
 

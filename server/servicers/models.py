@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import grpc.aio
 from visionrpc.v1 import models_pb2, models_pb2_grpc
 
 from ..errors import InvalidArgumentError

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+import grpc.aio
+from google.protobuf import any_pb2, duration_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -47,7 +48,9 @@ def grpc_code(error: errors.VisionRpcError) -> grpc.StatusCode:
 
 def to_status(error: errors.VisionRpcError) -> status_pb2.Status:
     code = grpc_code(error)
-    details = [error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)]
+    details: list[message.Message] = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    ]
     if error.violations:
         details.append(
             error_details_pb2.BadRequest(

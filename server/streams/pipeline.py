@@ -34,9 +34,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
-
-import cv2
 
 from ..domain import ChannelOrder, Prediction
 from ..errors import InvalidArgumentError, ResourceExhaustedError, VisionRpcError
@@ -46,12 +43,12 @@ from ..predictor import InputImage, Predictor
 from ..processing import DecodeOptions
 from ..scheduler import Origin
 from .buffers import Gate, SourceBuffer
+from .frame_images import frame_jpeg
 from .reading import Reader, ReaderFactory, source_reader
 from .subscription import Subscription
 from .types import (
     Delivery,
     Frame,
-    FrameImage,
     FrameResult,
     ReconnectPolicy,
     ResumeGap,
@@ -65,9 +62,6 @@ from .types import (
     StreamOptions,
     StreamStatus,
 )
-
-if TYPE_CHECKING:
-    from visionrpc.client import ImagePrediction
 
 __all__ = ["MAX_BATCH", "SHUTDOWN_REASON", "Pipeline", "PipelineStoppedError", "new_stream_id"]
 
@@ -240,7 +234,7 @@ class Pipeline:
                 )
             gap: ResumeGap | None = None
             if resume_after is None:
-                backlog = [self._started_status] if self._started_status is not None else []
+                backlog: list[StreamMessage] = [] if self._started_status is None else [self._started_status]
             else:
                 backlog = [m for m in self._ring if _cursor_of(m) > resume_after]
                 first_kept = _cursor_of(backlog[0]) if backlog else self._cursor + 1
@@ -463,7 +457,8 @@ class Pipeline:
                     prediction=prediction,
                     frames_skipped=self.frames_skipped(frame.source_index),
                     results_dropped=0,  # per subscriber: stamped as each one takes it
-                    frame_jpeg=self._jpeg(frame, prediction),
+                    # Encoded once per frame however many subscribers receive it.
+                    frame_jpeg=frame_jpeg(frame.pixels, prediction, self.options),
                 )
             )
 
@@ -478,24 +473,6 @@ class Pipeline:
                         self._gate.work.wait(exc.retry_after_s)
                     if self._gate.stopping:
                         return None
-
-    def _jpeg(self, frame: Frame, prediction: Prediction) -> bytes:
-        """The frame image, encoded once per frame however many subscribers receive it."""
-        mode = self.options.frame_image
-        if mode is FrameImage.NONE:
-            return b""
-        pixels = frame.pixels
-        if mode is FrameImage.ANNOTATED:
-            # Imported on first use: streams without annotated frames never load the client SDK.
-            from visionrpc.client._annotate import annotate
-
-            # The domain Prediction has the attribute names annotate() reads (duck-typed drawing).
-            pixels = annotate(pixels, cast("ImagePrediction", prediction))
-        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
-        if not ok:
-            logger.warning("stream %s: JPEG encoding failed for a %s frame", self._tag, pixels.shape)
-            return b""
-        return encoded.tobytes()
 
     def _publish(self, message: FrameResult | StreamStatus, *, started: bool = False) -> None:
         with self._gate.lock:

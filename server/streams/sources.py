@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 import cv2
 import numpy as np
 
-from .source_policy import SourcePolicy, redact_url, resolve_source
+from .source_policy import redact_url
 from .types import (
     Frame,
     FramePolicy,
@@ -40,9 +40,7 @@ from .types import (
 if TYPE_CHECKING:
     from ..domain import ImageArray
 
-# SourcePolicy and resolve_source live in source_policy; re-exported here only until the last importer
-# (tests/server/streams/test_pipeline.py) imports them from there. Then drop these two.
-__all__ = ["SourcePolicy", "SourceReader", "resolve_source"]
+__all__ = ["SourceReader"]
 
 logger = logging.getLogger(__name__)
 

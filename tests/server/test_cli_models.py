@@ -21,9 +21,9 @@ from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.cli import main
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ChannelOrder, Task
+from visionrpc.server.manifest import Decoder, ModelManifest, ResizeMode
 from visionrpc.server.models.builtins import fetch_builtin_files
 from visionrpc.server.models.importing import darknet_model
-from visionrpc.server.models.manifest import Decoder, ModelManifest, ResizeMode
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -32,9 +32,9 @@ from visionrpc.server.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from visionrpc.server.manifest import ModelManifest, ResolvedModel
 from visionrpc.server.models.manager import ModelManager
-from visionrpc.server.models.manifest import ModelManifest
-from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
+from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.predictor import BatchResult, InputImage, Predictor
 from visionrpc.server.processing import DecodeOptions
 from visionrpc.server.scheduler import BatchSettings, Origin

@@ -22,7 +22,7 @@ from onnx import helper
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import Task
-from visionrpc.server.models.manifest import Decoder, ModelManifest
+from visionrpc.server.manifest import Decoder, ModelManifest
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
 
 PHOTOS = ["coffee.png", "motorcycle_left.png", "astronaut.png", "chelsea.png", "grace_hopper.jpg"]

@@ -24,9 +24,10 @@ from visionrpc.engines.base import Tensor
 from visionrpc.server.app import OnnxRuntimeEngineFactory, create_server
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ChannelOrder, InferOptions
+from visionrpc.server.manifest import ResolvedModel
 from visionrpc.server.models.builds import BuildProgress, BuildState, EngineBuilder
 from visionrpc.server.models.manager import ModelManager, ModelState
-from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
+from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.predictor import InputImage, Predictor
 
 from .conftest import builtin_models

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 from visionrpc.server.domain import ChannelOrder, Task
 from visionrpc.server.errors import FailedPreconditionError, NotFoundError
+from visionrpc.server.manifest import Decoder, ModelManifest, ResizeMode
 from visionrpc.server.models.builtins import (
     BUILTIN_MODELS,
     BUILTIN_VERSION,
@@ -26,7 +27,6 @@ from visionrpc.server.models.builtins import (
     install_builtin,
     is_builtin,
 )
-from visionrpc.server.models.manifest import Decoder, ModelManifest, ResizeMode
 
 
 def download_dir() -> Path:

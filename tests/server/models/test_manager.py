@@ -16,9 +16,9 @@ from visionrpc.engines import Engine
 from visionrpc.server.app import OnnxRuntimeEngineFactory
 from visionrpc.server.domain import ChannelOrder, InferOptions
 from visionrpc.server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from visionrpc.server.manifest import FileSignature, ResolvedModel
 from visionrpc.server.models.manager import ModelManager, ModelState
-from visionrpc.server.models.manifest import FileSignature
-from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
+from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.predictor import InputImage
 
 

@@ -15,9 +15,10 @@ from visionrpc.engines.engine_cache import DeviceIdentity, file_sha256
 from visionrpc.engines.tensorrt_engine import probe_tensorrt
 from visionrpc.engines.tensorrt_plan import InputProfile, Precision
 from visionrpc.server.app import OnnxRuntimeEngineFactory
+from visionrpc.server.manifest import ResolvedModel
 from visionrpc.server.models.builds import BuildState
 from visionrpc.server.models.manager import ModelManager
-from visionrpc.server.models.repository import ModelId, ModelRepository, ResolvedModel
+from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
 
 from .conftest import builtin_models

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from visionrpc.server.domain import ImageSize, InferOptions, Task
 from visionrpc.server.errors import FailedPreconditionError, InvalidArgumentError
-from visionrpc.server.models.manifest import Decoder, ModelManifest
+from visionrpc.server.manifest import Decoder, ModelManifest
 from visionrpc.server.processing import Decoded, DecodeOptions, Transform, decode_batch, resolve_options
 
 FloatArray = npt.NDArray[np.float32]

@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from media import media
 from visionrpc.server.domain import ChannelOrder, ImageSize, Task
-from visionrpc.server.models.manifest import Decoder, ModelManifest, ResizeMode
+from visionrpc.server.manifest import Decoder, ModelManifest, ResizeMode
 from visionrpc.server.processing import Transform, preprocess, stack_batch
 
 # With these the tensor holds plain pixel values, which makes geometry easy to read off.

@@ -15,7 +15,7 @@ import pytest
 from conftest import RunningServer, start_server, wait_for
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from visionrpc.client import Client, StreamFrame, StreamStatus
+from visionrpc.client import Client, ResumePolicy, StreamFrame, StreamStatus
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.models.repository import ModelId
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
@@ -315,7 +315,12 @@ def test_server_shutdown_ends_streams_with_unavailable(base_config: ServerConfig
         base_config, model_repository=tmp_path / "models", preload_default_model=False
     )
     running = start_server(config)
-    with Client(running.address) as client, client.stream(["bikes.mp4"], max_fps=5) as stream:
+    # Without resuming, to see the server's own status (the SDK would otherwise resume elsewhere).
+    no_resume = ResumePolicy(enabled=False)
+    with (
+        Client(running.address) as client,
+        client.stream(["bikes.mp4"], max_fps=5, resume=no_resume) as stream,
+    ):
         events = iter(stream)
         assert next(events).stream_id
         stopper = threading.Thread(target=running.server.stop, kwargs={"grace_s": 5.0})
