@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import wait_for
 from streaming import drain
+from visionrpc.engines.onnxruntime_engine import OnnxRuntimeEngine
 from visionrpc.server.config import ServerConfig
+from visionrpc.server.domain import ChannelOrder, InferOptions
 from visionrpc.server.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -20,9 +23,12 @@ from visionrpc.server.errors import (
     UnavailableError,
 )
 from visionrpc.server.models.manager import ModelManager
+from visionrpc.server.models.repository import ModelId
+from visionrpc.server.predictor import InputImage
 from visionrpc.server.processing import DecodeOptions
-from visionrpc.server.streams.manager import StreamManager
-from visionrpc.server.streams.pipeline import SHUTDOWN_REASON, Subscription
+from visionrpc.server.streams.manager import StreamManager, StreamRequest
+from visionrpc.server.streams.pipeline import SHUTDOWN_REASON
+from visionrpc.server.streams.subscription import Subscription
 from visionrpc.server.streams.types import (
     Delivery,
     FrameResult,
@@ -51,6 +57,32 @@ def streams(models: ModelManager, config: ServerConfig) -> Iterator[StreamManage
     manager.close()
 
 
+def request(
+    sources: Sequence[SourceSpec],
+    model: str = MODEL,
+    options: InferOptions | None = None,
+    stream_options: StreamOptions | None = None,
+) -> StreamRequest:
+    return StreamRequest(
+        tuple(sources), ModelId.parse(model), options or InferOptions(), stream_options or StreamOptions()
+    )
+
+
+def nothing_holds_the_model(models: ModelManager) -> bool:
+    """Unloads MODEL and says whether that closed it at once, which it does only when no lease is left."""
+    with models.acquire(ModelId.parse(MODEL)) as predictor:
+        engine = predictor.engine
+    assert isinstance(engine, OnnxRuntimeEngine)
+    models.unload(ModelId.parse(MODEL))
+    return engine.closed
+
+
+def start_the_models_threads(models: ModelManager, decode_options: DecodeOptions) -> None:
+    """Loads MODEL and runs one image through it: its batch scheduler starts its thread on first use."""
+    with models.acquire(ModelId.parse(MODEL)) as predictor:
+        predictor.infer([InputImage(np.zeros((64, 64, 3), np.uint8), ChannelOrder.BGR)], decode_options)
+
+
 def first_result(subscription: Subscription, timeout_s: float = 30.0) -> FrameResult:
     while True:
         message = subscription.get(timeout_s=timeout_s)
@@ -60,16 +92,16 @@ def first_result(subscription: Subscription, timeout_s: float = 30.0) -> FrameRe
 
 
 def test_identical_requests_share_one_pipeline_that_decodes_and_infers_each_frame_once(
-    streams: StreamManager, bikes: SourceSpec, decode_options: DecodeOptions
+    models: ModelManager, streams: StreamManager, bikes: SourceSpec
 ) -> None:
-    options = StreamOptions()
-    first = streams.subscribe([bikes], MODEL, decode_options, options)
+    first = streams.subscribe(request([bikes]))
     # "name" and "name/version" are the same model version, hence the same pipeline.
-    second = streams.subscribe([bikes], f"{MODEL}/1", decode_options, options)
+    second = streams.subscribe(request([bikes], f"{MODEL}/1"))
     third = streams.join(first.stream_id)
     assert first.stream_id == second.stream_id == third.stream_id
-    assert first.model_id == f"{MODEL}/1"
+    assert first.model == second.model == third.model == ModelId(MODEL, "1")
     (pipeline,) = streams.pipelines()
+    assert pipeline.model == ModelId(MODEL, "1")
     assert pipeline.subscriber_count == 3 and streams.subscriber_count == 3
 
     outputs: list[list[StreamMessage]] = []
@@ -97,15 +129,17 @@ def test_identical_requests_share_one_pipeline_that_decodes_and_infers_each_fram
     for subscription in (first, second, third):
         subscription.close()
     assert streams.subscriber_count == 0
+    # One lease per request: the pipeline kept the first one and released it when it stopped; the request
+    # that joined it released its own at once (a leaked lease would keep the model open after unloading).
+    assert nothing_holds_the_model(models)
 
 
 def test_different_requests_get_different_pipelines_and_unknown_ids_are_not_found(
-    streams: StreamManager, bikes: SourceSpec, decode_options: DecodeOptions
+    streams: StreamManager, bikes: SourceSpec
 ) -> None:
-    stricter = dataclasses.replace(decode_options, confidence=0.6)
-    a = streams.subscribe([bikes], MODEL, decode_options, StreamOptions())
-    b = streams.subscribe([bikes], MODEL, stricter, StreamOptions())
-    c = streams.subscribe([bikes], MODEL, decode_options, StreamOptions(jpeg_quality=50))
+    a = streams.subscribe(request([bikes]))
+    b = streams.subscribe(request([bikes], options=InferOptions(confidence_threshold=0.6)))
+    c = streams.subscribe(request([bikes], stream_options=StreamOptions(jpeg_quality=50)))
     assert len({a.stream_id, b.stream_id, c.stream_id}) == 3
     assert len(streams.pipelines()) == 3
     assert len(a.stream_id) >= 20  # unguessable: 128 random bits
@@ -113,39 +147,41 @@ def test_different_requests_get_different_pipelines_and_unknown_ids_are_not_foun
         streams.join("no-such-stream")
     assert missing.value.reason == "STREAM_NOT_FOUND"
     joined = streams.join(b.stream_id)
-    assert joined.get(timeout_s=10) == b.get(timeout_s=10)  # both start with the same STARTED status
+    # Both start with the same STARTED status, the joiner with its original cursor.
+    started = b.get(timeout_s=10)
+    assert isinstance(started, StreamStatus) and started.event is SourceEventKind.STARTED
+    assert started.cursor == 1 and joined.get(timeout_s=10) == started
     for subscription in (a, b, c, joined):
         subscription.close()
 
 
 def test_a_rejoin_within_the_linger_reuses_the_pipeline_and_after_it_starts_a_new_one(
-    streams: StreamManager, bikes: SourceSpec, decode_options: DecodeOptions
+    streams: StreamManager, bikes: SourceSpec
 ) -> None:
-    first = streams.subscribe([bikes], MODEL, decode_options, StreamOptions())
+    first = streams.subscribe(request([bikes]))
     seen = first_result(first)
     first.close()
-    again = streams.subscribe([bikes], MODEL, decode_options, StreamOptions())
+    again = streams.subscribe(request([bikes]))
     assert again.stream_id == first.stream_id
     assert first_result(again).sequence_number > seen.sequence_number
     (pipeline,) = streams.pipelines()
     again.close()
     assert pipeline.join(5) and streams.pipelines() == []
-    fresh = streams.subscribe([bikes], MODEL, decode_options, StreamOptions())
+    fresh = streams.subscribe(request([bikes]))
     assert fresh.stream_id != first.stream_id
     assert first_result(fresh).sequence_number == 0
     fresh.close()
 
 
 def test_every_frame_subscribers_get_private_pipelines_that_nobody_else_joins(
-    streams: StreamManager, bikes: SourceSpec, decode_options: DecodeOptions
+    streams: StreamManager, bikes: SourceSpec
 ) -> None:
-    options = StreamOptions()
-    shared = streams.subscribe([bikes], MODEL, decode_options, options)
-    private = streams.subscribe([bikes], MODEL, decode_options, options, Delivery.EVERY_FRAME)
-    other = streams.subscribe([bikes], MODEL, decode_options, options, Delivery.EVERY_FRAME)
+    shared = streams.subscribe(request([bikes]))
+    private = streams.subscribe(request([bikes]), Delivery.EVERY_FRAME)
+    other = streams.subscribe(request([bikes]), Delivery.EVERY_FRAME)
     assert len({shared.stream_id, private.stream_id, other.stream_id}) == 3
     # An identical lossy request joins the shared pipeline, never a private one.
-    assert streams.subscribe([bikes], MODEL, decode_options, options).stream_id == shared.stream_id
+    assert streams.subscribe(request([bikes])).stream_id == shared.stream_id
     refusals = [(private.stream_id, Delivery.LOSSY), (shared.stream_id, Delivery.EVERY_FRAME)]
     for stream_id, delivery in refusals:
         with pytest.raises(InvalidArgumentError) as refused:
@@ -153,25 +189,24 @@ def test_every_frame_subscribers_get_private_pipelines_that_nobody_else_joins(
         assert refused.value.reason == "EVERY_FRAME_DELIVERY_UNAVAILABLE"
     camera = SourceSpec(0, SourceKind.URL, "rtsp://127.0.0.1:9/camera")
     with pytest.raises(InvalidArgumentError) as refused:
-        streams.subscribe([camera], MODEL, decode_options, options, Delivery.EVERY_FRAME)
+        streams.subscribe(request([camera]), Delivery.EVERY_FRAME)
     assert refused.value.reason == "EVERY_FRAME_DELIVERY_UNAVAILABLE"
     assert len(streams.pipelines()) == 3 and streams.subscriber_count == 4  # refusals hold nothing
     assert first_result(private).sequence_number == 0
 
 
 def test_limits_give_resource_exhausted_with_a_retry_hint(
-    models: ModelManager, config: ServerConfig, bikes: SourceSpec, decode_options: DecodeOptions
+    models: ModelManager, config: ServerConfig, bikes: SourceSpec
 ) -> None:
     streams = StreamManager(models, dataclasses.replace(config, max_pipelines=1, max_subscribers=2))
     try:
-        options = StreamOptions()
-        first = streams.subscribe([bikes], MODEL, decode_options, options)
+        first = streams.subscribe(request([bikes]))
         with pytest.raises(ResourceExhaustedError) as exhausted:
-            streams.subscribe([bikes], MODEL, decode_options, StreamOptions(jpeg_quality=10))
+            streams.subscribe(request([bikes], stream_options=StreamOptions(jpeg_quality=10)))
         assert exhausted.value.reason == "TOO_MANY_PIPELINES" and exhausted.value.retry_after_s >= 0.5
-        second = streams.subscribe([bikes], MODEL, decode_options, options)  # shares: no new pipeline
+        second = streams.subscribe(request([bikes]))  # shares: no new pipeline
         attempts: list[Callable[[], Subscription]] = [
-            lambda: streams.subscribe([bikes], MODEL, decode_options, options),
+            lambda: streams.subscribe(request([bikes])),
             lambda: streams.join(first.stream_id),
         ]
         for attempt in attempts:
@@ -184,7 +219,10 @@ def test_limits_give_resource_exhausted_with_a_retry_hint(
         third.close()
         # Once the lingering pipeline is gone, a different one may start.
         assert wait_for(lambda: streams.pipelines() == [])
-        streams.subscribe([bikes], MODEL, decode_options, StreamOptions(jpeg_quality=10)).close()
+        streams.subscribe(request([bikes], stream_options=StreamOptions(jpeg_quality=10))).close()
+        assert wait_for(lambda: streams.pipelines() == [])
+        # The refused requests released the leases they had taken, like the ones that joined.
+        assert nothing_holds_the_model(models)
     finally:
         streams.close()
 
@@ -192,12 +230,15 @@ def test_limits_give_resource_exhausted_with_a_retry_hint(
 def test_close_ends_every_stream_with_an_error_and_releases_every_thread(
     models: ModelManager, config: ServerConfig, bikes: SourceSpec, decode_options: DecodeOptions
 ) -> None:
+    start_the_models_threads(models, decode_options)  # the model's, not the streams': they stay
     before = set(threading.enumerate())
     streams = StreamManager(models, config)
-    lossy = streams.subscribe([bikes], MODEL, decode_options, StreamOptions())
-    blocked = streams.subscribe([bikes], MODEL, decode_options, StreamOptions(), Delivery.EVERY_FRAME)
+    lossy = streams.subscribe(request([bikes]))
+    blocked = streams.subscribe(request([bikes]), Delivery.EVERY_FRAME)
     first_result(lossy)
-    time.sleep(0.5)  # the every-frame pipeline now waits on its subscriber, who reads nothing
+    # The every-frame pipeline now waits on its subscriber, who reads nothing: a full queue, one held back.
+    (waiting,) = [p for p in streams.pipelines() if p.stream_id == blocked.stream_id]
+    assert wait_for(lambda: waiting.frames_inferred == config.subscriber_queue + 1)
     pipelines = streams.pipelines()
     started = time.monotonic()
     streams.close()
@@ -208,14 +249,16 @@ def test_close_ends_every_stream_with_an_error_and_releases_every_thread(
         subscription.close()
     assert wait_for(lambda: set(threading.enumerate()) <= before), set(threading.enumerate()) - before
     with pytest.raises(UnavailableError):
-        streams.subscribe([bikes], MODEL, decode_options, StreamOptions())
+        streams.subscribe(request([bikes]))
+    # Stopping released the pipelines' leases.
+    assert nothing_holds_the_model(models)
 
 
 def test_an_unknown_model_is_refused_before_anything_starts(
-    streams: StreamManager, bikes: SourceSpec, decode_options: DecodeOptions
+    streams: StreamManager, bikes: SourceSpec
 ) -> None:
     with pytest.raises(NotFoundError):
-        streams.subscribe([bikes], "no-such-model", decode_options, StreamOptions())
+        streams.subscribe(request([bikes], "no-such-model"))
     with pytest.raises(InvalidArgumentError):
-        streams.subscribe([], MODEL, decode_options, StreamOptions())
+        streams.subscribe(request([]))
     assert streams.pipelines() == [] and streams.subscriber_count == 0

@@ -6,6 +6,7 @@ tests about starting and stopping read a few results and leave.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -18,11 +19,15 @@ from conftest import wait_for
 from media import media
 from streaming import RtspServer, drain, free_port, running_rtsp_server
 from visionrpc.engines.onnxruntime_engine import OnnxRuntimeEngine
+from visionrpc.server.domain import ChannelOrder
 from visionrpc.server.errors import InvalidArgumentError
 from visionrpc.server.models.manager import ModelManager
+from visionrpc.server.models.repository import ModelId
+from visionrpc.server.predictor import InputImage
 from visionrpc.server.processing import DecodeOptions
-from visionrpc.server.streams.pipeline import FRAME_BUFFER, SHUTDOWN_REASON, Pipeline, Subscription
-from visionrpc.server.streams.sources import SourcePolicy, resolve_source
+from visionrpc.server.streams.pipeline import FRAME_BUFFER, SHUTDOWN_REASON, Pipeline
+from visionrpc.server.streams.source_policy import SourcePolicy, resolve_source
+from visionrpc.server.streams.subscription import Subscription
 from visionrpc.server.streams.types import (
     Delivery,
     FrameImage,
@@ -42,6 +47,12 @@ from visionrpc.server.streams.types import (
 MODEL = "yolov3-tiny-coco"
 BIKES_FRAMES = 250
 BIKES_INFO = SourceInfo(index=0, width=640, height=272, fps=25.0, frame_count=BIKES_FRAMES)
+
+
+def start_the_models_threads(models: ModelManager, decode_options: DecodeOptions) -> None:
+    """Loads MODEL and runs one image through it: its batch scheduler starts its thread on first use."""
+    with models.acquire(ModelId.parse(MODEL)) as predictor:
+        predictor.infer([InputImage(np.zeros((64, 64, 3), np.uint8), ChannelOrder.BGR)], decode_options)
 
 
 def take_results(subscription: Subscription, count: int, timeout_s: float = 30.0) -> list[FrameResult]:
@@ -66,6 +77,11 @@ def results_of(messages: Sequence[StreamMessage]) -> list[FrameResult]:
     return [m for m in messages if isinstance(m, FrameResult)]
 
 
+def cursor_of(message: StreamMessage) -> int:
+    assert not isinstance(message, StreamEnd), "the end has no cursor"
+    return message.cursor
+
+
 def drain_in_background(subscription: Subscription) -> Callable[[], list[StreamMessage]]:
     """Drains on a thread of its own; the returned function joins it and gives the messages."""
     box: list[list[StreamMessage]] = []
@@ -87,16 +103,18 @@ def new_pipeline(
     options: StreamOptions | None = None,
     *,
     subscriber_queue: int = 32,
+    replay_messages: int = 64,
     linger_s: float = 2.0,
     reconnect: ReconnectPolicy | None = None,
 ) -> Pipeline:
+    """A pipeline owning a fresh lease on MODEL (released when it stops)."""
     return Pipeline(
         sources,
-        MODEL,
+        models.lease(ModelId.parse(MODEL)),
         decode_options,
         options or StreamOptions(),
-        models=models,
         subscriber_queue=subscriber_queue,
+        replay_messages=replay_messages,
         linger_s=linger_s,
         reconnect=reconnect,
     )
@@ -114,8 +132,10 @@ def test_a_file_pipeline_serves_every_frame_once_to_fast_subscribers_while_a_slo
 
     for messages in fast_messages:
         first, *_, ended, end = messages
-        assert first == StreamStatus(SourceEventKind.STARTED, 0, sources=(BIKES_INFO,))
+        assert first == StreamStatus(SourceEventKind.STARTED, 0, sources=(BIKES_INFO,), cursor=1)
         assert is_status(ended, SourceEventKind.ENDED) and end == StreamEnd()
+        # Every published message has the next cursor, 1, 2, 3, ...: STARTED, 250 results, ENDED.
+        assert [cursor_of(m) for m in messages[:-1]] == list(range(1, BIKES_FRAMES + 3))
         results = results_of(messages)
         assert [r.sequence_number for r in results] == list(range(BIKES_FRAMES))
         assert all(r.results_dropped == 0 and r.frames_skipped == 0 and r.frame_jpeg == b"" for r in results)
@@ -137,6 +157,12 @@ def test_a_file_pipeline_serves_every_frame_once_to_fast_subscribers_while_a_slo
     assert slow_messages[-1] == StreamEnd() and is_status(slow_messages[-2], SourceEventKind.ENDED)
     sequences = [r.sequence_number for r in slow_results]
     assert sequences == sorted(sequences) and sequences[-1] == BIKES_FRAMES - 1
+    # The slow one sees the same cursors, with jumps where its results were dropped: a result's cursor is
+    # its frame's (STARTED is 1, frame n is n + 2), whoever receives it.
+    slow_cursors = [cursor_of(m) for m in slow_messages[:-1]]
+    assert slow_cursors[0] == 1 and slow_cursors[-1] == BIKES_FRAMES + 2
+    assert all(a < b for a, b in itertools.pairwise(slow_cursors))
+    assert all(r.cursor == r.sequence_number + 2 for r in slow_results)
 
     # A finished pipeline releases its threads by itself; its subscriptions keep answering with the end.
     assert pipeline.join(10) and not pipeline.running
@@ -152,8 +178,9 @@ def test_every_frame_delivery_waits_for_its_slow_subscriber(
     queue = 4
     pipeline = new_pipeline(models, [bikes], decode_options, subscriber_queue=queue, linger_s=0.2)
     subscription = pipeline.subscribe(Delivery.EVERY_FRAME)
-    time.sleep(2.0)  # a lossy subscriber would have lost ~50 results by now
     # The pipeline waits: its queue full, one result held back, the file read no further than its buffer.
+    assert wait_for(lambda: pipeline.frames_inferred == queue + 1)
+    time.sleep(2.0)  # an observation window: a lossy subscriber would have lost ~50 results by now
     assert pipeline.frames_inferred <= queue + 1
     assert pipeline.frames_decoded <= pipeline.frames_inferred + FRAME_BUFFER + 1
     with pytest.raises(InvalidArgumentError) as refused:
@@ -165,6 +192,7 @@ def test_every_frame_delivery_waits_for_its_slow_subscriber(
     assert [r.sequence_number for r in results] == list(range(BIKES_FRAMES))
     assert subscription.results_dropped == 0 and all(r.results_dropped == 0 for r in results)
     assert messages[-1] == StreamEnd()
+    assert [cursor_of(m) for m in messages[:-1]] == list(range(1, len(messages)))
     subscription.close()
     assert pipeline.join(10)
 
@@ -193,7 +221,7 @@ def test_the_last_subscriber_leaving_stops_it_after_the_linger_and_a_rejoin_with
     models: ModelManager, bikes: SourceSpec, decode_options: DecodeOptions
 ) -> None:
     before = set(threading.enumerate())
-    with models.acquire(MODEL) as predictor:
+    with models.acquire(ModelId.parse(MODEL)) as predictor:
         engine = predictor.engine
     assert isinstance(engine, OnnxRuntimeEngine)
     pipeline = new_pipeline(models, [bikes], decode_options, linger_s=1.0)
@@ -202,22 +230,25 @@ def test_the_last_subscriber_leaving_stops_it_after_the_linger_and_a_rejoin_with
     first.close()
     first.close()  # idempotent
     assert first.get(timeout_s=0) == StreamEnd()  # a closed subscription never blocks its reader
-    time.sleep(0.3)
+    time.sleep(0.3)  # a frame in flight when it left may still finish
     assert pipeline.running and pipeline.subscriber_count == 0
     # Nobody watches: inference idles (the file waits) instead of running ahead for nobody.
     idle_inferred = pipeline.frames_inferred
-    time.sleep(0.2)
+    time.sleep(0.2)  # an observation window
     assert pipeline.frames_inferred == idle_inferred
 
     again = pipeline.subscribe()  # within the linger: the same pipeline, where it was
-    assert again.get(timeout_s=5) == StreamStatus(SourceEventKind.STARTED, 0, sources=(BIKES_INFO,))
+    # A joiner gets the STARTED status first, with its original cursor.
+    assert again.get(timeout_s=5) == StreamStatus(SourceEventKind.STARTED, 0, sources=(BIKES_INFO,), cursor=1)
     resumed = take_results(again, 3)
     assert resumed[0].sequence_number > seen[-1].sequence_number
+    assert resumed[0].cursor > seen[-1].cursor
+    assert [r.cursor for r in resumed] == [r.sequence_number + 2 for r in resumed]
     # Resumed, neither restarted nor run ahead: at most a queue and a buffer beyond what the first one took.
     assert resumed[0].sequence_number <= seen[-1].sequence_number + 32 + FRAME_BUFFER + 2
 
     # While it runs it holds a lease on the model: unloading detaches it but cannot close it.
-    models.unload(MODEL)
+    models.unload(ModelId.parse(MODEL))
     assert not engine.closed
     again.close()
     time.sleep(0.5)
@@ -226,6 +257,43 @@ def test_the_last_subscriber_leaving_stops_it_after_the_linger_and_a_rejoin_with
     assert engine.closed  # the pipeline's lease was the last one
     assert all(not reader.alive for reader in pipeline.readers)
     assert wait_for(lambda: set(threading.enumerate()) <= before), set(threading.enumerate()) - before
+
+
+@pytest.mark.parametrize(
+    "stop", ["the last subscriber leaves", "the stream ends", "the server closes it", "closed before it ran"]
+)
+def test_the_pipeline_holds_its_model_lease_until_it_stops_however_it_stops(
+    models: ModelManager, bikes: SourceSpec, decode_options: DecodeOptions, stop: str
+) -> None:
+    with models.acquire(ModelId.parse(MODEL)) as predictor:
+        engine = predictor.engine
+    assert isinstance(engine, OnnxRuntimeEngine)
+    # The stream that ends starts near the end of the file, so it ends in a few frames.
+    source = dataclasses.replace(bikes, start_frame=BIKES_FRAMES - 5) if stop == "the stream ends" else bikes
+    pipeline = new_pipeline(models, [source], decode_options, linger_s=0.2)
+    # Unloading detaches the model; it closes when its last lease goes, and the pipeline holds one from
+    # the start (it was handed the lease when it was made).
+    models.unload(ModelId.parse(MODEL))
+    assert not engine.closed
+    subscription: Subscription | None = None
+    if stop != "closed before it ran":
+        subscription = pipeline.subscribe()
+        take_results(subscription, 1)
+        assert not engine.closed
+
+    if stop == "the last subscriber leaves":
+        assert subscription is not None
+        subscription.close()
+    elif stop == "the stream ends":
+        assert subscription is not None
+        assert drain(subscription)[-1] == StreamEnd()
+    else:
+        pipeline.close()
+
+    assert pipeline.join(10) and pipeline.finished
+    assert engine.closed  # released by the time the pipeline has stopped
+    if subscription is not None:
+        subscription.close()
 
 
 def test_frame_images_are_jpegs_of_the_frame_raw_or_annotated(
@@ -261,13 +329,17 @@ def test_frame_images_are_jpegs_of_the_frame_raw_or_annotated(
 def test_sources_are_batched_round_robin_and_close_ends_the_stream_with_an_error(
     models: ModelManager, bikes: SourceSpec, source_policy: SourcePolicy, decode_options: DecodeOptions
 ) -> None:
+    start_the_models_threads(models, decode_options)  # the model's, not the streams': they stay
     before = set(threading.enumerate())
     second = resolve_source(1, path="bikes.mp4", policy=source_policy)
     pipeline = new_pipeline(models, [bikes, second], decode_options)
     subscription = pipeline.subscribe()
     first = subscription.get(timeout_s=10)
     assert first == StreamStatus(
-        SourceEventKind.STARTED, 0, sources=(BIKES_INFO, SourceInfo(1, 640, 272, 25.0, BIKES_FRAMES))
+        SourceEventKind.STARTED,
+        0,
+        sources=(BIKES_INFO, SourceInfo(1, 640, 272, 25.0, BIKES_FRAMES)),
+        cursor=1,
     )
     results = take_results(subscription, 40)
     for index in (0, 1):  # each source in order from its first frame, neither starved
