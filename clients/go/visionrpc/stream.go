@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	visionrpcv1 "github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1"
 )
@@ -58,7 +59,7 @@ func (c *Client) Stream(ctx context.Context, req *visionrpcv1.StreamPredictionsR
 		ctx:         ctx,
 		cancel:      cancel,
 		open:        c.inference.StreamPredictions,
-		req:         req,
+		req:         proto.CloneOf(req), // resumes re-issue the request as it was, whatever the caller does with it
 		maxAttempts: c.streamResumeAttempts,
 	}
 	call, err := s.open(ctx, req)
@@ -84,7 +85,7 @@ type PredictionStream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	open   func(context.Context, *visionrpcv1.StreamPredictionsRequest, ...grpc.CallOption) (streamCall, error)
-	req    *visionrpcv1.StreamPredictionsRequest // as the caller gave it; resumes send a copy
+	req    *visionrpcv1.StreamPredictionsRequest // as the caller gave it; resumes send a copy with Resume set
 
 	// Owned by Recv's goroutine.
 	call        streamCall // nil while broken
