@@ -213,9 +213,7 @@ class _LoopThread:
     def __init__(self, control_threads: int) -> None:
         self.loop = asyncio.new_event_loop()
         # Blocking calls that are not CPU work (model loads, opening streams, model control) run here.
-        self.loop.set_default_executor(
-            ThreadPoolExecutor(max_workers=control_threads, thread_name_prefix="visionrpc-control")
-        )
+        self.loop.set_default_executor(started_pool(control_threads, "visionrpc-control"))
         self._thread = threading.Thread(target=self.loop.run_forever, name="visionrpc-loop", daemon=True)
         self._thread.start()
 
@@ -228,6 +226,16 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+def started_pool(size: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads all run from the start: the server's thread count is fixed from start-up
+    instead of creeping up with load (a ThreadPoolExecutor otherwise adds a thread only when none is idle)."""
+    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+    everyone = threading.Barrier(size)
+    for _ in range(size):  # each task holds its thread until all have one, so each submit starts a thread
+        pool.submit(everyone.wait, 10.0)
+    return pool
 
 
 def build_model_manager(
@@ -281,7 +289,7 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
     """
     models = models if models is not None else build_model_manager(config)
     streams = StreamManager(models, config)
-    workers = ThreadPoolExecutor(max_workers=config.cpu_workers, thread_name_prefix="visionrpc-worker")
+    workers = started_pool(config.cpu_workers, "visionrpc-worker")
     runtime = _LoopThread(_CONTROL_THREADS)
 
     async def assemble() -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:

@@ -36,10 +36,10 @@ from ..streams.types import SourceSpec, StreamEnd
 from .convert import decode_request_image, infer_options_from_proto, infer_response
 from .status import map_errors, map_stream_errors
 from .stream_convert import (
+    ResponseCache,
     delivery_from_proto,
     resume_point_from_proto,
     resumed_status_to_proto,
-    stream_message_to_proto,
     stream_options_from_proto,
 )
 
@@ -62,6 +62,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._config = config
         self._workers = workers
         self._source_policy = SourcePolicy.from_config(config)
+        self._responses = ResponseCache()
 
     @map_errors
     async def Infer(  # noqa: N802 - the generated base class fixes the name
@@ -149,7 +150,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if isinstance(message, StreamEnd):
                     _raise_for_end(message, subscription.stream_id)
                     return
-                yield stream_message_to_proto(message, subscription.stream_id, subscription.model)
+                yield self._responses.response(message, subscription.stream_id, subscription.model)
         finally:
             # Cancellation and deadlines arrive here as CancelledError: the subscription is freed at once.
             subscription.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from ..streams.types import (
 from .convert import prediction_to_proto
 
 __all__ = [
+    "ResponseCache",
     "delivery_from_proto",
     "resume_point_from_proto",
     "resumed_status_to_proto",
@@ -180,3 +182,27 @@ def stream_message_to_proto(
             )
         )
     return response
+
+
+class ResponseCache:
+    """Each stream message converted once, however many subscribers send it (a shared pipeline's hundreds of
+    viewers would otherwise convert every frame hundreds of times). Keyed by (stream id, cursor), which names
+    one message of one stream; bounded, newest kept. Used from the event loop only: no lock."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._responses: OrderedDict[tuple[str, int], inference_pb2.StreamPredictionsResponse] = OrderedDict()
+
+    def response(
+        self, message: FrameResult | StreamStatus, stream_id: str, model: ModelId
+    ) -> inference_pb2.StreamPredictionsResponse:
+        # Results a subscriber lost are counted per subscriber: such a message is its own.
+        if message.cursor == 0 or (isinstance(message, FrameResult) and message.results_dropped):
+            return stream_message_to_proto(message, stream_id, model)
+        key = (stream_id, message.cursor)
+        response = self._responses.get(key)
+        if response is None:
+            response = self._responses[key] = stream_message_to_proto(message, stream_id, model)
+            if len(self._responses) > self._size:
+                self._responses.popitem(last=False)
+        return response
