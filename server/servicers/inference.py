@@ -10,6 +10,7 @@ run in the event loop's default executor, so they never occupy the CPU workers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -160,14 +161,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         subscription opened for a call that was cancelled meanwhile is closed, never leaked."""
         delivery = delivery_from_proto(request.stream_options)
         resume = resume_point_from_proto(request)
+        opener: Callable[[], Subscription]
         if request.stream_id and resume is None:
-            opener: Callable[[], Subscription] = lambda: self._streams.join(request.stream_id, delivery)  # noqa: E731
+            opener = functools.partial(self._streams.join, request.stream_id, delivery)
+        elif resume is None:
+            opener = functools.partial(self._streams.subscribe, self._stream_request(request), delivery)
         else:
-            stream_request = self._stream_request(request)
-            if resume is None:
-                opener = lambda: self._streams.subscribe(stream_request, delivery)  # noqa: E731
-            else:
-                opener = lambda: self._streams.resume(stream_request, resume, delivery)  # noqa: E731
+            opener = functools.partial(self._streams.resume, self._stream_request(request), resume, delivery)
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(None, opener)
         try:

@@ -36,10 +36,11 @@ def free_port() -> int:
         return port
 
 
-def wait_serving(address: str, timeout_s: float) -> bool:
+def wait_serving(address: str, server: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """True once the server answers SERVING; False at the timeout, or at once if its process exited."""
     deadline = time.monotonic() + timeout_s
     request = health_pb2.HealthCheckRequest(service="visionrpc.v1.InferenceService")
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         try:
             with grpc.insecure_channel(address) as channel:
                 status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status
@@ -77,7 +78,7 @@ def main() -> int:
                 ("recycling", ("--max-connection-age-s", "2", "--max-connection-age-grace-s", "1")),
             ):
                 addresses[name] = start_server(root, name, servers, *flags)
-                if not wait_serving(addresses[name], timeout_s=300):
+                if not wait_serving(addresses[name], servers[-1], timeout_s=300):
                     log = (root / f"{name}-server.log").read_text()
                     sys.stderr.write(f"the {name} server did not become SERVING:\n{log}")
                     return 1
