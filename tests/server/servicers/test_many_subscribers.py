@@ -26,7 +26,8 @@ from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 SHARED_SUBSCRIBERS = 200
 SEPARATE_PIPELINES = 20
-UNARY_SAMPLES = 15
+SHARED_FPS = 5.0  # the shared pipeline: 1,000 messages a second to its 200 subscribers
+UNARY_SAMPLES = 40
 HEALTH_SAMPLES = 10
 
 
@@ -152,11 +153,11 @@ def test_hundreds_of_subscribers_hold_no_thread_and_starve_nothing(
             # Separate pipelines (each its own rate, so its own key), and the first viewer of the shared one;
             # opened together so the server's bounded pools reach their size now.
             separate = [stream_request(0.25 + 0.01 * i) for i in range(SEPARATE_PIPELINES)]
-            subscribers.subscribe([*separate, stream_request(1.0)])
+            subscribers.subscribe([*separate, stream_request(SHARED_FPS)])
             assert wait_for(lambda: all(subscribers.received), timeout_s=60), subscribers.received
             threads_before = threads_of(process)
 
-            subscribers.subscribe([stream_request(1.0)] * (SHARED_SUBSCRIBERS - 1))
+            subscribers.subscribe([stream_request(SHARED_FPS)] * (SHARED_SUBSCRIBERS - 1))
             total = SEPARATE_PIPELINES + SHARED_SUBSCRIBERS
             assert wait_for(lambda: sum(1 for n in subscribers.received if n) == total, timeout_s=60)
             threads_after = threads_of(process)
