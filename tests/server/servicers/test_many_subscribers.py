@@ -172,7 +172,8 @@ def test_hundreds_of_subscribers_hold_no_thread_and_starve_nothing(
     print(
         f"\n{total} subscribers ({SHARED_SUBSCRIBERS} on one pipeline, {SEPARATE_PIPELINES} on their own): "
         f"unary p50 {idle_p50:.1f} ms idle -> {loaded_p50:.1f} ms loaded ({loaded_p50 / idle_p50:.2f}x); "
-        f"health {sorted(round(h, 1) for h in health_ms)} ms; server threads {threads_before} -> {threads_after}"
+        f"health {sorted(round(h, 1) for h in health_ms)} ms; "
+        f"server threads {threads_before} -> {threads_after}"
     )
     assert threads_after <= threads_before, "the server's thread count grew with its subscribers"
     assert loaded_p50 <= 2.0 * idle_p50
