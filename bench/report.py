@@ -164,7 +164,7 @@ def _measurements(results: dict[str, Any]) -> list[str]:
     floor = results["floor"]
     rows.append(
         _row(
-            "transport floor: a bare grpcio server running the same engine call, c=1",
+            "transport floor: a bare grpc.aio server handing the same engine call to a worker, c=1",
             f"{_latency(floor['latency'])}; engine {floor['engine_p50_ms']:.2f} ms; outside the engine call "
             f"{floor['outside_handler_p50_ms']:.2f} ms "
             f"(so visionrpc's servicer adds {outside - floor['outside_handler_p50_ms']:+.2f} ms)",
