@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -28,7 +28,7 @@ from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
 from ..predictor import BatchResult, InputImage, Pending
 from ..processing import DecodeOptions
-from ..scheduler import Origin, Ticket
+from ..scheduler import Origin
 from ..streams.manager import StreamManager, StreamRequest
 from ..streams.pipeline import SHUTDOWN_REASON
 from ..streams.source_policy import SourcePolicy, resolve_source
@@ -49,7 +49,6 @@ __all__ = ["InferenceServicer"]
 logger = logging.getLogger(__name__)
 
 _MAX_SOURCES = 16
-_Result = TypeVar("_Result")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -92,8 +91,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise
         try:
             if isinstance(outcome, Pending):
-                await _done(outcome.ticket)
-                outcome = await self._work(lease.predictor.finish, outcome, decode_options)
+                outcome = await self._finish_when_done(lease.predictor.finish, outcome, decode_options)
             # The engine reported is the one that ran the images, not the current one: a background build
             # may swap engines meanwhile.
             return infer_response(
@@ -135,8 +133,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             lease.release()
             raise
 
-    async def _work(self, function: Callable[..., _Result], *args: Any) -> _Result:
-        return await asyncio.wrap_future(self._workers.submit(function, *args))
+    async def _finish_when_done(
+        self,
+        finish: Callable[[Pending, DecodeOptions], BatchResult],
+        pending: Pending,
+        options: DecodeOptions,
+    ) -> BatchResult:
+        """Awaits the batch and its decoding without holding a thread: the thread that completes the batch
+        hands the decoding straight to a worker, and only the worker's result comes back to the loop."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[BatchResult] = loop.create_future()
+
+        def settle(job: Future[BatchResult]) -> None:
+            loop.call_soon_threadsafe(_settle, done, job)
+
+        def decode_in_a_worker() -> None:  # the scheduler's thread, or this one if the batch is done
+            try:
+                job = self._workers.submit(finish, pending, options)
+            except RuntimeError as exc:  # the pool shut down: the server is stopping
+                job = Future()
+                job.set_exception(UnavailableError(f"the server is stopping: {exc}", reason="SHUTTING_DOWN"))
+            job.add_done_callback(settle)
+
+        pending.ticket.add_done_callback(decode_in_a_worker)
+        return await done
 
     @map_stream_errors
     async def StreamPredictions(  # noqa: N802
@@ -220,20 +240,15 @@ def _raise_for_end(end: StreamEnd, stream_id: str) -> None:
         )
 
 
-async def _done(ticket: Ticket) -> None:
-    """Awaits a batch ticket without holding a thread: the scheduler's thread wakes the loop."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def wake() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def wake_from_any_thread() -> None:
-        loop.call_soon_threadsafe(wake)
-
-    ticket.add_done_callback(wake_from_any_thread)
-    await done
+def _settle(done: asyncio.Future[BatchResult], job: Future[BatchResult]) -> None:
+    """On the loop: passes a worker's outcome to the awaiting call, unless the call went away meanwhile."""
+    if done.done():
+        return
+    error = job.exception()
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(job.result())
 
 
 def _release_lease_of(job: Future[tuple[ModelLease, DecodeOptions, Pending | BatchResult]]) -> None:
