@@ -62,7 +62,7 @@ class ServerConfig:
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
     max_concurrent_rpcs: int = 256
-    # Threads for requests' CPU work (image decoding, preprocessing, NMS); 0: one per core. RPCs themselves
+    # Threads for requests' CPU work (image decoding, preprocessing, NMS); 0: the cores + 2. RPCs themselves
     # hold no thread (asyncio), so this bounds CPU work, not how many calls or streams may be open.
     worker_threads: int = 0
     # Streams. File sources must lie below media_root; URL sources need their scheme and host allowed
@@ -106,7 +106,7 @@ class ServerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
         if self.worker_threads < 0:
-            raise ValueError(f"expected worker_threads >= 0 (0: one per core), got {self.worker_threads}")
+            raise ValueError(f"expected worker_threads >= 0 (0: the cores + 2), got {self.worker_threads}")
         if self.max_batch_size < 0:
             raise ValueError(
                 f"expected max_batch_size >= 0 (0: the device default), got {self.max_batch_size}"
@@ -135,8 +135,9 @@ class ServerConfig:
 
     @property
     def cpu_workers(self) -> int:
-        """Threads for requests' CPU work: `worker_threads`, or one per core this process may use."""
-        return self.worker_threads or max(2, len(os.sched_getaffinity(0)))
+        """Threads for requests' CPU work: `worker_threads`, or two more than the cores this process may use
+        (a worker may be running an idle engine's batch inline; the others keep decoding and NMS flowing)."""
+        return self.worker_threads or len(os.sched_getaffinity(0)) + 2
 
     @property
     def builtin_repository(self) -> Path:
