@@ -307,14 +307,12 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
 
     try:
         server, health_servicer, port = runtime.call(assemble())
+        if port == 0:
+            raise OSError(f"could not bind {config.address}")
     except BaseException:
         runtime.close()
         workers.shutdown(wait=False)
         raise
-    if port == 0:
-        runtime.close()
-        workers.shutdown(wait=False)
-        raise OSError(f"could not bind {config.address}")
     return VisionRpcServer(config, runtime, server, health_servicer, models, streams, workers), port
 
 

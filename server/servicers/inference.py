@@ -23,6 +23,7 @@ import grpc.aio
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 from ..config import ServerConfig
+from ..domain import InferOptions
 from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
@@ -107,7 +108,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self,
         request: inference_pb2.InferRequest,
         model_id: ModelId,
-        options: Any,
+        options: InferOptions,
         deadline: float | None,
         cancelled: threading.Event,
     ) -> tuple[ModelLease, DecodeOptions, Pending | BatchResult]:

@@ -156,16 +156,9 @@ class StreamManager:
             NotFoundError: STREAM_NOT_FOUND: the stream is not running here and the request names no sources.
             as `subscribe` otherwise.
         """
-        with self._lock:
-            self._check_open()
-            pipeline = self._by_id.get(point.stream_id)
-            if pipeline is not None:
-                self._reserve_subscriber()
-        if pipeline is not None:
-            try:
-                return self._attach(pipeline, delivery, resume_after=point.after_cursor)
-            except PipelineStoppedError:
-                self._forget(pipeline)
+        replayed = self._join_running(point.stream_id, delivery, resume_after=point.after_cursor)
+        if replayed is not None:
+            return replayed
         if not request.sources:
             raise _stream_not_found()
         positions = point.next_sequence_numbers
@@ -190,17 +183,10 @@ class StreamManager:
             InvalidArgumentError: reason EVERY_FRAME_DELIVERY_UNAVAILABLE.
             ResourceExhaustedError: reason TOO_MANY_SUBSCRIBERS.
         """
-        with self._lock:
-            self._check_open()
-            pipeline = self._by_id.get(stream_id)
-            if pipeline is None:
-                raise _stream_not_found()
-            self._reserve_subscriber()
-        try:
-            return self._attach(pipeline, delivery)
-        except PipelineStoppedError:
-            self._forget(pipeline)
-            raise _stream_not_found() from None
+        subscription = self._join_running(stream_id, delivery)
+        if subscription is None:
+            raise _stream_not_found()
+        return subscription
 
     def close(self) -> None:
         """Stops every pipeline (server shutdown): subscribers receive an error end. Idempotent."""
@@ -220,6 +206,22 @@ class StreamManager:
                 )
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _join_running(
+        self, stream_id: str, delivery: Delivery, *, resume_after: int | None = None
+    ) -> Subscription | None:
+        """Subscribes to the pipeline running under `stream_id`; None when there is none (or it stopped)."""
+        with self._lock:
+            self._check_open()
+            pipeline = self._by_id.get(stream_id)
+            if pipeline is None:
+                return None
+            self._reserve_subscriber()
+        try:
+            return self._attach(pipeline, delivery, resume_after=resume_after)
+        except PipelineStoppedError:
+            self._forget(pipeline)
+            return None
 
     def _subscribe(
         self, key: PipelineKey, sources: Sequence[SourceSpec], lease: ModelLease, delivery: Delivery

@@ -11,10 +11,12 @@ import pytest
 from conftest import cache_root
 from media import media
 from visionrpc.server.app import OnnxRuntimeEngineFactory
+from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import InferOptions
 from visionrpc.server.models.manager import ModelManager
 from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.processing import DecodeOptions
+from visionrpc.server.streams.manager import StreamManager
 from visionrpc.server.streams.source_policy import SourcePolicy, resolve_source
 from visionrpc.server.streams.types import SourceSpec
 
@@ -56,3 +58,11 @@ def bikes(source_policy: SourcePolicy) -> SourceSpec:
 def decode_options(models: ModelManager) -> DecodeOptions:
     with models.acquire(ModelId.parse(MODEL)) as predictor:
         return predictor.resolve_options(InferOptions())
+
+
+@pytest.fixture
+def streams(models: ModelManager, config: ServerConfig) -> Iterator[StreamManager]:
+    """A stream manager over the session's models, with the `config` fixture of the test module."""
+    manager = StreamManager(models, config)
+    yield manager
+    manager.close()

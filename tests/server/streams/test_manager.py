@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +48,6 @@ BIKES_FRAMES = 250
 @pytest.fixture
 def config(media_root: Path) -> ServerConfig:
     return ServerConfig(media_root=media_root, pipeline_linger_s=0.5, subscriber_queue=8)
-
-
-@pytest.fixture
-def streams(models: ModelManager, config: ServerConfig) -> Iterator[StreamManager]:
-    manager = StreamManager(models, config)
-    yield manager
-    manager.close()
 
 
 def request(

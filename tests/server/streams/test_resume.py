@@ -5,7 +5,7 @@ source readers."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -145,13 +145,6 @@ def test_a_resumed_subscriber_gets_the_ring_after_its_cursor_and_the_gap_says_wh
 def config(media_root: Path) -> ServerConfig:
     # A long linger: a resume must find the pipeline however slowly the test machine runs.
     return ServerConfig(media_root=media_root, pipeline_linger_s=10.0, subscriber_queue=8)
-
-
-@pytest.fixture
-def streams(models: ModelManager, config: ServerConfig) -> Iterator[StreamManager]:
-    manager = StreamManager(models, config)
-    yield manager
-    manager.close()
 
 
 def request(sources: Sequence[SourceSpec]) -> StreamRequest:
