@@ -32,7 +32,16 @@ from streaming import free_port, running_rtsp_server
 ROOT = Path(__file__).resolve().parents[2]
 LANGUAGES = ("python", "go", "node")
 BIKES_FRAMES = 250
-RECYCLING = ("--max-connection-age-s", "1.5", "--max-connection-age-grace-s", "0.5")
+# A long linger: a cut stream must find its pipeline still running however slowly a loaded test machine lets
+# the client reconnect (the default 2 s is the production window; what is tested here is the replay).
+RECYCLING = (
+    "--max-connection-age-s",
+    "1.5",
+    "--max-connection-age-grace-s",
+    "0.5",
+    "--pipeline-linger-s",
+    "10",
+)
 
 
 @pytest.fixture(scope="module")

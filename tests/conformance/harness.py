@@ -75,7 +75,18 @@ def main() -> int:
             addresses: dict[str, str] = {}
             for name, flags in (
                 ("plain", ()),
-                ("recycling", ("--max-connection-age-s", "2", "--max-connection-age-grace-s", "1")),
+                # A long linger, so a slow reconnection on a loaded machine still finds the stream running.
+                (
+                    "recycling",
+                    (
+                        "--max-connection-age-s",
+                        "2",
+                        "--max-connection-age-grace-s",
+                        "1",
+                        "--pipeline-linger-s",
+                        "10",
+                    ),
+                ),
             ):
                 addresses[name] = start_server(root, name, servers, *flags)
                 if not wait_serving(addresses[name], servers[-1], timeout_s=300):

@@ -93,7 +93,9 @@ def check_prediction(prediction: ImagePrediction, expected: dict[str, Any]) -> N
 def recycling_server(server: RunningServer, base_config: ServerConfig) -> Iterator[RunningServer]:
     """Like the harness's second server: connections recycled every ~2 s (after the session server, which
     installed the model)."""
-    config = dataclasses.replace(base_config, max_connection_age_s=2.0, max_connection_age_grace_s=1.0)
+    config = dataclasses.replace(
+        base_config, max_connection_age_s=2.0, max_connection_age_grace_s=1.0, pipeline_linger_s=10.0
+    )
     running = start_server(config)
     running.server.wait_until_ready(timeout_s=300)
     yield running
