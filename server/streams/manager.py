@@ -103,6 +103,7 @@ class StreamManager:
         self._by_id: dict[str, Pipeline] = {}
         self._keys: dict[str, PipelineKey] = {}
         self._shared: dict[PipelineKey, Pipeline] = {}
+        self._ended: dict[str, Pipeline] = {}  # stopped pipelines a resumer may still find, oldest first
         self._subscribers = 0  # open subscriptions, finished pipelines' included until they close
         self._closed = False
 
@@ -196,6 +197,7 @@ class StreamManager:
             self._by_id.clear()
             self._keys.clear()
             self._shared.clear()
+            self._ended.clear()
         # Signal all first, then wait: the pipelines stop in parallel, not one after the other.
         for pipeline in pipelines:
             pipeline.close(timeout_s=0)
@@ -210,18 +212,28 @@ class StreamManager:
     def _join_running(
         self, stream_id: str, delivery: Delivery, *, resume_after: int | None = None
     ) -> Subscription | None:
-        """Subscribes to the pipeline running under `stream_id`; None when there is none (or it stopped)."""
+        """Subscribes to the pipeline running under `stream_id`; None when there is none (or it stopped). A
+        resumer may also meet a stream that ended while it was away: it gets the rest and the end."""
         with self._lock:
             self._check_open()
             pipeline = self._by_id.get(stream_id)
-            if pipeline is None:
+            ended = self._ended.get(stream_id) if pipeline is None and resume_after is not None else None
+            if pipeline is None and ended is None:
                 return None
             self._reserve_subscriber()
+        if ended is not None and resume_after is not None:
+            finished = ended.resume_ended(delivery, resume_after)
+            if finished is None:
+                self._release_subscriber()
+                return None
+            finished.add_close_callback(lambda _: self._release_subscriber())
+            return finished
+        assert pipeline is not None
         try:
             return self._attach(pipeline, delivery, resume_after=resume_after)
         except PipelineStoppedError:
             self._forget(pipeline)
-            return None
+            return self._join_running(stream_id, delivery, resume_after=resume_after)
 
     def _subscribe(
         self, key: PipelineKey, sources: Sequence[SourceSpec], lease: ModelLease, delivery: Delivery
@@ -338,6 +350,13 @@ class StreamManager:
                 key = self._keys.pop(pipeline.stream_id)
                 if self._shared.get(key) is pipeline:
                     del self._shared[key]
+                # A stream that ended stays resumable for its linger: a subscriber cut just before the end
+                # (messages still on the wire) gets them from the ring, not a restarted stream. Bounded:
+                # older entries go first, and each ended pipeline holds only its ring.
+                if pipeline.finished and not self._closed:
+                    self._ended[pipeline.stream_id] = pipeline
+                    while len(self._ended) > self._config.max_pipelines:
+                        del self._ended[next(iter(self._ended))]
 
 
 def _stream_not_found() -> NotFoundError:

@@ -1,28 +1,18 @@
 """One video pipeline: sources decoded once, inferred once, fanned out to every subscriber.
 
-Threads (all owned by the pipeline; none outlives it):
-
     SourceReader thread per source --Frame/SourceEvent--> SourceBuffer (this source's FrameSink)
-    one inference thread: ready frames round-robin over sources, submitted (up to max_batch at a time) to
-        the model's batch scheduler, which may merge them with unary requests and other pipelines' frames,
-        -> FrameResult (JPEG encoded once when asked) -> each Subscription's bounded queue (subscription.py)
+    one inference thread: ready frames round-robin over sources -> the model's batch scheduler (shared with
+        unary requests and other pipelines) -> FrameResult -> ring -> each Subscription's bounded queue
 
-Decisions, for the servicer and clients:
-- STARTED is one StreamStatus (`source_index` 0) listing every source's SourceInfo, sent once every source
-  has reported (normally: has started). No frame is inferred before it, and a subscriber joining later
-  receives it first (sizes updated by reconnections). Only a live source still failing its first connection
-  is not waited for (its RECONNECTING statuses may precede STARTED): STARTED then lists the sources that did
-  start, and that source's eventual start sends STARTED again (`source_index` = it) with the full list.
-- A source ENDED (file end, or a live source giving up) ends only that source: a SOURCE_ENDED status after its
-  last result; StreamEnd() follows once every source has ended. A source ERROR (cannot be opened) ends the
-  whole pipeline: an ERROR status, then StreamEnd(error) - the request named all its sources, so a partial
-  pipeline would silently answer a different question.
-- While nobody watches (the linger after the last subscriber leaves) the inference thread idles: files wait
-  under back-pressure and live sources keep only their newest frame, so a quick rejoin resumes where it was.
-- Every published message gets the next cursor (1, 2, ...) and goes into a bounded replay ring before any
-  subscriber sees it, so a subscriber whose call broke can resume after its last cursor with nothing lost
-  (docs/stream-resume.md). While nobody subscribes, frames wait (files) or only the newest is kept (live).
-- The pipeline holds its model's lease (taken once, by the stream manager) for its whole life.
+Decisions (the status semantics are in docs/architecture.md):
+- STARTED (one StreamStatus listing every source) goes out once every source has reported; a joiner gets it
+  first. A live source still failing its first connection is not waited for; its late start re-sends STARTED.
+- A source that ENDS ends only itself (SOURCE_ENDED; StreamEnd once all have ended). A source ERROR ends the
+  whole pipeline: the request named all its sources, so a partial pipeline would answer another question.
+- While nobody watches (the linger) the inference thread idles: files wait, live sources keep their newest.
+- Every published message gets the next cursor and goes into a bounded replay ring first, so a subscriber
+  whose call broke resumes after its last cursor with nothing lost, even shortly after the stream ended
+  (docs/stream-resume.md). The pipeline holds its model's lease (taken by the stream manager) for life.
 """
 
 from __future__ import annotations
@@ -146,6 +136,8 @@ class Pipeline:
         self._ended = [False] * len(self.sources)
         self._started_status: StreamStatus | None = None
         self._cursor = 0  # the last cursor handed out
+        self._end: StreamEnd | None = None  # how it ended, once it has
+        self._ended_at: float | None = None
         self._ring: deque[StreamMessage] = deque(maxlen=replay_messages)
 
     # -- observation -------------------------------------------------------------------------------------
@@ -236,11 +228,7 @@ class Pipeline:
             if resume_after is None:
                 backlog: list[StreamMessage] = [] if self._started_status is None else [self._started_status]
             else:
-                backlog = [m for m in self._ring if _cursor_of(m) > resume_after]
-                first_kept = _cursor_of(backlog[0]) if backlog else self._cursor + 1
-                lost = max(0, first_kept - (resume_after + 1))
-                outcome = ResumeOutcome.PARTIAL if lost else ResumeOutcome.REPLAYED
-                gap = ResumeGap(outcome, self.stream_id, lost)
+                backlog, gap = self._replay_after(resume_after)
             subscription = Subscription(
                 self.stream_id,
                 self.model,
@@ -261,6 +249,27 @@ class Pipeline:
                 )
                 self._thread.start()
         return subscription
+
+    def resume_ended(self, delivery: Delivery, resume_after: int) -> Subscription | None:
+        """A resumed subscriber of a stream that ended normally while it was away: what the ring holds after
+        its cursor, then the end. None unless the pipeline ended normally within its linger."""
+        with self._gate.lock:
+            ended = self._ended_at is not None and time.monotonic() - self._ended_at <= self._linger_s
+            if not ended or self._end is None or self._end.error:
+                return None
+            backlog, gap = self._replay_after(resume_after)
+            end = self._end
+        subscription = Subscription(self.stream_id, self.model, delivery, self._subscriber_queue, gap=gap)
+        subscription.replay([*backlog, end])
+        return subscription
+
+    def _replay_after(self, cursor: int) -> tuple[list[StreamMessage], ResumeGap]:
+        """The ring's messages after `cursor`, and whether any were lost. Caller holds the gate's lock."""
+        backlog = [m for m in self._ring if _cursor_of(m) > cursor]
+        first_kept = _cursor_of(backlog[0]) if backlog else self._cursor + 1
+        lost = max(0, first_kept - (cursor + 1))
+        outcome = ResumeOutcome.PARTIAL if lost else ResumeOutcome.REPLAYED
+        return backlog, ResumeGap(outcome, self.stream_id, lost)
 
     def _is_stopping(self) -> bool:
         return self._gate.stopping  # a plain flag read; it only ever goes from False to True
@@ -331,6 +340,7 @@ class Pipeline:
             self._gate.stopping = True
             if end is None and self._close_reason is not None:
                 end = StreamEnd(error=self._close_reason)
+            self._end, self._ended_at = end, time.monotonic()
             subs = list(self._subs)
             readers = list(self._readers)
             self._gate.work.notify_all()

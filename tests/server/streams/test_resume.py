@@ -180,6 +180,28 @@ def test_an_every_frame_stream_resumed_by_id_loses_and_repeats_nothing(
     assert wait_for(lambda: streams.subscriber_count == 0 and streams.pipelines() == [])
 
 
+def test_a_stream_that_ended_while_its_subscriber_was_away_is_replayed_to_its_end(
+    streams: StreamManager, bikes: SourceSpec
+) -> None:
+    total = BIKES_FRAMES + 2  # STARTED, the frames, SOURCE_ENDED
+    first = streams.subscribe(request([bikes]), Delivery.EVERY_FRAME)
+    seen = take(first, total - 6)  # the last six fit in its queue: the pipeline runs to its end
+    assert wait_for(lambda: streams.pipelines() == [], timeout_s=60)  # ended and stopped meanwhile
+    first.close()  # the call broke with those six still on their way
+    last = seen[-1]
+    assert isinstance(last, FrameResult)
+    point = ResumePoint(first.stream_id, cursor_of(last), (last.sequence_number + 1,))
+
+    second = streams.resume(request([bikes]), point, Delivery.EVERY_FRAME)
+    assert second.stream_id == first.stream_id  # not restarted
+    assert second.gap == ResumeGap(ResumeOutcome.REPLAYED, first.stream_id, 0)
+    after = drain(second)
+    assert after[-1] == StreamEnd()
+    assert [cursor_of(m) for m in [*seen, *after[:-1]]] == list(range(1, total + 1))
+    second.close()
+    assert wait_for(lambda: streams.subscriber_count == 0)
+
+
 @pytest.mark.parametrize("known", [True, False], ids=["known id", "unknown id"])
 @pytest.mark.parametrize("with_sources", [True, False], ids=["with sources", "without sources"])
 def test_resume_continues_a_known_stream_restarts_an_unknown_one_and_needs_sources_to_restart(
