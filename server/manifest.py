@@ -31,7 +31,9 @@ __all__ = [
     "MANIFEST_FILE",
     "Decoder",
     "FileSignature",
+    "Interpolation",
     "ModelManifest",
+    "PadPosition",
     "ResizeMode",
     "ResolvedModel",
     "file_signature",
@@ -51,8 +53,38 @@ class Decoder(enum.Enum):
 
 
 class ResizeMode(enum.Enum):
-    LETTERBOX = "letterbox"  # keep aspect ratio, pad with `pad_value`
+    LETTERBOX = "letterbox"  # keep aspect ratio, pad with `pad_value` at `pad_position`
     STRETCH = "stretch"  # resize to the input size ignoring aspect ratio
+    # Classifiers trained the torchvision/timm way: scale so the input covers `1 / crop_fraction` of the
+    # image's short side (224 / 0.875 = 256, i.e. Resize(256) + CenterCrop(224)), then cut the centre.
+    CENTRE_CROP = "centre-crop"
+
+    @classmethod
+    def _missing_(cls, value: object) -> ResizeMode | None:
+        return cls.CENTRE_CROP if value == "center-crop" else None  # the American spelling is accepted
+
+
+class PadPosition(enum.Enum):
+    """Where a letterboxed image sits in the input: centred (YOLOv5/Ultralytics) or at the top left
+    (YOLOX, and exports whose reference pipeline pads only right and bottom)."""
+
+    CENTRE = "centre"
+    TOP_LEFT = "top-left"
+
+    @classmethod
+    def _missing_(cls, value: object) -> PadPosition | None:
+        return cls.CENTRE if value == "center" else None
+
+
+class Interpolation(enum.Enum):
+    """The resampling filter of the resize (OpenCV's): `linear` as Ultralytics; `cubic` or `area` where a
+    reference pipeline uses bicubic (timm) or an antialiased downscale (PIL)."""
+
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    CUBIC = "cubic"
+    AREA = "area"
+    LANCZOS = "lanczos"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +98,10 @@ class ModelManifest:
     channel_order: ChannelOrder = ChannelOrder.RGB
     resize: ResizeMode = ResizeMode.LETTERBOX
     pad_value: int = 114
+    pad_position: PadPosition = PadPosition.CENTRE
+    # centre-crop only: the input covers this fraction of the resized image's short side (timm's crop_pct).
+    crop_fraction: float = 0.875
+    interpolation: Interpolation = Interpolation.LINEAR
     # The model sees (pixel * scale - mean) / std, per channel in `channel_order`.
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -76,6 +112,11 @@ class ModelManifest:
     default_iou: float = 0.45
     default_max_detections: int = 300
     default_top_k: int = 5
+    # Detectors: NMS across classes (a box suppresses overlapping boxes of any class), as some reference
+    # pipelines do; off, boxes only suppress boxes of their own class.
+    agnostic_nms: bool = False
+    # Serve at an input size other than the one the model's metadata says it was exported for (probe.py).
+    allow_other_input_size: bool = False
     description: str = ""
     # Engine for this model, overriding the server's --engine: "onnxruntime", "tensorrt" or "auto"; None
     # follows the server. E.g. "onnxruntime" for a model with operators TensorRT cannot parse.
@@ -103,6 +144,10 @@ class ModelManifest:
             raise ValueError(
                 f"expected max_queue_delay_ms in [0, 1000] or null, got {self.max_queue_delay_ms}"
             )
+        if not 0 <= self.pad_value <= 255:
+            raise ValueError(f"expected pad_value in [0, 255], got {self.pad_value}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError(f"expected crop_fraction in (0, 1], got {self.crop_fraction}")
         for name in ("default_confidence", "default_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -123,6 +168,10 @@ class ModelManifest:
             values["channel_order"] = ChannelOrder(values["channel_order"])
         if "resize" in values:
             values["resize"] = ResizeMode(values["resize"])
+        if "pad_position" in values:
+            values["pad_position"] = PadPosition(values["pad_position"])
+        if "interpolation" in values:
+            values["interpolation"] = Interpolation(values["interpolation"])
         for key in ("class_names", "keypoint_names", "mean", "std"):
             if key in values:
                 values[key] = tuple(values[key])

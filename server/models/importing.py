@@ -2,8 +2,10 @@
 
 A model that does not fit its manifest (wrong input size, a YOLOv8 export declared as YOLOv5, a class list one
 short) would otherwise load fine and fail on the first request, or worse, return nonsense. `add_model`
-checks the ONNX graph against the manifest before anything is written, then writes the version atomically
-(`write_version_dir`), so a server reading the repository at the same time never sees half a model.
+checks the ONNX graph against the manifest before anything is written - its declared shapes (shapes.py),
+then a real run on ONNX Runtime, which settles what dynamic axes leave open (probe.py) - and writes the
+version atomically (`write_version_dir`), so a server reading the repository at the same time never sees
+half a model.
 
 Example:
     >>> model, manifest = darknet_model(Path("yolov3-tiny.cfg"), Path("yolov3-tiny.weights"), coco_names)
@@ -23,22 +25,28 @@ from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto, external_data_helper
+from onnx import external_data_helper
+from visionrpc.engines import EngineError, OnnxRuntimeEngine
 from visionrpc.engines.importers import darknet
 
 from ..domain import ChannelOrder, Task
 from ..errors import InvalidArgumentError
 from ..manifest import Decoder, ModelManifest, ResizeMode
 from .ids import split_model_id
+from .metadata import read_metadata
+from .probe import check_by_running, check_export_size
+from .shapes import check_declared
 
-__all__ = ["add_model", "check_model_against_manifest", "darknet_model", "write_version_dir"]
+__all__ = [
+    "add_model",
+    "check_file_by_running",
+    "check_model_against_manifest",
+    "darknet_model",
+    "write_version_dir",
+]
 
 logger = logging.getLogger(__name__)
 
-# A declared dimension: a fixed size, a symbolic name ("batch"), or None when the graph does not say.
-Dim = int | str | None
-
-_CENTERFACE_CHANNELS = (("heatmap", 1), ("scale", 2), ("offset", 2), ("landmarks", 10))
 # A concurrent add can take the version this one picked; after this many lost races something else is wrong.
 _MAX_VERSION_ATTEMPTS = 16
 
@@ -113,7 +121,8 @@ def add_model(
 
     Raises:
         ValueError: a name or version the repository would not accept, a file that is not an ONNX model,
-            or a model that does not fit its manifest (`check_model_against_manifest`).
+            or a model that does not fit its manifest: its declared shapes
+            (`check_model_against_manifest`), then the shapes of a real run (`check_file_by_running`).
         FileExistsError: the version exists already; versions are never overwritten.
         FileNotFoundError: `model` is a path that does not exist.
     """
@@ -124,6 +133,13 @@ def add_model(
     except onnx.checker.ValidationError as exc:
         raise ValueError(f"{_describe(model)} is not a valid ONNX model: {exc}") from None
     check_model_against_manifest(graph, manifest)
+    if isinstance(model, Path):
+        check_file_by_running(model, manifest)
+    else:
+        with tempfile.TemporaryDirectory(prefix="visionrpc-check-") as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save(model, str(path))
+            check_file_by_running(path, manifest)
 
     model_dir = repository / name
     for _ in range(_MAX_VERSION_ATTEMPTS):
@@ -173,130 +189,34 @@ def write_version_dir(version_dir: Path, model: onnx.ModelProto | Path, manifest
 
 
 def check_model_against_manifest(model: onnx.ModelProto, manifest: ModelManifest) -> None:
-    """Checks the graph's declared input and output shapes against what the manifest makes the server do.
-
-    The server feeds one float32 NCHW image tensor of the manifest's input size (so fixed H and W must equal
-    it; symbolic ones are fine) and reads the outputs with the manifest's decoder: `yolov5` [N, boxes, 5 + C],
-    `yolov8` [N, 4 + C, boxes], `classification` [N, C], `centerface` four [N, c, h, w] maps with c = 1, 2, 2,
-    10. C is checked against `class_names` when the manifest has any. Dimensions the graph does not declare
-    are not checked.
+    """Checks the graph's declared input and output shapes against what the manifest makes the server do
+    (shapes.py); symbolic dimensions fit anything here, `check_by_running` settles them.
 
     Raises:
         ValueError: every problem found, each as "expected X, got Y".
     """
-    problems = _check_task(manifest) + _check_input(model, manifest) + _check_outputs(model, manifest)
+    problems = check_declared(model, manifest)
     if problems:
         raise ValueError("; ".join(problems))
 
 
-# ------------------------------------------------------------------------------------------------ checks
+def check_file_by_running(path: Path, manifest: ModelManifest) -> None:
+    """Loads the ONNX file on ONNX Runtime (CPU) and runs it as the server will (probe.py), after checking
+    the input size against the size its metadata says it was exported for.
 
-
-def _check_task(manifest: ModelManifest) -> list[str]:
-    expected = Task.CLASSIFICATION if manifest.decoder is Decoder.CLASSIFICATION else Task.DETECTION
-    if manifest.task is expected:
-        return []
-    return [f"expected task {expected.value} for decoder {manifest.decoder.value}, got {manifest.task.value}"]
-
-
-def _check_input(model: onnx.ModelProto, manifest: ModelManifest) -> list[str]:
-    # Exports in the IR 3 style list every weight as a graph input too; only the others are fed.
-    weights = {initializer.name for initializer in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in weights]
-    if len(inputs) != 1:
-        return [f"expected one image input, got {len(inputs)}: {[value.name for value in inputs]}"]
-    value = inputs[0]
-    problems = []
-    element = value.type.tensor_type.elem_type
-    if element != TensorProto.FLOAT:
-        problems.append(
-            f"expected input {value.name!r} of type float32 (the server feeds float32), "
-            f"got {TensorProto.DataType.Name(element).lower()}"
-        )
-    dims = _dims(value)
-    if dims is None:
-        return problems
-    height, width = manifest.input_height, manifest.input_width
-    if len(dims) != 4:
-        return [*problems, f"expected input {value.name!r} of rank 4 [N, 3, H, W], got {_show(dims)}"]
-    if isinstance(dims[1], int) and dims[1] != 3:
-        nhwc = " (channels last? the server feeds NCHW)" if dims[3] == 3 else ""
-        problems.append(f"expected input {value.name!r} shaped [N, 3, H, W], got {_show(dims)}{nhwc}")
-    if _differs(dims[2], height) or _differs(dims[3], width):
-        problems.append(
-            f"expected input {value.name!r} shaped [N, 3, {height}, {width}] for the manifest's input size "
-            f"{width}x{height} (W x H), got {_show(dims)}"
-        )
-    return problems
-
-
-def _check_outputs(model: onnx.ModelProto, manifest: ModelManifest) -> list[str]:
-    outputs = {value.name: _dims(value) for value in model.graph.output}
-    if manifest.decoder is Decoder.CENTERFACE:
-        return _check_centerface(outputs, manifest)
-    if not outputs:
-        return ["expected at least one output, got none"]
-    # As the decoders do: the output named by extra["output"], else the first one.
-    name = manifest.extra.get("output")
-    if name is None:
-        name = next(iter(outputs))
-    elif name not in outputs:
-        return [f"expected an output named {name!r} (the manifest's extra.output), got {sorted(outputs)}"]
-    dims = outputs[name]
-    if dims is None:
-        return []
-    classes = len(manifest.class_names) or None
-    if manifest.decoder is Decoder.CLASSIFICATION:
-        if len(dims) != 2 or _differs(dims[1], classes):
-            return [f"expected output {name!r} shaped [N, {classes or 'C'}], got {_show(dims)}"]
-        return []
-    v8 = manifest.decoder is Decoder.YOLOV8
-    offset = 4 if v8 else 5
-    wanted = f"[N, {offset} + {classes or 'C'}, boxes]" if v8 else f"[N, boxes, {offset} + {classes or 'C'}]"
-    if len(dims) != 3:
-        return [f"expected output {name!r} shaped {wanted}, got {_show(dims)}"]
-    attributes = dims[1] if v8 else dims[2]
-    if not isinstance(attributes, int):  # symbolic or undeclared: the decoder checks it at run time
-        return []
-    if (attributes == offset + classes) if classes is not None else (attributes > offset):
-        return []
-    return [f"expected output {name!r} shaped {wanted}, got {_show(dims)}{_layout_hint(dims, v8, classes)}"]
-
-
-def _layout_hint(dims: list[Dim], v8: bool, classes: int | None) -> str:
-    """Names the likely mistake: the other YOLO layout (the most common mix-up), or a class list's length."""
-    if classes is None:
-        return ""
-    if not v8 and dims[1] == 4 + classes:
-        return " (that is the YOLOv8/YOLO11 layout: use decoder yolov8)"
-    if v8 and dims[2] == 5 + classes:
-        return " (that is the YOLOv5 layout: use decoder yolov5)"
-    offset = 4 if v8 else 5
-    attributes = dims[1] if v8 else dims[2]
-    if isinstance(attributes, int) and attributes > offset:
-        return f" (the model has {attributes - offset} classes, the manifest {classes} class names)"
-    return ""
-
-
-def _check_centerface(outputs: Mapping[str, list[Dim] | None], manifest: ModelManifest) -> list[str]:
-    roles = [role for role, _ in _CENTERFACE_CHANNELS]
-    named = manifest.extra.get("outputs")
-    if isinstance(named, Mapping):
-        missing = [named.get(role) for role in roles if named.get(role) not in outputs]
-        if missing:
-            return [f"expected outputs {missing} (the manifest's extra.outputs), got {sorted(outputs)}"]
-        names = [str(named[role]) for role in roles]
-    else:
-        names = list(outputs)[:4]
-        if len(names) != 4:
-            return [f"expected 4 outputs ({', '.join(roles)}), got {len(outputs)}: {list(outputs)}"]
-    problems = []
-    for (role, channels), name in zip(_CENTERFACE_CHANNELS, names, strict=True):
-        dims = outputs[name]
-        if dims is not None and (len(dims) != 4 or _differs(dims[1], channels)):
-            wanted = f"[N, {channels}, h, w]"
-            problems.append(f"expected {role} output {name!r} shaped {wanted}, got {_show(dims)}")
-    return problems
+    Raises:
+        ValueError: the model cannot be loaded, does not run at the manifest's input size, or its outputs
+            do not fit the manifest.
+    """
+    check_export_size(read_metadata(path), manifest)
+    try:
+        engine = OnnxRuntimeEngine.load(path)
+    except EngineError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        check_by_running(engine, manifest)
+    finally:
+        engine.close()
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -338,19 +258,3 @@ def _versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()]
-
-
-def _dims(value: onnx.ValueInfoProto) -> list[Dim] | None:
-    tensor = value.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-
-
-def _differs(dim: Dim, expected: int | None) -> bool:
-    """A fixed dimension that is not the expected size; symbolic or unknown ones fit anything."""
-    return expected is not None and isinstance(dim, int) and dim != expected
-
-
-def _show(dims: Sequence[Dim]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"

@@ -30,6 +30,8 @@ from ..predictor import Predictor
 from ..scheduler import BatchSettings
 from .builds import NOT_NEEDED, BuildState, BuildStatus, EngineBuilder
 from .engine_selection import EngineSelection
+from .metadata import read_metadata
+from .probe import check_by_running, check_export_size
 from .repository import ModelId, ModelRepository
 
 __all__ = ["EngineFactory", "EngineSelectorFn", "ModelLease", "ModelManager", "ModelState", "ModelStatus"]
@@ -274,6 +276,7 @@ class ModelManager:
         logger.info("loading model %s from %s", model.key, model.directory)
         try:
             engine, build, start_build = self._initial_engine(model)
+            _check_fits(model, engine)
             predictor, build = self._warm_predictor(model, engine, build)
         except (EngineError, VisionRpcError, ValueError, OSError) as exc:
             reason = str(exc) if not isinstance(exc, VisionRpcError) else exc.message
@@ -449,3 +452,15 @@ class ModelManager:
             logger.info("closing model %s", slot.model.key)
             slot.predictor.close()
             slot.predictor = None
+
+
+def _check_fits(model: ResolvedModel, engine: Engine) -> None:
+    """Runs the model as it will serve (probe.py) before it serves: a model that does not fit its manifest
+    (say, a dynamic-axes YOLOv8 export declared yolov5) is FAILED with the reason instead of serving
+    nonsense. The engine is closed when it does not fit."""
+    try:
+        check_export_size(read_metadata(model.onnx_path), model.manifest)
+        check_by_running(engine, model.manifest)
+    except (ValueError, OSError):
+        engine.close()
+        raise

@@ -124,9 +124,9 @@ def test_versions_count_up_and_are_never_overwritten(tmp_path: Path) -> None:
     assert version_names(tmp_path / "rgb") == ["1", "2", "7", "8"]  # no staging folders left behind
 
     before = (tmp_path / "rgb" / "7" / "model.onnx").read_bytes()
-    other, other_manifest = classifier(classes=2)
+    other = dataclasses.replace(manifest, description="another")
     with pytest.raises(FileExistsError, match=r"rgb/7 exists already"):
-        add_model(tmp_path, "rgb", other, other_manifest, version="7")
+        add_model(tmp_path, "rgb", model, other, version="7")
     assert (tmp_path / "rgb" / "7" / "model.onnx").read_bytes() == before
     assert ModelManifest.read(tmp_path / "rgb" / "7") == manifest
 

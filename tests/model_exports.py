@@ -1,0 +1,122 @@
+"""Real exports for the bring-your-own-model tests, derived from the shipped yolov3-tiny weights.
+
+No model hub is reachable here, so the shapes users meet in the wild are made from the real converted
+yolov3-tiny (416x416, 80 COCO classes) by graph edits that change declarations and layout, never the
+weights: the models still find the cup in coffee.png.
+
+- `dynamic_axes`: every input and output dimension symbolic except the image channels, as torch.onnx's
+  dynamic exports declare them (the converted graph itself still only runs at 416x416: its YOLO heads
+  use fixed grids, so running it at another size fails, as such an export does);
+- `with_metadata` + `ultralytics_metadata`: the metadata block an Ultralytics export carries, values written
+  the way Ultralytics writes them (`str()` of Python values);
+- `pin_batch_to_one`: a graph that declares a dynamic batch but reshapes to a batch of 1 inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import onnx
+from conftest import cache_root
+from onnx import numpy_helper
+from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
+from visionrpc.server.manifest import ModelManifest
+from visionrpc.server.models.builtins import install_builtin
+
+# A shape expression as torch's dynamo exporter writes symbolic dimensions: the unreadable kind.
+LONG_SYMBOL = (
+    "floor(floor(floor(floor(floor(s0/2)/2)/2)/2)/2)*floor(floor(floor(floor(floor(s1/2)/2)/2)/2)/2)*3"
+)
+
+
+def builtin_tiny() -> Path:
+    """The installed built-in yolov3-tiny-coco version folder (installed on first use)."""
+    downloads = cache_root() / "downloads"
+    return install_builtin("yolov3-tiny-coco", downloads / "builtin-models", downloads)
+
+
+def tiny_yolov5() -> onnx.ModelProto:
+    """The built-in yolov3-tiny-coco graph: [batch, 3, 416, 416] -> [batch, 2535, 85] (YOLOv5 layout)."""
+    return onnx.load(str(builtin_tiny() / "model.onnx"))
+
+
+def tiny_yolov8() -> onnx.ModelProto:
+    """The same weights in the YOLOv8/YOLO11 layout: [batch, 84, 2535], output `output0`."""
+    return derive_yolov8_layout(tiny_yolov5())
+
+
+def coco_names() -> tuple[str, ...]:
+    return ModelManifest.read(builtin_tiny()).class_names
+
+
+def dynamic_axes(model: onnx.ModelProto, *, long_symbols: bool = False) -> onnx.ModelProto:
+    """Declares every input and output dimension symbolic (the image channels stay 3)."""
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    weights = {initializer.name for initializer in edited.graph.initializer}
+    for value in edited.graph.input:
+        if value.name in weights:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim, name in zip(dims, ["batch", "", "height", "width"], strict=True):
+            if name:
+                dim.dim_param = name
+    for value in edited.graph.output:
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            dim.dim_param = "batch" if index == 0 else (LONG_SYMBOL if long_symbols else f"d{index}")
+    del edited.graph.value_info[:]  # fixed intermediate shapes would contradict the declarations
+    onnx.checker.check_model(edited)
+    return edited
+
+
+def ultralytics_metadata(
+    task: str,
+    names: Sequence[str],
+    imgsz: tuple[int, int],
+    *,
+    kpt_shape: tuple[int, int] | None = None,
+) -> dict[str, str]:
+    """The metadata_props of an Ultralytics export (exporter.py writes `str(value)` for each)."""
+    props = {
+        "description": f"Ultralytics YOLO11n-{task} model",
+        "author": "Ultralytics",
+        "date": "2025-01-01T00:00:00",
+        "version": "8.3.0",
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "stride": "32",
+        "task": task,
+        "batch": "1",
+        "imgsz": str(list(imgsz)),
+        "names": str(dict(enumerate(names))),
+        "args": str({"batch": 1, "half": False, "dynamic": True, "simplify": True, "opset": 17}),
+        "channels": "3",
+    }
+    if kpt_shape is not None:
+        props["kpt_shape"] = str(list(kpt_shape))
+    return props
+
+
+def with_metadata(model: onnx.ModelProto, props: Mapping[str, str]) -> onnx.ModelProto:
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    del edited.metadata_props[:]
+    for key, value in props.items():
+        entry = edited.metadata_props.add()
+        entry.key, entry.value = key, value
+    return edited
+
+
+def pin_batch_to_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replaces the batch (-1) of every Reshape target with 1: declared dynamic, runs batches of 1 only."""
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    targets = {node.input[1] for node in edited.graph.node if node.op_type == "Reshape"}
+    for index, initializer in enumerate(edited.graph.initializer):
+        if initializer.name in targets:
+            shape = numpy_helper.to_array(initializer).copy()
+            if shape.size and shape[0] == -1:
+                shape[0] = 1
+                edited.graph.initializer[index].CopyFrom(numpy_helper.from_array(shape, initializer.name))
+    return edited
