@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
+from ..budget import PixelBudget, Reservation
 from ..config import ServerConfig
 from ..domain import InferOptions
 from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
@@ -35,7 +36,7 @@ from ..streams.pipeline import SHUTDOWN_REASON
 from ..streams.source_policy import SourcePolicy, resolve_source
 from ..streams.subscription import Subscription
 from ..streams.types import SourceSpec, StreamEnd
-from .convert import decode_request_image, infer_options_from_proto, infer_response
+from .convert import decode_request_image, infer_options_from_proto, infer_response, request_pixels
 from .status import map_errors, map_stream_errors
 from .stream_convert import (
     ResponseCache,
@@ -64,6 +65,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._workers = workers
         self._source_policy = SourcePolicy.from_config(config)
         self._responses = ResponseCache()
+        self._pixels = PixelBudget(
+            max_request_pixels=config.max_request_pixels, max_inflight_pixels=config.max_inflight_pixels
+        )
 
     @map_errors
     async def Infer(  # noqa: N802 - the generated base class fixes the name
@@ -79,6 +83,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 f"expected 1 to {self._config.max_images_per_request} images, got {count}",
                 reason="INVALID_IMAGE_COUNT",
             )
+        # Pixel budgets (issue 11), from the images' headers before anything is decoded; held until the call
+        # ends, however it ends.
+        pixels = request_pixels(request.images, max_pixels=self._config.max_image_pixels)
+        context.add_done_callback(_release_when_done(self._pixels.reserve(pixels)))
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         # Set when the call goes away: the scheduler drops its images still queued for a batch.
@@ -250,6 +258,10 @@ def _settle(done: asyncio.Future[BatchResult], job: Future[BatchResult]) -> None
         done.set_exception(error)
     else:
         done.set_result(job.result())
+
+
+def _release_when_done(reservation: Reservation) -> Any:  # grpc-stubs type the callback as a class
+    return lambda _context: reservation.release()
 
 
 def _release_lease_of(job: Future[tuple[ModelLease, DecodeOptions, Pending | BatchResult]]) -> None:
