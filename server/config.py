@@ -61,6 +61,11 @@ class ServerConfig:
     max_message_bytes: int = 16 * MIB
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
+    # Decoded pixels (3 bytes each) one Infer call may hold, and all calls together; both are checked from
+    # the images' headers before any decoding (budget.py). A call over the first is INVALID_ARGUMENT, one
+    # that would pass the second RESOURCE_EXHAUSTED with RetryInfo.
+    max_request_pixels: int = 80_000_000
+    max_inflight_pixels: int = 320_000_000
     max_concurrent_rpcs: int = 256
     # Threads for requests' CPU work (image decoding, preprocessing, NMS); 0: the cores + 2. RPCs themselves
     # hold no thread (asyncio), so this bounds CPU work, not how many calls or streams may be open.
@@ -100,11 +105,17 @@ class ServerConfig:
         if self.max_message_bytes < 1024 or self.max_message_bytes > 1024 * MIB:
             raise ValueError(f"expected max_message_bytes in [1 KiB, 1 GiB], got {self.max_message_bytes}")
         for name in (
-            "max_loaded_models", "max_images_per_request", "max_image_pixels", "max_pipelines",
+            "max_loaded_models", "max_images_per_request", "max_image_pixels", "max_request_pixels",
+            "max_inflight_pixels", "max_pipelines",
             "max_subscribers", "subscriber_queue", "stream_replay_messages", "batch_queue_size",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
+        if self.max_inflight_pixels < self.max_request_pixels:
+            raise ValueError(
+                f"expected max_inflight_pixels >= max_request_pixels, got {self.max_inflight_pixels} < "
+                f"{self.max_request_pixels}"
+            )
         if self.worker_threads < 0:
             raise ValueError(f"expected worker_threads >= 0 (0: the cores + 2), got {self.worker_threads}")
         if self.max_batch_size < 0:

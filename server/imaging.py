@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from .domain import ChannelOrder, ImageArray, ImageSize
 from .errors import InvalidArgumentError
@@ -43,6 +44,7 @@ __all__ = [
     "DecodedImage",
     "ImageHeader",
     "decode_image",
+    "encoded_pixels",
     "raw_image",
     "read_image_header",
 ]
@@ -135,8 +137,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise _too_large(_ENCODED, header.format, header.width, header.height, max_pixels)
     if header.format == "JPEG":
         _require_jpeg_end(data)
-    # Straight from the request's bytes: frombuffer shares the buffer, imdecode reads it in place.
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        decoded = _decode_jpeg(data)
+    else:
+        decoded = _opencv_decode(data)
     if decoded is None or decoded.size == 0:
         raise InvalidArgumentError.for_field(
             _ENCODED,
@@ -158,6 +161,19 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     pixels.flags.writeable = False
     decode_ms = (time.perf_counter() - started) * 1000.0
     return DecodedImage(pixels, ChannelOrder.BGR, ImageSize(width, height), decode_ms)
+
+
+def encoded_pixels(data: bytes, *, max_pixels: int) -> int:
+    """How many pixels an encoded image decodes to, from its header alone; the per-image limit applies.
+
+    Raises:
+        InvalidArgumentError: as `decode_image` does for a bad header or an image over `max_pixels`.
+    """
+    _check_limit(max_pixels)
+    header = read_image_header(data)
+    if header.pixels > max_pixels:
+        raise _too_large(_ENCODED, header.format, header.width, header.height, max_pixels)
+    return header.pixels
 
 
 def raw_image(
@@ -239,6 +255,123 @@ def _require_jpeg_end(data: bytes) -> None:
             "the JPEG image is truncated: its image data does not reach an end-of-image marker",
             reason="UNDECODABLE_IMAGE",
         )
+
+
+# libjpeg warnings that mean part of the image is made up (grey or smeared blocks) rather than decoded. A
+# truncated JPEG with an end-of-image marker appended passes the check above, and libjpeg (OpenCV's too) only
+# *warns* "premature end of data segment" and fills the rest with grey; simplejpeg's strict mode turns every
+# warning into an error, and these are the ones refused. Warnings about metadata (a bad ICC marker, an unknown
+# JFIF revision, extraneous bytes before a marker) lose no pixels and are tolerated: real cameras cause them.
+_PIXEL_LOSS_WARNINGS = (
+    "premature end",
+    "bad huffman code",
+    "bad arithmetic code",
+    "instead of rst",
+    "inconsistent progression",
+)
+
+
+def _loses_pixels(error: ValueError) -> bool:
+    return any(warning in str(error).lower() for warning in _PIXEL_LOSS_WARNINGS)
+
+
+def _corrupt_jpeg(error: ValueError) -> InvalidArgumentError:
+    return InvalidArgumentError.for_field(
+        _ENCODED, f"the JPEG image is truncated or corrupt: {str(error)[:120]}", reason="UNDECODABLE_IMAGE"
+    )
+
+
+def _decode_jpeg(data: bytes) -> ImageArray | None:
+    """A JPEG decoded to BGR by libjpeg-turbo (as OpenCV's own codec), refusing corrupt or truncated data and
+    applying the EXIF orientation the way cv2.imdecode does."""
+    try:
+        pixels = _strict_jpeg(data)
+    except ValueError as exc:
+        message = str(exc).lower()
+        if "color" in message and "conversion" in message:
+            return _decode_cmyk_jpeg(data)  # Adobe CMYK/YCCK: libjpeg-turbo cannot convert to BGR
+        if _loses_pixels(exc):
+            raise _corrupt_jpeg(exc) from None
+        # A warning about metadata stops the strict decoder before it reaches the image data: decode again
+        # without the APPn and COM segments (the orientation is read from the original), strictly first.
+        bare = _without_metadata(data)
+        try:
+            pixels = _strict_jpeg(bare)
+        except ValueError as again:
+            if _loses_pixels(again):
+                raise _corrupt_jpeg(again) from None
+            try:
+                pixels = simplejpeg.decode_jpeg(bare, colorspace="BGR", strict=False)
+            except ValueError as last:
+                raise _corrupt_jpeg(last) from None
+    return _orient(np.asarray(pixels, dtype=np.uint8), _exif_orientation(data))
+
+
+def _strict_jpeg(data: bytes) -> ImageArray:
+    return np.asarray(simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True), dtype=np.uint8)
+
+
+def _without_metadata(data: bytes) -> bytes:
+    """The JPEG without its APPn and COM segments (EXIF, ICC, XMP, comments): what is left is the image."""
+    parts, kept_to = [data[:2]], 2
+    try:
+        for marker, pos in _jpeg_segments(data):
+            start = pos - 2  # the marker's 0xFF and code precede its length field
+            if 0xE0 <= marker <= 0xEF or marker == 0xFE:
+                parts.append(data[kept_to:start])
+                (length,) = struct.unpack_from(">H", data, pos)
+                kept_to = pos + length
+    except _MalformedHeaderError:
+        return data
+    parts.append(data[kept_to:])
+    return b"".join(parts)
+
+
+def _decode_cmyk_jpeg(data: bytes) -> ImageArray | None:
+    # Validated strictly in CMYK at 1/8 scale (all the entropy data is read, the IDCT mostly skipped), then
+    # decoded by OpenCV, which converts CMYK and applies the orientation itself.
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True, min_factor=8, min_width=1, min_height=1)
+    except ValueError as exc:
+        if _loses_pixels(exc):
+            raise _corrupt_jpeg(exc) from None
+    return _opencv_decode(data)
+
+
+def _opencv_decode(data: bytes) -> ImageArray | None:
+    # Straight from the request's bytes: frombuffer shares the buffer, imdecode reads it in place.
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if decoded is None else np.asarray(decoded, dtype=np.uint8)  # no copy: always 8 bits
+
+
+def _orient(pixels: ImageArray, orientation: int) -> ImageArray:
+    """Applies an EXIF orientation (2-8) exactly as OpenCV's ExifTransform does for cv2.imdecode."""
+    if orientation in (5, 6, 7, 8):
+        pixels = np.asarray(cv2.transpose(pixels), dtype=np.uint8)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return pixels if flip is None else np.asarray(cv2.flip(pixels, flip), dtype=np.uint8)
+
+
+def _exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of a JPEG's APP1 segment; 1 when absent or unreadable."""
+    try:
+        for marker, pos in _jpeg_segments(data):
+            if marker != 0xE1 or data[pos + 2 : pos + 8] != b"Exif\x00\x00":
+                continue
+            tiff = pos + 8
+            order = {b"II": "<", b"MM": ">"}.get(data[tiff : tiff + 2])
+            if order is None:
+                return 1
+            (ifd,) = struct.unpack_from(order + "I", data, tiff + 4)
+            (count,) = struct.unpack_from(order + "H", data, tiff + ifd)
+            for entry in range(min(count, 512)):  # bounded: a hostile count cannot make this loop long
+                tag, kind, _, value = struct.unpack_from(order + "HHIH", data, tiff + ifd + 2 + 12 * entry)
+                if tag == 0x0112:
+                    return value if kind == 3 and 1 <= value <= 8 else 1
+            return 1
+    except (_MalformedHeaderError, struct.error):
+        pass
+    return 1
 
 
 # --- header parsers: each returns (width, height) as stored, or raises _MalformedHeaderError ---------------

@@ -14,7 +14,7 @@ from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
 
 from ..domain import ChannelOrder, InferOptions, Prediction, Task
 from ..errors import FieldViolation, InvalidArgumentError
-from ..imaging import DecodedImage, decode_image, raw_image
+from ..imaging import DecodedImage, decode_image, encoded_pixels, raw_image
 from ..models.builds import BuildState, BuildStatus
 from ..models.manager import ModelState, ModelStatus
 
@@ -25,6 +25,7 @@ __all__ = [
     "infer_response",
     "model_to_proto",
     "prediction_to_proto",
+    "request_pixels",
 ]
 
 _CHANNEL_ORDERS = {
@@ -71,6 +72,34 @@ def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int)
         )
     except InvalidArgumentError as exc:
         raise exc.with_field_prefix(prefix) from None
+
+
+def request_pixels(images: Sequence[types_pb2.Image], *, max_pixels: int) -> int:
+    """The pixels a request's images will occupy once decoded, from their headers alone (nothing is decoded).
+
+    Each image is held to `max_pixels` here already, so a single oversized image is reported as
+    IMAGE_TOO_LARGE on its own field rather than as a request over its budget. An image that is malformed in
+    a way its header does not show counts 0 and is reported when it is decoded.
+
+    Raises:
+        InvalidArgumentError: a header that is missing, unsupported, malformed or over `max_pixels`, on
+            "images[i]...".
+    """
+    total = 0
+    for index, image in enumerate(images):
+        try:
+            source = image.WhichOneof("source")
+            if source == "encoded":
+                total += encoded_pixels(image.encoded, max_pixels=max_pixels)
+            elif source == "raw" and image.raw.width > 0 and image.raw.height > 0:
+                raw = image.raw
+                if raw.width * raw.height > max_pixels:  # raw_image gives this case its error
+                    raw_image(raw.data, raw.width, raw.height, _CHANNEL_ORDERS.get(raw.channel_order),
+                              max_pixels=max_pixels)  # fmt: skip
+                total += raw.width * raw.height
+        except InvalidArgumentError as exc:
+            raise exc.with_field_prefix(f"images[{index}]") from None
+    return total
 
 
 def infer_options_from_proto(options: types_pb2.InferOptions, field: str = "options") -> InferOptions:

@@ -226,6 +226,21 @@ def test_exif_orientation_is_applied(
     np.testing.assert_array_equal(image.pixels, displayed)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation_matches_opencv(photos: dict[str, Pixels], orientation: int) -> None:
+    # JPEGs are decoded by libjpeg-turbo through simplejpeg (strict about truncation), which leaves the EXIF
+    # orientation to us: every one of the eight must come out as cv2.imdecode shows it.
+    data = with_jpeg_exif(encode(photos["rocket.jpg"], ".jpg"), orientation)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decode_image(data, max_pixels=LIMIT).pixels, expected)
+
+
+def test_greyscale_jpeg_decodes_like_opencv(photos: dict[str, Pixels]) -> None:
+    data = encode(cv2.cvtColor(photos["rocket.jpg"], cv2.COLOR_BGR2GRAY), ".jpg")
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decode_image(data, max_pixels=LIMIT).pixels, expected)
+
+
 # --- the decompression-bomb guard -----------------------------------------------------------------------
 
 
@@ -363,6 +378,17 @@ BAD_PAYLOADS: dict[str, tuple[Callable[..., bytes], str, str]] = {
     "jpeg-truncated-half": (cut(rocket(".jpg"), 0.5), UNDECODABLE, "truncated"),
     "jpeg-without-eoi": (edited(rocket(".jpg"), lambda d: d[:-2]), UNDECODABLE, "end-of-image"),
     "jpeg-progressive-truncated": (cut(rocket(".jpg", *PROGRESSIVE), 0.66), UNDECODABLE, "truncated"),
+    # Issue 11: cut, then an end-of-image marker appended; libjpeg only warns and fills the rest with grey.
+    "jpeg-truncated-eoi-appended": (
+        edited(rocket(".jpg"), lambda d: d[: len(d) // 2] + b"\xff\xd9"),
+        UNDECODABLE,
+        "premature end",
+    ),
+    "jpeg-progressive-truncated-eoi-appended": (
+        edited(rocket(".jpg", *PROGRESSIVE), lambda d: d[: len(d) * 9 // 10] + b"\xff\xd9"),
+        UNDECODABLE,
+        "truncated or corrupt",
+    ),
     "png-signature-only": (constant(b"\x89PNG\r\n\x1a\n"), UNDECODABLE, "truncated"),
     "png-header-only": (edited(coffee(".png"), lambda d: d[:33]), UNDECODABLE, "truncated or corrupt"),
     "png-truncated-half": (cut(coffee(".png"), 0.5), UNDECODABLE, "truncated or corrupt"),
