@@ -1,29 +1,33 @@
 """`visionrpc models pull | add | import-darknet`: manage model repositories on disk, with no server.
 
-    visionrpc models pull NAME... [--cache-dir DIR]
-    visionrpc models add NAME MODEL.onnx --decoder yolov8 --input-size 640 --class-names FILE [...]
+    visionrpc models pull NAME... [--cache-dir DIR] [--json]
+    visionrpc models add [NAME] MODEL.onnx [--decoder yolov8 --input-size 640 --class-names FILE ...]
     visionrpc models import-darknet NAME CFG WEIGHTS --class-names FILE [...]
 
 `add` and `import-darknet` write `<repository>/<name>/<version>/` (the next version unless --version is
-given) after checking the model against its manifest, and print that directory. The repository is
---repository, else VISIONRPC_MODEL_REPOSITORY, else the server's default, so a server started with the same
-settings finds the model. A running server picks up a new version on its next lookup.
+given) after checking the model against its manifest - declared shapes, then a real run - and print that
+directory. `add` reads what the flags leave out from the model itself (models/autofill.py). The repository
+is --model-repository (alias --repository), else VISIONRPC_MODEL_REPOSITORY, else the server's default, as
+for `visionrpc serve`, so a server started with the same settings finds the model. A running server picks
+up a new version on its next lookup.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cli_common import EXIT_OK, CommandAdder, UsageError, fail
 from .config import ServerConfig
-from .domain import ChannelOrder, Task
+from .domain import ChannelOrder
 from .errors import VisionRpcError
-from .manifest import ENGINE_CHOICES, Decoder, ModelManifest, ResizeMode
+from .manifest import ENGINE_CHOICES, Decoder, Interpolation, ModelManifest, PadPosition, ResizeMode
 
 if TYPE_CHECKING:
     import onnx
@@ -53,9 +57,12 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
 
     target = argparse.ArgumentParser(add_help=False)
     target.add_argument(
-        "--repository",
+        "--model-repository",
+        "--repository",  # the old spelling, kept as an alias: `serve` calls it --model-repository
+        dest="repository",
         type=Path,
         default=None,
+        metavar="DIR",
         help=f"model repository (env VISIONRPC_MODEL_REPOSITORY; default {ServerConfig().model_repository})",
     )
     target.add_argument("--version", metavar="N", help="version to write (default: the next one, 1 if new)")
@@ -72,20 +79,22 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
         "add",
         parents=[target],
         help="add an ONNX model to a model repository (no server)",
-        description="Check an ONNX model against the manifest these options describe, then add both to "
-        "the repository as a new version.",
+        description="Describe an ONNX model with a manifest - from these options, else from what the model "
+        "says about itself (Ultralytics or YOLOv5 export metadata, a fixed input size) - check it by running "
+        "it, then add both to the repository as a new version. An Ultralytics export needs no options.",
     )
-    add.add_argument("name", metavar="NAME")
-    add.add_argument("onnx_file", type=Path, metavar="ONNX_FILE")
+    add.add_argument("name", metavar="NAME", help="model name (default: the file's name without .onnx)")
+    add.add_argument("onnx_file", type=Path, metavar="ONNX_FILE", nargs="?")
     add.add_argument(
-        "--decoder", required=True, choices=[d.value for d in Decoder], help="how the outputs are read"
+        "--decoder", choices=[d.value for d in Decoder], help="how the outputs are read (default: metadata)"
     )
     add.add_argument(
-        "--input-size",
-        required=True,
-        type=_input_size,
-        metavar="W[xH]",
-        help="model input, e.g. 640 or 640x384",
+        "--input-size", type=_input_size, metavar="W[xH]", help="model input, e.g. 640 or 640x384"
+    )
+    add.add_argument(
+        "--allow-other-input-size",
+        action="store_true",
+        help="serve at an --input-size other than the one the model's metadata says it was exported for",
     )
     classes = add.add_mutually_exclusive_group()
     classes.add_argument("--class-names", type=Path, metavar="FILE", help="class names, one per line")
@@ -96,7 +105,29 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
         help="channel order the model expects (rgb)",
     )
     add.add_argument(
-        "--resize", choices=[m.value for m in ResizeMode], help="how images are fitted (letterbox)"
+        "--resize",
+        type=_choice(ResizeMode),
+        metavar="{" + ",".join(m.value for m in ResizeMode) + "}",
+        help="how images are fitted (letterbox)",
+    )
+    add.add_argument(
+        "--crop-fraction",
+        type=float,
+        metavar="F",
+        help="centre-crop: the input covers this fraction of the resized short side (0.875: 256 -> 224)",
+    )
+    add.add_argument("--pad-value", type=int, metavar="N", help="letterbox padding grey level, 0-255 (114)")
+    add.add_argument(
+        "--pad-position",
+        type=_choice(PadPosition),
+        metavar="{" + ",".join(m.value for m in PadPosition) + "}",
+        help="where a letterboxed image sits (centre)",
+    )
+    add.add_argument(
+        "--interpolation",
+        type=_choice(Interpolation),
+        metavar="{" + ",".join(m.value for m in Interpolation) + "}",
+        help="resize filter (linear)",
     )
     add.add_argument("--scale", type=float, metavar="F", help="pixel multiplier before mean/std (1/255)")
     add.add_argument("--mean", type=_triple, metavar="A,B,C", help="per-channel mean after scaling (0,0,0)")
@@ -106,6 +137,9 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
     )
     add.add_argument("--confidence", type=float, metavar="F", help="default confidence threshold (0.25)")
     add.add_argument("--iou", type=float, metavar="F", help="default NMS IoU threshold (0.45)")
+    add.add_argument(
+        "--agnostic-nms", action="store_true", help="NMS across classes (default: within each class)"
+    )
     add.set_defaults(handler=_cmd_add)
 
     darknet = model_commands.add_parser(
@@ -148,45 +182,50 @@ def _cmd_pull(ns: argparse.Namespace) -> int:
 
 
 def _cmd_add(ns: argparse.Namespace) -> int:
-    decoder = Decoder(ns.decoder)
+    from .models.autofill import fill_manifest  # on use: onnx (see _cmd_pull)
+    from .models.importing import load_onnx
+
+    if ns.onnx_file is None:  # `models add yolo11n.onnx`: the name is the file's
+        ns.onnx_file = Path(ns.name)
+        ns.name = ns.onnx_file.name.removesuffix(".onnx")
     _require_file(ns.onnx_file, "ONNX file")
+    names: tuple[str, ...] | None = None
     if ns.class_names is not None:
         names = _read_class_names(ns.class_names)
     elif ns.classes is not None:
         names = tuple(name.strip() for name in ns.classes.split(",") if name.strip())
-    elif decoder is Decoder.CENTERFACE:
-        names = ("face",)
-    else:
-        # Without names the class count cannot be checked, and results would say "41" instead of "cup".
-        raise UsageError(f"--decoder {ns.decoder} needs --class-names FILE or --classes A,B,C")
-    if ns.probabilities and decoder is not Decoder.CLASSIFICATION:
-        raise UsageError(f"--probabilities applies to --decoder classification only, got {ns.decoder}")
-
-    # Only the options given: the manifest's own defaults stay the one source of the others.
+    # Only the options given: the model's metadata and the manifest's own defaults supply the others.
     given: dict[str, Any] = {
+        "decoder": Decoder(ns.decoder) if ns.decoder else None,
+        "input_width": ns.input_size[0] if ns.input_size else None,
+        "input_height": ns.input_size[1] if ns.input_size else None,
+        "class_names": names,
         "channel_order": ChannelOrder(ns.channel_order) if ns.channel_order else None,
-        "resize": ResizeMode(ns.resize) if ns.resize else None,
+        "resize": ns.resize,
+        "crop_fraction": ns.crop_fraction,
+        "pad_value": ns.pad_value,
+        "pad_position": ns.pad_position,
+        "interpolation": ns.interpolation,
         "scale": ns.scale,
         "mean": ns.mean,
         "std": ns.std,
         "default_confidence": ns.confidence,
         "default_iou": ns.iou,
+        "outputs_are_probabilities": ns.probabilities or None,
+        "agnostic_nms": ns.agnostic_nms or None,
+        "allow_other_input_size": ns.allow_other_input_size or None,
+        "description": ns.description or None,
     }
-    width, height = ns.input_size
     try:
-        manifest = ModelManifest(
-            task=Task.CLASSIFICATION if decoder is Decoder.CLASSIFICATION else Task.DETECTION,
-            decoder=decoder,
-            input_width=width,
-            input_height=height,
-            class_names=names,
-            outputs_are_probabilities=ns.probabilities,
-            description=ns.description,
-            **{key: value for key, value in given.items() if value is not None},
-        )
-    except ValueError as exc:
+        model = load_onnx(ns.onnx_file)
+        filled = fill_manifest(model, {key: value for key, value in given.items() if value is not None})
+    except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
-    return _add(ns, ns.onnx_file, manifest)
+    for source in filled.sources:
+        logger.info("read from the model: %s", source)
+    for note in filled.notes:
+        logger.warning("%s", note)
+    return _add(ns, ns.onnx_file, filled.manifest)
 
 
 def _cmd_import_darknet(ns: argparse.Namespace) -> int:
@@ -256,6 +295,23 @@ def _input_size(text: str) -> tuple[int, int]:
     if min(size) <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
     return size
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(kind: type[E]) -> Callable[[str], E]:
+    """An argparse type for an enum's values, aliases included (ResizeMode("center-crop"))."""
+
+    def parse(text: str) -> E:
+        try:
+            return kind(text)
+        except ValueError:
+            choices = ", ".join(str(member.value) for member in kind)
+            raise argparse.ArgumentTypeError(f"expected one of {choices}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _triple(text: str) -> tuple[float, float, float]:

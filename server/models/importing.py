@@ -42,6 +42,7 @@ __all__ = [
     "check_file_by_running",
     "check_model_against_manifest",
     "darknet_model",
+    "load_onnx",
     "write_version_dir",
 ]
 
@@ -127,7 +128,7 @@ def add_model(
         FileNotFoundError: `model` is a path that does not exist.
     """
     _check_id(name, version)
-    graph = _load(model) if isinstance(model, Path) else model
+    graph = load_onnx(model) if isinstance(model, Path) else model
     try:
         onnx.checker.check_model(graph)
     except onnx.checker.ValidationError as exc:
@@ -236,7 +237,12 @@ def _check_id(name: str, version: str | None) -> None:
         raise ValueError(f"expected a version without leading zeros, got {version!r}")
 
 
-def _load(path: Path) -> onnx.ModelProto:
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Loads a self-contained ONNX file (external weights refused: only the .onnx file is copied).
+
+    Raises:
+        FileNotFoundError: no such file.  ValueError: not an ONNX model, or weights in external files.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no such ONNX file: {path}")
     try:

@@ -15,13 +15,14 @@ import onnx
 import pytest
 from conftest import RunningServer, cache_root, start_server
 from media import media
+from model_exports import dynamic_axes, ultralytics_metadata, with_metadata
 from onnx import TensorProto, helper
 from visionrpc.client import Client
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.cli import main
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ChannelOrder, Task
-from visionrpc.server.manifest import Decoder, ModelManifest, ResizeMode
+from visionrpc.server.manifest import Decoder, Interpolation, ModelManifest, PadPosition, ResizeMode
 from visionrpc.server.models.builtins import fetch_builtin_files
 from visionrpc.server.models.importing import darknet_model
 
@@ -45,6 +46,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     onnx.save(model, str(folder / "yolov5.onnx"))
     onnx.save(derive_yolov8_layout(model), str(folder / "yolov8.onnx"))
     onnx.save(rgb_classifier(), str(folder / "classifier.onnx"))
+    dynamic = dynamic_axes(derive_yolov8_layout(model))
+    onnx.save(dynamic, str(folder / "dynamic.onnx"))
+    metadata = ultralytics_metadata("detect", class_names, (416, 416))
+    onnx.save(with_metadata(dynamic, metadata), str(folder / "yolo11n.onnx"))
+    onnx.save(with_metadata(dynamic, {**metadata, "task": "obb"}), str(folder / "obb.onnx"))
+    (folder / "human.names").write_text("\n".join(["human", *class_names[1:]]) + "\n")
     (folder / "two.names").write_text("cat\ndog\n")
     (folder / "notes.txt").write_text("not a model\n")
     paths = {"cfg": cfg, "weights": weights, "names": names}
@@ -81,6 +88,10 @@ def served(base_config: ServerConfig, tmp_path: Path) -> Iterator[tuple[Path, Ru
 SERVED_CASES = [
     ("tiny", "import-darknet tiny {cfg} {weights} --class-names {names}"),
     ("tiny-v8", "add tiny-v8 {yolov8} --decoder yolov8 --input-size 416 --class-names {names}"),
+    (
+        "yolo11n",
+        "add {yolo11n}",
+    ),  # an Ultralytics export: everything from its metadata, the name from its file
 ]
 
 
@@ -158,10 +169,25 @@ MANIFEST_CASES = [
             outputs_are_probabilities=True,
         ),
     ),
+    (
+        "--decoder yolov5 --class-names {names} --resize center-crop --crop-fraction 0.9 --pad-value 0 "
+        "--pad-position top-left --interpolation area --agnostic-nms",
+        dict(
+            input_width=416,  # the graph's fixed input size
+            resize=ResizeMode.CENTRE_CROP,
+            crop_fraction=0.9,
+            pad_value=0,
+            pad_position=PadPosition.TOP_LEFT,
+            interpolation=Interpolation.AREA,
+            agnostic_nms=True,
+        ),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("args", "expected"), MANIFEST_CASES, ids=["defaults", "every-option", "classifier"])
+@pytest.mark.parametrize(
+    ("args", "expected"), MANIFEST_CASES, ids=["defaults", "every-option", "classifier", "preprocessing"]
+)
 def test_options_become_the_manifest(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
@@ -221,6 +247,35 @@ ERROR_CASES = [
         "expected 80 class names (the classes= of yolov3-tiny.cfg's [yolo] layers), got 2",
     ),
     ("import-darknet m {cfg} {cfg} --class-names {names}", "does not match yolov3-tiny.cfg"),
+    ("add m {yolov5} --class-names {names}", "the model has no metadata saying what it is: give --decoder"),
+    (
+        "add m {dynamic} --decoder yolov8 --class-names {names}",
+        "declares no fixed input size and no metadata",
+    ),
+    (
+        "add m {dynamic} --decoder yolov5 --input-size 416 --class-names {names}",
+        "expected output 'output0' shaped [N, boxes, 5 + 80], got [1, 84, 2535] (that is the YOLOv8/YOLO11 "
+        "layout: use decoder yolov8) (running a batch of 1 at 416x416)",
+    ),
+    (
+        "add m {dynamic} --decoder yolov8 --input-size 416 --class-names {two}",
+        "got [1, 84, 2535] (the model has 80 classes, the manifest 2 class names)",
+    ),
+    (
+        "add m {dynamic} --decoder yolov8 --input-size 640 --class-names {names}",
+        "the model does not run on a batch of 1 at the manifest's input size 640x640 (W x H)",
+    ),
+    (
+        "add m {yolo11n} --input-size 320",
+        "expected input size 416x416 (W x H), the size the model was exported for (Ultralytics metadata "
+        "imgsz), got 320x320",
+    ),
+    ("add m {yolo11n} --decoder yolov5", "(that is the YOLOv8/YOLO11 layout: use decoder yolov8)"),
+    ("add m {obb}", "the model's Ultralytics metadata says task 'obb', which visionrpc does not serve"),
+    (
+        "add m {yolov5} --decoder yolov5 --class-names {names} --pad-value 300",
+        "expected pad_value in [0, 255]",
+    ),
 ]
 
 
@@ -239,7 +294,7 @@ USAGE_CASES = [
     "add m x.onnx --decoder yolov5 --input-size 0x416 --classes a",
     f"add m x.onnx {YOLO} --classes a --mean 1,2",
     "add m x.onnx --decoder yolov9 --input-size 416 --classes a",
-    "add m x.onnx --input-size 416 --classes a",
+    "add m x.onnx --decoder yolov5 --resize crop --classes a",
     f"add m x.onnx {YOLO} --classes a --class-names f",
     "import-darknet m a.cfg a.weights",
 ]
@@ -263,3 +318,31 @@ def test_a_builtin_name_is_shadowed_with_a_warning(
     code, out, _ = run(capsys, *command(line, files), "--repository", str(tmp_path))
     assert (code, out) == (0, f"{tmp_path / 'yolov3-tiny-coco' / '1'}\n")
     assert "yolov3-tiny-coco shadows the built-in model" in caplog.text
+
+
+def test_flags_override_the_metadata_and_say_so(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    files: dict[str, str],
+) -> None:
+    line = "add m {yolo11n} --class-names {human} --decoder yolov8 --confidence 0.5"
+    code, out, _ = run(capsys, *command(line, files), "--repository", str(tmp_path))
+    assert code == 0
+    manifest = ModelManifest.read(Path(out.strip()))
+    assert manifest.class_names[:2] == ("human", "bicycle") and manifest.default_confidence == 0.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "the class names given (80) differ from the model's metadata (80) from class 0 on; "
+        "using the ones given"
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--model-repository", "--repository"])
+def test_the_repository_flag_is_spelled_as_for_serve(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, files: dict[str, str], flag: str
+) -> None:
+    code, out, err = run(capsys, *command("add {yolo11n}", files), flag, str(tmp_path / "repo"))
+    assert (code, out, err) == (0, f"{tmp_path / 'repo' / 'yolo11n' / '1'}\n", "")
+    manifest = ModelManifest.read(tmp_path / "repo" / "yolo11n" / "1")
+    assert (manifest.decoder, manifest.input_width, manifest.class_names[41]) == (Decoder.YOLOV8, 416, "cup")
