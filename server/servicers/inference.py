@@ -10,12 +10,13 @@ run in the event loop's default executor, so they never occupy the CPU workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
@@ -28,7 +29,7 @@ from ..domain import InferOptions
 from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
-from ..predictor import BatchResult, InputImage, Pending
+from ..predictor import InputImage, Pending
 from ..processing import DecodeOptions
 from ..scheduler import Origin
 from ..streams.manager import StreamManager, StreamRequest
@@ -91,26 +92,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         # Set when the call goes away: the scheduler drops its images still queued for a batch.
         cancelled = threading.Event()
-        job = self._workers.submit(self._begin, request, model_id, options, deadline, cancelled)
+        reply = _Reply(asyncio.get_running_loop())
+        self._in_a_worker(reply, self._begin, request, model_id, options, deadline, cancelled, reply)
         try:
-            lease, decode_options, outcome = await asyncio.wrap_future(job)
+            return await reply.answer
         except asyncio.CancelledError:
-            cancelled.set()
-            job.add_done_callback(_release_lease_of)  # the job may still be running: it owns a lease
+            cancelled.set()  # the workers still holding the call release its model lease themselves
             raise
-        try:
-            if isinstance(outcome, Pending):
-                outcome = await self._finish_when_done(lease.predictor.finish, outcome, decode_options)
-            # The engine reported is the one that ran the images, not the current one: a background build
-            # may swap engines meanwhile.
-            return infer_response(
-                lease.predictor.name, lease.predictor.version, outcome.engine, outcome.predictions
-            )
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        finally:
-            lease.release()
 
     def _begin(
         self,
@@ -119,9 +107,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         options: InferOptions,
         deadline: float | None,
         cancelled: threading.Event,
-    ) -> tuple[ModelLease, DecodeOptions, Pending | BatchResult]:
-        """Worker thread: decode, lease the model, preprocess and submit; when the batch ran inline (idle
-        engine), decode its outputs here too, sparing a second hand-off."""
+        reply: _Reply,
+    ) -> None:
+        """Worker thread: decode, lease the model, preprocess and submit. On an idle engine the batch ran
+        inline and its outputs are decoded here too; otherwise the thread that completes the batch hands the
+        decoding to a worker. Either way the event loop hears of the call once, with its response."""
         images = []
         for index, image in enumerate(request.images):
             decoded = decode_request_image(image, index, max_pixels=self._config.max_image_pixels)
@@ -135,37 +125,42 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     "the deadline passed before inference started", reason="DEADLINE_PASSED"
                 )
             pending = predictor.start(images, origin=Origin.UNARY, deadline=deadline, cancelled=cancelled)
-            if pending.ticket.finished:
-                return lease, decode_options, predictor.finish(pending, decode_options)
-            return lease, decode_options, pending
         except BaseException:
             lease.release()
             raise
+        finish = functools.partial(self._finish, lease, pending, decode_options, reply)
+        if pending.ticket.finished:
+            finish()
+        else:
+            pending.ticket.add_done_callback(functools.partial(self._in_a_worker, reply, finish))
 
-    async def _finish_when_done(
-        self,
-        finish: Callable[[Pending, DecodeOptions], BatchResult],
-        pending: Pending,
-        options: DecodeOptions,
-    ) -> BatchResult:
-        """Awaits the batch and its decoding without holding a thread: the thread that completes the batch
-        hands the decoding straight to a worker, and only the worker's result comes back to the loop."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[BatchResult] = loop.create_future()
+    def _finish(self, lease: ModelLease, pending: Pending, options: DecodeOptions, reply: _Reply) -> None:
+        """Worker thread: decodes a finished batch's outputs and answers the call; releases the lease."""
+        try:
+            outcome = lease.predictor.finish(pending, options)
+            # The engine reported is the one that ran the images, not the current one: a background build
+            # may swap engines meanwhile.
+            reply.succeed(
+                infer_response(
+                    lease.predictor.name, lease.predictor.version, outcome.engine, outcome.predictions
+                )
+            )
+        finally:
+            lease.release()
 
-        def settle(job: Future[BatchResult]) -> None:
-            loop.call_soon_threadsafe(_settle, done, job)
+    def _in_a_worker(self, reply: _Reply, step: Callable[..., None], *args: Any) -> None:
+        """Runs one step of a call in the worker pool; whatever it raises becomes the call's outcome."""
 
-        def decode_in_a_worker() -> None:  # the scheduler's thread, or this one if the batch is done
+        def run() -> None:
             try:
-                job = self._workers.submit(finish, pending, options)
-            except RuntimeError as exc:  # the pool shut down: the server is stopping
-                job = Future()
-                job.set_exception(UnavailableError(f"the server is stopping: {exc}", reason="SHUTTING_DOWN"))
-            job.add_done_callback(settle)
+                step(*args)
+            except BaseException as exc:  # handed to the call, which maps it to a status
+                reply.fail(exc)
 
-        pending.ticket.add_done_callback(decode_in_a_worker)
-        return await done
+        try:
+            self._workers.submit(run)
+        except RuntimeError as exc:  # the pool shut down: the server is stopping
+            reply.fail(UnavailableError(f"the server is stopping: {exc}", reason="SHUTTING_DOWN"))
 
     @map_stream_errors
     async def StreamPredictions(  # noqa: N802
@@ -249,24 +244,34 @@ def _raise_for_end(end: StreamEnd, stream_id: str) -> None:
         )
 
 
-def _settle(done: asyncio.Future[BatchResult], job: Future[BatchResult]) -> None:
-    """On the loop: passes a worker's outcome to the awaiting call, unless the call went away meanwhile."""
-    if done.done():
-        return
-    error = job.exception()
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(job.result())
-
-
 def _release_when_done(reservation: Reservation) -> Any:  # grpc-stubs type the callback as a class
     return lambda _context: reservation.release()
 
 
-def _release_lease_of(job: Future[tuple[ModelLease, DecodeOptions, Pending | BatchResult]]) -> None:
-    if not job.cancelled() and job.exception() is None:
-        job.result()[0].release()
+class _Reply:
+    """A unary call's outcome, set from any thread and awaited on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.answer: asyncio.Future[inference_pb2.InferResponse] = loop.create_future()
+
+    def succeed(self, response: inference_pb2.InferResponse) -> None:
+        self._post(response, None)
+
+    def fail(self, error: BaseException) -> None:
+        self._post(None, error)
+
+    def _post(self, response: inference_pb2.InferResponse | None, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped, nobody waits
+            self._loop.call_soon_threadsafe(self._settle, response, error)
+
+    def _settle(self, response: inference_pb2.InferResponse | None, error: BaseException | None) -> None:
+        if self.answer.done():  # the call went away meanwhile
+            return
+        if error is not None:
+            self.answer.set_exception(error)
+        elif response is not None:
+            self.answer.set_result(response)
 
 
 def _close_subscription_of(job: asyncio.Future[Subscription]) -> None:
