@@ -45,6 +45,7 @@ from .models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
 from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
 from .servicers.models import ModelServicer
+from .servicers.transport import TransportGuard, add_services, core_receive_limit
 from .streams.manager import StreamManager
 
 __all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "grpc_server", "serve"]
@@ -64,8 +65,9 @@ _T = TypeVar("_T")
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     """Channel arguments of the server; each one is set on purpose rather than left to gRPC's defaults."""
     return [
-        # Explicit limits: big enough for several full-size photos, never "unlimited".
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Explicit limits: big enough for several full-size photos, never "unlimited". grpc core's receive
+        # limit sits above ours so that ours answers with details (servicers/transport.py).
+        ("grpc.max_receive_message_length", core_receive_limit(config.max_message_bytes)),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
@@ -276,8 +278,12 @@ def build_model_manager(
 
 def grpc_server(config: ServerConfig) -> grpc.aio.Server:
     """The bare grpc.aio server, no services yet: its channel arguments and RPC limit. Call it on the loop
-    that will run it."""
-    return grpc.aio.server(options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+    that will run it.
+
+    `max_concurrent_rpcs` is enforced by the transport guard, with details and RetryInfo; grpc's own limit,
+    which answers without either, is only a backstop above it (for reflection, which is not guarded)."""
+    backstop = 2 * config.max_concurrent_rpcs + 16
+    return grpc.aio.server(options=grpc_options(config), maximum_concurrent_rpcs=backstop)
 
 
 def create_server(config: ServerConfig, *, models: ModelManager | None = None) -> tuple[VisionRpcServer, int]:
@@ -295,11 +301,19 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
     async def assemble() -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
         server = grpc_server(config)
         health_servicer = health_aio.HealthServicer()
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(models, streams, config, workers), server
+        guard = TransportGuard(
+            max_message_bytes=config.max_message_bytes, max_concurrent_rpcs=config.max_concurrent_rpcs
         )
-        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        add_services(
+            server,
+            guard,
+            (
+                inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+                InferenceServicer(models, streams, config, workers),
+            ),
+            (models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(models)),
+            (health_pb2_grpc.add_HealthServicer_to_server, health_servicer),
+        )
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )

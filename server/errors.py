@@ -87,6 +87,9 @@ class FailedPreconditionError(VisionRpcError):
 
 
 class ResourceExhaustedError(VisionRpcError):
+    """A limit was hit. `retry_after_s` > 0 becomes google.rpc.RetryInfo (the same call may fit later); 0 says
+    retrying cannot help (a message over the size limit) and sends no RetryInfo."""
+
     default_reason = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs: object) -> None:

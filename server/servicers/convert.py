@@ -102,8 +102,29 @@ def request_pixels(images: Sequence[types_pb2.Image], *, max_pixels: int) -> int
     return total
 
 
+# A class filter longer than any real model's class list is a mistake or an attack: refused before the
+# names are compared with the model's (each compared name costs a set lookup, each unknown one an echo).
+MAX_CLASS_FILTER = 1000
+MAX_CLASS_NAME_CHARS = 256
+
+
 def infer_options_from_proto(options: types_pb2.InferOptions, field: str = "options") -> InferOptions:
     violations: list[FieldViolation] = []
+    for name, values in (("class_ids", options.class_ids), ("class_names", options.class_names)):
+        if len(values) > MAX_CLASS_FILTER:
+            violations.append(
+                FieldViolation(
+                    f"{field}.{name}", f"expected at most {MAX_CLASS_FILTER} entries, got {len(values)}"
+                )
+            )
+    longest = max((len(n) for n in options.class_names), default=0)
+    if longest > MAX_CLASS_NAME_CHARS:
+        violations.append(
+            FieldViolation(
+                f"{field}.class_names",
+                f"expected class names of at most {MAX_CLASS_NAME_CHARS} characters, got one of {longest}",
+            )
+        )
     for name in ("confidence_threshold", "iou_threshold"):
         if options.HasField(name):
             value = getattr(options, name)

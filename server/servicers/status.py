@@ -4,6 +4,12 @@ Every error carries google.rpc.ErrorInfo (domain "visionrpc.dev", the error's re
 INVALID_ARGUMENT adds google.rpc.BadRequest field violations, RESOURCE_EXHAUSTED adds google.rpc.RetryInfo.
 Anything that is not a VisionRpcError is a bug: it is logged with its traceback and answered INTERNAL without
 leaking internals to the client.
+
+Every error is bounded here, whatever its raiser put in it: messages quote client input (unknown class
+names, model ids, paths), and a status larger than the client's metadata limit (8 KiB by default) reaches
+the client as RESOURCE_EXHAUSTED "metadata size exceeds limit", which looks retryable and hides the real
+error. Text is cut by UTF-8 bytes (grpc-message percent-encodes non-ASCII bytes to three characters each),
+at most a few entries of metadata and field violations are kept, and the whole trailer stays under 6 KiB.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from grpc_status import rpc_status
 
 from .. import errors
 
-__all__ = ["ERROR_DOMAIN", "abort", "grpc_code", "map_errors", "map_stream_errors", "to_status"]
+__all__ = ["ERROR_DOMAIN", "abort", "bounded", "grpc_code", "map_errors", "map_stream_errors", "to_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,25 @@ _CODES: dict[type[errors.VisionRpcError], grpc.StatusCode] = {
 }
 
 
+# Bounds of what one status carries (bytes of UTF-8, entries); see the module docstring for the sum.
+MAX_MESSAGE_BYTES = 400
+MAX_METADATA_ENTRIES = 8
+MAX_METADATA_KEY_BYTES = 32
+MAX_METADATA_VALUE_BYTES = 128
+MAX_VIOLATIONS = 4
+MAX_FIELD_BYTES = 96
+MAX_DESCRIPTION_BYTES = 200
+_CUT = "\u2026"  # an ellipsis marks a cut
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (an ellipsis marks the cut), never mid-character."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[: limit - len(_CUT.encode())].decode("utf-8", "ignore") + _CUT
+
+
 def grpc_code(error: errors.VisionRpcError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in _CODES:
@@ -48,19 +73,27 @@ def grpc_code(error: errors.VisionRpcError) -> grpc.StatusCode:
 
 def to_status(error: errors.VisionRpcError) -> status_pb2.Status:
     code = grpc_code(error)
+    metadata = {
+        bounded(key, MAX_METADATA_KEY_BYTES): bounded(value, MAX_METADATA_VALUE_BYTES)
+        for key, value in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
+    }
     details: list[message.Message] = [
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+        error_details_pb2.ErrorInfo(reason=bounded(error.reason, 64), domain=ERROR_DOMAIN, metadata=metadata)
     ]
     if error.violations:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=bounded(v.field, MAX_FIELD_BYTES),
+                        description=bounded(v.description, MAX_DESCRIPTION_BYTES),
+                    )
+                    for v in error.violations[:MAX_VIOLATIONS]
                 ]
             )
         )
-    if isinstance(error, errors.ResourceExhaustedError):
+    # A delay of 0 means "retrying cannot help" (a message over the size limit): no RetryInfo then.
+    if isinstance(error, errors.ResourceExhaustedError) and error.retry_after_s > 0:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
@@ -69,7 +102,8 @@ def to_status(error: errors.VisionRpcError) -> status_pb2.Status:
         message = any_pb2.Any()
         message.Pack(detail)
         packed.append(message)
-    return status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=packed)
+    text = bounded(error.message, MAX_MESSAGE_BYTES)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=text, details=packed)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.VisionRpcError) -> NoReturn:
