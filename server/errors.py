@@ -5,7 +5,9 @@
     ├── NotFoundError              unknown model, unknown stream                      -> NOT_FOUND
     ├── FailedPreconditionError    model failed to load                               -> FAILED_PRECONDITION
     ├── ResourceExhaustedError     queue or limit full; carries retry_after           -> RESOURCE_EXHAUSTED
-    ├── PermissionDeniedError      source outside the media root or the allow-list    -> PERMISSION_DENIED
+    ├── PermissionDeniedError      source outside the media root or the allow-list,   -> PERMISSION_DENIED
+    │                              or a key not allowed to call the method
+    ├── UnauthenticatedError       no API key, or one the server does not know        -> UNAUTHENTICATED
     ├── UnavailableError           warming up or draining; the only retryable one      -> UNAVAILABLE
     ├── DeadlineExceededError      the request's deadline passed before compute       -> DEADLINE_EXCEEDED
     └── EngineFailedError          the engine failed on a batch (runtime, driver, OOM) -> INTERNAL
@@ -30,6 +32,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+    "UnauthenticatedError",
     "UnavailableError",
     "VisionRpcError",
 ]
@@ -99,6 +102,10 @@ class ResourceExhaustedError(VisionRpcError):
 
 class PermissionDeniedError(VisionRpcError):
     default_reason = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(VisionRpcError):
+    default_reason = "UNAUTHENTICATED"
 
 
 class UnavailableError(VisionRpcError):

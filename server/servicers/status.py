@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 
 from .. import errors
 
-__all__ = ["ERROR_DOMAIN", "abort", "bounded", "grpc_code", "map_errors", "map_stream_errors", "to_status"]
+__all__ = ["ERROR_DOMAIN", "abort", "bounded", "grpc_code", "map_errors", "map_stream_errors", "pushback", "to_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ _CODES: dict[type[errors.VisionRpcError], grpc.StatusCode] = {
     errors.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.EngineFailedError: grpc.StatusCode.INTERNAL,
@@ -106,9 +107,17 @@ def to_status(error: errors.VisionRpcError) -> status_pb2.Status:
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=text, details=packed)
 
 
+def pushback(error: errors.VisionRpcError) -> tuple[tuple[str, str], ...]:
+    """`grpc-retry-pushback-ms` for a retryable RESOURCE_EXHAUSTED: gRPC clients with a retry policy wait
+    that long before their next attempt (gRFC A6), the same delay RetryInfo tells the SDKs."""
+    if isinstance(error, errors.ResourceExhaustedError) and error.retry_after_s > 0:
+        return (("grpc-retry-pushback-ms", str(max(1, int(error.retry_after_s * 1000)))),)
+    return ()
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.VisionRpcError) -> NoReturn:
     status = rpc_status.to_status(to_status(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    await context.abort(status.code, status.details, (*status.trailing_metadata, *pushback(error)))
     raise AssertionError("abort returned")  # it always raises; this keeps NoReturn honest
 
 
