@@ -27,7 +27,16 @@ from grpc_status import rpc_status
 
 from .. import errors
 
-__all__ = ["ERROR_DOMAIN", "abort", "bounded", "grpc_code", "map_errors", "map_stream_errors", "pushback", "to_status"]
+__all__ = [
+    "ERROR_DOMAIN",
+    "abort",
+    "bounded",
+    "grpc_code",
+    "map_errors",
+    "map_stream_errors",
+    "pushback",
+    "to_status",
+]
 
 logger = logging.getLogger(__name__)
 
