@@ -9,7 +9,8 @@ weights: the models still find the cup in coffee.png.
   use fixed grids, so running it at another size fails, as such an export does);
 - `with_metadata` + `ultralytics_metadata`: the metadata block an Ultralytics export carries, values written
   the way Ultralytics writes them (`str()` of Python values);
-- `pin_batch_to_one`: a graph that declares a dynamic batch but reshapes to a batch of 1 inside.
+- `pin_batch_to_one`: a graph that declares a dynamic batch but reshapes to a batch of 1 inside;
+- `derive_classifier`: [N, boxes, 5 + C] -> [N, C], per class the best box score: an image classifier.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import onnx
 from conftest import cache_root
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.manifest import ModelManifest
 from visionrpc.server.models.builtins import install_builtin
@@ -106,6 +107,41 @@ def with_metadata(model: onnx.ModelProto, props: Mapping[str, str]) -> onnx.Mode
         entry = edited.metadata_props.add()
         entry.key, entry.value = key, value
     return edited
+
+
+def derive_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
+    """[N, boxes, 5 + C] -> [N, C]: per class, the best objectness x class score over all boxes."""
+    derived = onnx.ModelProto()
+    derived.CopyFrom(model)
+    graph = derived.graph
+    source = graph.output[0].name
+    classes = graph.output[0].type.tensor_type.shape.dim[2].dim_value - 5
+    graph.initializer.extend(
+        [
+            helper.make_tensor("cls_obj_start", onnx.TensorProto.INT64, [1], [4]),
+            helper.make_tensor("cls_obj_end", onnx.TensorProto.INT64, [1], [5]),
+            helper.make_tensor("cls_start", onnx.TensorProto.INT64, [1], [5]),
+            helper.make_tensor("cls_end", onnx.TensorProto.INT64, [1], [5 + classes]),
+            helper.make_tensor("cls_axis", onnx.TensorProto.INT64, [1], [2]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node(
+                "Slice", [source, "cls_obj_start", "cls_obj_end", "cls_axis"], ["cls_objectness"]
+            ),
+            helper.make_node("Slice", [source, "cls_start", "cls_end", "cls_axis"], ["cls_scores"]),
+            helper.make_node("Mul", ["cls_scores", "cls_objectness"], ["cls_box_scores"]),
+            # The graph is opset 17, where ReduceMax takes its axes as an attribute.
+            helper.make_node("ReduceMax", ["cls_box_scores"], ["probabilities"], axes=[1], keepdims=0),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(
+        helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes])
+    )
+    onnx.checker.check_model(derived, full_check=True)
+    return derived
 
 
 def pin_batch_to_one(model: onnx.ModelProto) -> onnx.ModelProto:

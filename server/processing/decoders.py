@@ -30,7 +30,7 @@ import numpy.typing as npt
 from ..domain import BoundingBox, Classification, Detection, InferOptions, Keypoint
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..manifest import Decoder, ModelManifest
-from .nms import batched_nms
+from .nms import batched_nms, nms
 from .preprocess import Transform
 
 __all__ = ["DecodeOptions", "Decoded", "decode_batch", "resolve_options"]
@@ -60,6 +60,8 @@ class DecodeOptions:
     max_detections: int
     class_ids: frozenset[int] | None = None
     top_k: int
+    # NMS across classes (the manifest's agnostic_nms): a box suppresses overlapping boxes of any class.
+    agnostic_nms: bool = False
 
     def __post_init__(self) -> None:
         for name in ("confidence", "iou"):
@@ -137,6 +139,7 @@ def resolve_options(options: InferOptions, manifest: ModelManifest) -> DecodeOpt
         ),
         class_ids=frozenset(wanted) if wanted else None,
         top_k=options.top_k if options.top_k is not None else manifest.default_top_k,
+        agnostic_nms=manifest.agnostic_nms,
     )
 
 
@@ -226,7 +229,8 @@ def _select(
     transform: Transform,
     options: DecodeOptions,
 ) -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
-    """Drops boxes that are not detections, runs class-aware NMS in input space, keeps max_detections.
+    """Drops boxes that are not detections, runs NMS in input space (class-aware unless the options say
+    agnostic), keeps max_detections.
 
     Non-finite boxes go first (the NMS offset trick needs finite coordinates), then boxes that are empty
     once mapped to the original image and clipped: a box lying wholly in the letterbox padding or outside
@@ -244,9 +248,12 @@ def _select(
     if len(index) > MAX_NMS_CANDIDATES:
         best = np.sort(np.argpartition(-scores[index], MAX_NMS_CANDIDATES - 1)[:MAX_NMS_CANDIDATES])
         index, mapped = index[best], mapped[best]  # input order kept, so ties still break by position
-    kept = batched_nms(
-        boxes[index], scores[index], class_ids[index], options.iou, max_output=options.max_detections
-    )
+    if options.agnostic_nms:
+        kept = nms(boxes[index], scores[index], options.iou, max_output=options.max_detections)
+    else:
+        kept = batched_nms(
+            boxes[index], scores[index], class_ids[index], options.iou, max_output=options.max_detections
+        )
     rows = index[kept]
     clamped = np.clip(scores[rows], np.float32(0.0), np.float32(1.0))
     return mapped[kept], clamped, class_ids[rows], rows

@@ -3,8 +3,9 @@
 This runs once per image on the request path, so it is written around the few passes over memory it cannot
 avoid:
 
-1. one `cv2.resize` (INTER_LINEAR) on the 8-bit image, before any conversion, so that the later passes touch
-   only model-input-sized data;
+1. one `cv2.resize` (the manifest's interpolation, INTER_LINEAR by default) on the 8-bit image, before any
+   conversion, so that the later passes touch only model-input-sized data (for centre-crop, the input-sized
+   window of the resized image: a view, no copy);
 2. one `cv2.split` into planes (skipped for grey images);
 3. one fused multiply-add per model channel (`cv2.addWeighted` with a zero second weight, which is OpenCV's
    `convertTo(alpha, beta)`) that reads an 8-bit plane and writes float32 straight into its place in the CHW
@@ -23,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..domain import ChannelOrder, ImageSize
-from ..manifest import ModelManifest, ResizeMode
+from ..manifest import Interpolation, ModelManifest, PadPosition, ResizeMode
 
 __all__ = ["Transform", "preprocess", "stack_batch"]
 
@@ -57,7 +59,8 @@ class Transform:
     """How model-input pixel coordinates relate to the original image: `input = original * scale + pad`.
 
     Coordinates are continuous pixel-edge coordinates (a 640-wide image spans x in [0, 640]); with those,
-    cv2.resize's half-pixel-centre convention maps edges by a pure scale, so the mapping is exact.
+    cv2.resize's half-pixel-centre convention maps edges by a pure scale, so the mapping is exact. The pad is
+    negative for centre-crop (the input starts inside the resized image).
     """
 
     scale_x: float
@@ -108,18 +111,48 @@ class Transform:
         return result
 
 
+_INTERPOLATION = {
+    Interpolation.NEAREST: cv2.INTER_NEAREST,
+    Interpolation.LINEAR: cv2.INTER_LINEAR,
+    Interpolation.CUBIC: cv2.INTER_CUBIC,
+    Interpolation.AREA: cv2.INTER_AREA,
+    Interpolation.LANCZOS: cv2.INTER_LANCZOS4,
+}
+
+
 def _geometry(width: int, height: int, manifest: ModelManifest) -> tuple[int, int, int, int]:
-    """Returns (resized width, resized height, left pad, top pad) for an image of the given size."""
+    """Returns (resized width, resized height, left, top): where the resized image's top-left corner lands
+    in the input. Negative for centre-crop, whose resized image is larger than the input."""
     in_w, in_h = manifest.input_width, manifest.input_height
     if manifest.resize is ResizeMode.STRETCH:
         return in_w, in_h, 0, 0
+    if manifest.resize is ResizeMode.CENTRE_CROP:
+        return _centre_crop(width, height, in_w, in_h, manifest.crop_fraction)
     ratio = min(in_w / width, in_h / height)
     # Rounding (not truncating) keeps the aspect error under half a pixel; clamping keeps a 1 px wide sliver
     # of a panorama alive instead of resizing it to nothing.
     new_w = min(in_w, max(1, round(width * ratio)))
     new_h = min(in_h, max(1, round(height * ratio)))
+    if manifest.pad_position is PadPosition.TOP_LEFT:
+        return new_w, new_h, 0, 0
     # An odd leftover pixel goes to the right/bottom, as in YOLOv5's letterbox().
     return new_w, new_h, (in_w - new_w) // 2, (in_h - new_h) // 2
+
+
+def _centre_crop(width: int, height: int, in_w: int, in_h: int, fraction: float) -> tuple[int, int, int, int]:
+    """torchvision's Resize(size) + CenterCrop(input), size = floor(input / fraction) on the binding side.
+
+    The side that needs the larger scale to cover the input is resized to floor(its input size / fraction)
+    and the other follows truncated, as torchvision's Resize(int) does; the crop offsets are
+    round((resized - input) / 2), as its CenterCrop computes them.
+    """
+    if in_w / width >= in_h / height:
+        new_w = max(in_w, math.floor(in_w / fraction))
+        new_h = max(in_h, int(new_w * height / width))
+    else:
+        new_h = max(in_h, math.floor(in_h / fraction))
+        new_w = max(in_w, int(new_h * width / height))
+    return new_w, new_h, -round((new_w - in_w) / 2.0), -round((new_h - in_h) / 2.0)
 
 
 def preprocess(
@@ -164,10 +197,17 @@ def preprocess(
         )
 
     new_w, new_h, left, top = _geometry(width, height, manifest)
+    # The map back to the original is fixed by the resize and where it lands, crop or padding alike.
+    transform = Transform(
+        scale_x=new_w / width, scale_y=new_h / height, pad_x=float(left), pad_y=float(top), original=original
+    )
     if (new_w, new_h) != (width, height):
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(image, (new_w, new_h), interpolation=_INTERPOLATION[manifest.interpolation])
     else:
         resized = np.ascontiguousarray(image)
+    if left < 0 or top < 0:  # centre-crop: the input is a window into the resized image, nothing to pad
+        resized = resized[-top : in_h - top, -left : in_w - left]
+        new_w, new_h, left, top = in_w, in_h, 0, 0
     planes = [resized] if resized.ndim == 2 else cv2.split(resized)
 
     # (pixel * scale - mean) / std == pixel * multiplier + offset, folded once per call (six floats).
@@ -192,9 +232,6 @@ def preprocess(
             written is not region
         ):  # OpenCV reallocates rather than fail when dst does not fit; never expected.
             region[...] = written
-    transform = Transform(
-        scale_x=new_w / width, scale_y=new_h / height, pad_x=float(left), pad_y=float(top), original=original
-    )
     return out, transform
 
 

@@ -18,7 +18,7 @@ import onnx
 import pytest
 from conftest import RunningServer, cache_root, start_server
 from media import media
-from onnx import helper
+from model_exports import derive_classifier
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import Task
@@ -26,41 +26,6 @@ from visionrpc.server.manifest import Decoder, ModelManifest
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
 
 PHOTOS = ["coffee.png", "motorcycle_left.png", "astronaut.png", "chelsea.png", "grace_hopper.jpg"]
-
-
-def derive_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
-    """[N, boxes, 5 + C] -> [N, C]: per class, the best objectness x class score over all boxes."""
-    derived = onnx.ModelProto()
-    derived.CopyFrom(model)
-    graph = derived.graph
-    source = graph.output[0].name
-    classes = graph.output[0].type.tensor_type.shape.dim[2].dim_value - 5
-    graph.initializer.extend(
-        [
-            helper.make_tensor("cls_obj_start", onnx.TensorProto.INT64, [1], [4]),
-            helper.make_tensor("cls_obj_end", onnx.TensorProto.INT64, [1], [5]),
-            helper.make_tensor("cls_start", onnx.TensorProto.INT64, [1], [5]),
-            helper.make_tensor("cls_end", onnx.TensorProto.INT64, [1], [5 + classes]),
-            helper.make_tensor("cls_axis", onnx.TensorProto.INT64, [1], [2]),
-        ]
-    )
-    graph.node.extend(
-        [
-            helper.make_node(
-                "Slice", [source, "cls_obj_start", "cls_obj_end", "cls_axis"], ["cls_objectness"]
-            ),
-            helper.make_node("Slice", [source, "cls_start", "cls_end", "cls_axis"], ["cls_scores"]),
-            helper.make_node("Mul", ["cls_scores", "cls_objectness"], ["cls_box_scores"]),
-            # The graph is opset 17, where ReduceMax takes its axes as an attribute.
-            helper.make_node("ReduceMax", ["cls_box_scores"], ["probabilities"], axes=[1], keepdims=0),
-        ]
-    )
-    del graph.output[:]
-    graph.output.append(
-        helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes])
-    )
-    onnx.checker.check_model(derived, full_check=True)
-    return derived
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from media import media
 from visionrpc.server.domain import ChannelOrder, ImageSize, Task
-from visionrpc.server.manifest import Decoder, ModelManifest, ResizeMode
+from visionrpc.server.manifest import Decoder, Interpolation, ModelManifest, PadPosition, ResizeMode
 from visionrpc.server.processing import Transform, preprocess, stack_batch
 
 # With these the tensor holds plain pixel values, which makes geometry easy to read off.
@@ -278,3 +278,81 @@ def test_stack_batch() -> None:
         stack_batch([one, np.ones((3, 4, 6), dtype=np.float32)])
     with pytest.raises(ValueError, match="at least one"):
         stack_batch([])
+
+
+# ------------------------------------------------------------- centre-crop, pad value and position, filters
+
+
+@pytest.mark.parametrize(
+    ("original", "fraction", "resized", "offset"),
+    [
+        # torchvision Resize(256) + CenterCrop(224): the short side to floor(224 / 0.875) = 256.
+        pytest.param((640, 480), 0.875, (341, 256), (58, 16), id="landscape"),
+        pytest.param((480, 640), 0.875, (256, 341), (16, 58), id="portrait"),
+        pytest.param((300, 300), 0.875, (256, 256), (16, 16), id="square"),
+        pytest.param((451, 300), 1.0, (336, 224), (56, 0), id="ultralytics-fraction-1"),
+        pytest.param((100, 80), 0.875, (320, 256), (48, 16), id="upscale"),
+    ],
+)
+def test_centre_crop_geometry(
+    original: tuple[int, int], fraction: float, resized: tuple[int, int], offset: tuple[int, int]
+) -> None:
+    width, height = original
+    manifest = make_manifest(224, 224, resize=ResizeMode.CENTRE_CROP, crop_fraction=fraction, **RAW)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    _, transform = preprocess(image, ChannelOrder.RGB, manifest)
+    assert (transform.scale_x * width, transform.scale_y * height) == pytest.approx(resized)
+    assert (-transform.pad_x, -transform.pad_y) == offset
+
+
+def test_centre_crop_cuts_the_centre_of_the_resized_image() -> None:
+    """The tensor is exactly the centre window of one cv2.resize of the whole image (no padding)."""
+    image = cv2.imread(str(media("chelsea.png")))  # 451x300
+    manifest = make_manifest(224, 224, resize=ResizeMode.CENTRE_CROP, channel_order=ChannelOrder.BGR, **RAW)
+    tensor, transform = preprocess(image, ChannelOrder.BGR, manifest)
+    resized = cv2.resize(image, (384, 256), interpolation=cv2.INTER_LINEAR)  # short side 256
+    window = resized[16:240, 80:304].transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_array_equal(tensor, window)
+    # A box in the input maps back through the crop: the input's top-left is (80, 16) of the resized image.
+    back = transform.boxes_to_original([[0.0, 0.0, 224.0, 224.0]])[0]
+    assert back == pytest.approx([80 * 451 / 384, 16 * 300 / 256, 304 * 451 / 384, 240 * 300 / 256], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("position", "pad_value", "content_at"),
+    [
+        pytest.param(PadPosition.CENTRE, 114, (0, 16), id="centre-grey"),
+        pytest.param(PadPosition.CENTRE, 0, (0, 16), id="centre-black"),
+        pytest.param(PadPosition.TOP_LEFT, 114, (0, 0), id="top-left-grey"),
+        pytest.param(PadPosition.TOP_LEFT, 255, (0, 0), id="top-left-white"),
+    ],
+)
+def test_pad_value_and_position(position: PadPosition, pad_value: int, content_at: tuple[int, int]) -> None:
+    """A 64x32 image in a 64x64 input: the image where the position says, every other pixel the pad value."""
+    image = np.full((32, 64, 3), 7, dtype=np.uint8)
+    manifest = make_manifest(pad_value=pad_value, pad_position=position, **RAW)
+    tensor, transform = preprocess(image, ChannelOrder.RGB, manifest)
+    left, top = content_at
+    expected = np.full((3, 64, 64), float(pad_value), dtype=np.float32)
+    expected[:, top : top + 32, left : left + 64] = 7.0
+    np.testing.assert_array_equal(tensor, expected)
+    assert (transform.pad_x, transform.pad_y) == (left, top)
+    assert transform.boxes_to_original([[0, top, 64, top + 32]])[0] == pytest.approx([0, 0, 64, 32])
+
+
+@pytest.mark.parametrize("interpolation", list(Interpolation))
+def test_interpolation_is_the_resize_filter(interpolation: Interpolation) -> None:
+    image = cv2.imread(str(media("coffee.png")))
+    manifest = make_manifest(
+        64, 48, resize=ResizeMode.STRETCH, interpolation=interpolation, channel_order=ChannelOrder.BGR, **RAW
+    )
+    tensor, _ = preprocess(image, ChannelOrder.BGR, manifest)
+    flags = {
+        Interpolation.NEAREST: cv2.INTER_NEAREST,
+        Interpolation.LINEAR: cv2.INTER_LINEAR,
+        Interpolation.CUBIC: cv2.INTER_CUBIC,
+        Interpolation.AREA: cv2.INTER_AREA,
+        Interpolation.LANCZOS: cv2.INTER_LANCZOS4,
+    }
+    reference = cv2.resize(image, (64, 48), interpolation=flags[interpolation])
+    np.testing.assert_array_equal(tensor, reference.transpose(2, 0, 1).astype(np.float32))
