@@ -10,8 +10,11 @@ message that reaches a client or a log shows the URL through `redact_url`.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -19,7 +22,7 @@ from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .types import SourceKind, SourceSpec
 
-__all__ = ["SourcePolicy", "redact_url", "resolve_source"]
+__all__ = ["SourcePolicy", "redact_url", "resolve_source", "shown_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,27 +109,122 @@ def _denied(field: str, message: str, reason: str, **metadata: str) -> Permissio
     )
 
 
+# Bounds of a requested path, far below the OS's (PATH_MAX 4096, NAME_MAX 255 bytes): a path is checked,
+# walked and quoted in time and space linear in these, and never reaches the OS beyond them.
+MAX_PATH_CHARS = 1024
+MAX_PATH_PARTS = 64
+MAX_NAME_BYTES = 255
+# Symbolic links followed while resolving one path (the kernel's own limit is 40): loops end here.
+MAX_SYMLINKS = 40
+# How much of a refused path a message quotes.
+SHOWN_PATH_CHARS = 48
+
+
+def shown_path(path: str) -> str:
+    """A path as messages quote it: its first characters, controls escaped, the rest elided."""
+    head = path[:SHOWN_PATH_CHARS].encode("ascii", "backslashreplace").decode("ascii")
+    return repr(head + ("\u2026" if len(path) > SHOWN_PATH_CHARS else ""))
+
+
+def _invalid_path(field: str, message: str, reason: str = "INVALID_PATH") -> InvalidArgumentError:
+    return InvalidArgumentError.for_field(field, message, reason=reason)
+
+
 def _resolve_path(field: str, index: int, path: str, policy: SourcePolicy) -> SourceSpec:
+    shown = shown_path(path)
+    if len(path) > MAX_PATH_CHARS:
+        raise _invalid_path(
+            field, f"expected a path of at most {MAX_PATH_CHARS} characters, got {len(path)}", "PATH_TOO_LONG"
+        )
     if not path or "\x00" in path:
-        raise InvalidArgumentError.for_field(field, "expected a non-empty path relative to the media root")
+        raise _invalid_path(field, "expected a non-empty path relative to the media root")
     # Judge the path both ways so "C:\\x" or "\\\\host\\share" are refused on POSIX hosts too.
     posix, windows = PurePosixPath(path), PureWindowsPath(path)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or path.startswith(("/", "\\")):
-        raise InvalidArgumentError.for_field(field, f"expected a path relative to the media root: {path!r}")
+        raise _invalid_path(field, f"expected a path relative to the media root, got {shown}")
     if ".." in posix.parts or ".." in windows.parts:
-        raise InvalidArgumentError.for_field(field, f"expected a path without '..', got {path!r}")
+        raise _invalid_path(field, f"expected a path without '..', got {shown}")
+    if len(posix.parts) > MAX_PATH_PARTS:
+        raise _invalid_path(
+            field,
+            f"expected at most {MAX_PATH_PARTS} path components, got {len(posix.parts)}",
+            "PATH_TOO_LONG",
+        )
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in posix.parts):
+        raise _invalid_path(
+            field, f"expected path components of at most {MAX_NAME_BYTES} bytes in {shown}", "PATH_TOO_LONG"
+        )
     root = policy.media_root.resolve()
-    # realpath follows every symlink; a link anywhere in the path that leads outside the root is refused
-    # whether or not its target exists, so the answer never reveals what exists outside.
-    real = Path(os.path.realpath(root / posix))
-    if not real.is_relative_to(root):
-        raise _denied(field, f"source {path!r} resolves outside the media root", "SOURCE_OUTSIDE_MEDIA_ROOT")
-    if not real.exists():
-        message = f"no file {path!r} below the media root"
-        raise NotFoundError(message, reason="SOURCE_NOT_FOUND", violations=(FieldViolation(field, message),))
-    if not real.is_file():
-        raise InvalidArgumentError.for_field(field, f"expected a file, got a directory or device: {path!r}")
-    return SourceSpec(index=index, kind=SourceKind.FILE, location=str(real))
+    try:
+        real, mode = _walk_inside(root, posix.parts)
+    except _OutsideRootError:
+        raise _denied(
+            field, f"source {shown} resolves outside the media root", "SOURCE_OUTSIDE_MEDIA_ROOT"
+        ) from None
+    except _SymlinkLoopError:
+        raise _invalid_path(field, f"too many symbolic links resolving {shown}", "SYMLINK_LOOP") from None
+    except (FileNotFoundError, NotADirectoryError):
+        message = f"no file {shown} below the media root"
+        raise NotFoundError(
+            message, reason="SOURCE_NOT_FOUND", violations=(FieldViolation(field, message),)
+        ) from None
+    except OSError as exc:  # permissions, I/O errors, names the file system refuses: never INTERNAL
+        message = f"cannot read {shown} below the media root: {os.strerror(exc.errno or errno.EIO)}"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(field, message, "SOURCE_NOT_READABLE") from None
+        reason = "PATH_TOO_LONG" if exc.errno == errno.ENAMETOOLONG else "SOURCE_NOT_READABLE"
+        raise _invalid_path(field, message, reason) from None
+    if not stat.S_ISREG(mode):
+        raise _invalid_path(field, f"expected a file, got a directory or device: {shown}", "NOT_A_FILE")
+    return SourceSpec(index=index, kind=SourceKind.FILE, location=real)
+
+
+class _OutsideRootError(Exception):
+    """The resolution left the media root."""
+
+
+class _SymlinkLoopError(Exception):
+    """More than MAX_SYMLINKS links on the way."""
+
+
+def _walk_inside(root: Path, parts: tuple[str, ...]) -> tuple[str, int]:
+    """Resolves `parts` below `root` one component at a time, following links only while they stay inside.
+
+    Unlike os.path.realpath, nothing outside the root is ever looked at (a link leading out is refused from
+    its text), and the work is linear: one lstat per component, plus the components of at most MAX_SYMLINKS
+    link targets. Raises _OutsideRootError, _SymlinkLoopError or the OSError of the component that failed.
+    """
+    pending = deque(parts)
+    resolved: list[str] = []
+    links = 0
+    mode = os.stat(root).st_mode
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":  # only from a link's target: the request's own path has none
+            if not resolved:
+                raise _OutsideRootError
+            resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        mode = os.lstat(candidate).st_mode
+        if not stat.S_ISLNK(mode):
+            resolved.append(part)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise _SymlinkLoopError
+        target = PurePosixPath(os.readlink(candidate))
+        if target.is_absolute():
+            if not target.is_relative_to(root):
+                raise _OutsideRootError
+            resolved = []
+            target = target.relative_to(root)
+        pending.extendleft(reversed(target.parts))
+    if not resolved:
+        mode = os.stat(root).st_mode  # a link back to the root itself
+    return os.path.join(root, *resolved), mode
 
 
 def _resolve_url(field: str, index: int, url: str, policy: SourcePolicy) -> SourceSpec:

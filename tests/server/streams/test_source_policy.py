@@ -5,6 +5,7 @@ Paths are tried against a real media root holding symlinks that stay inside it a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ def jail(tmp_path: Path) -> Path:
     (root / "escape-missing.mp4").symlink_to(tmp_path / "nothing-here.mp4")
     (root / "outside-dir").symlink_to(tmp_path)
     (root / "notes.mp4").write_text("this is not a video\n" * 100)
+    (root / "loop-a").symlink_to("loop-b")
+    (root / "loop-b").symlink_to("loop-a")
+    (root / "clips" / "up").symlink_to("../..")  # a relative link that climbs out
     return root
 
 
@@ -46,6 +50,8 @@ def policy_for(
 
 
 INVALID = (InvalidArgumentError, "INVALID_ARGUMENT")
+INVALID_PATH = (InvalidArgumentError, "INVALID_PATH")
+TOO_LONG = (InvalidArgumentError, "PATH_TOO_LONG")
 OUTSIDE = (PermissionDeniedError, "SOURCE_OUTSIDE_MEDIA_ROOT")
 SCHEME = (PermissionDeniedError, "URL_SCHEME_NOT_ALLOWED")
 HOST = (PermissionDeniedError, "URL_HOST_NOT_ALLOWED")
@@ -53,12 +59,21 @@ Refusal = tuple[dict[str, object], tuple[type[VisionRpcError], str], str]
 
 REFUSALS: dict[str, Refusal] = {
     # name: (source, (error, reason), violated field below sources[2]); the policy allows host cam.example
-    "absolute-path": ({"path": "/etc/passwd"}, INVALID, ".path"),
-    "windows-absolute": ({"path": "C:\\video.mp4"}, INVALID, ".path"),
-    "dot-dot": ({"path": "../bikes.mp4"}, INVALID, ".path"),
-    "inner-dot-dot": ({"path": "clips/../../x.mp4"}, INVALID, ".path"),
-    "empty-path": ({"path": ""}, INVALID, ".path"),
-    "directory": ({"path": "clips"}, INVALID, ".path"),
+    "absolute-path": ({"path": "/etc/passwd"}, INVALID_PATH, ".path"),
+    "windows-absolute": ({"path": "C:\\video.mp4"}, INVALID_PATH, ".path"),
+    "dot-dot": ({"path": "../bikes.mp4"}, INVALID_PATH, ".path"),
+    "inner-dot-dot": ({"path": "clips/../../x.mp4"}, INVALID_PATH, ".path"),
+    "empty-path": ({"path": ""}, INVALID_PATH, ".path"),
+    "nul": ({"path": "bikes.mp4\x00.txt"}, INVALID_PATH, ".path"),
+    "directory": ({"path": "clips"}, (InvalidArgumentError, "NOT_A_FILE"), ".path"),
+    # Issue 11: names over NAME_MAX and paths over PATH_MAX were INTERNAL with a traceback.
+    "component-over-name-max": ({"path": "a" * 300 + ".mp4"}, TOO_LONG, ".path"),
+    "path-over-path-max": ({"path": "a/" * 2100 + "x.mp4"}, TOO_LONG, ".path"),
+    "too-many-components": ({"path": "a/" * 70 + "x.mp4"}, TOO_LONG, ".path"),
+    "multibyte-component-over-name-max": ({"path": "\u00e9" * 200}, TOO_LONG, ".path"),
+    "symlink-loop": ({"path": "loop-a/x.mp4"}, (InvalidArgumentError, "SYMLINK_LOOP"), ".path"),
+    "link-to-dotdot-escape": ({"path": "clips/up/secret.mp4"}, OUTSIDE, ".path"),
+    "file-as-directory": ({"path": "bikes.mp4/x.mp4"}, (NotFoundError, "SOURCE_NOT_FOUND"), ".path"),
     "symlink-escape": ({"path": "escape.mp4"}, OUTSIDE, ".path"),
     "symlink-escape-missing-target": ({"path": "escape-missing.mp4"}, OUTSIDE, ".path"),
     "symlinked-directory-escape": ({"path": "outside-dir/secret.mp4"}, OUTSIDE, ".path"),
@@ -87,6 +102,27 @@ def test_resolve_source_refuses(case: Refusal, jail: Path) -> None:
     assert type(info.value) is error
     assert info.value.reason == reason
     assert [v.field for v in info.value.violations] == [f"sources[2]{field}"]
+
+
+@pytest.mark.parametrize(
+    "path", ["a" * 640_000, "a/" * 320_000 + "x.mp4", "./" * 320_000 + "bikes.mp4", "\u00e9" * 300_000]
+)
+def test_huge_paths_are_refused_in_linear_time_and_never_echoed(path: str, jail: Path) -> None:
+    # A 640 KB path took 13 s of server CPU (quadratic realpath) and slowed every other call 5-10x.
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgumentError) as info:
+        resolve_source(0, path=path, policy=policy_for(jail))
+    assert time.perf_counter() - started < 0.05
+    assert info.value.reason == "PATH_TOO_LONG"
+    assert len(info.value.message) < 200 and all(len(v.description) < 200 for v in info.value.violations)
+
+
+def test_a_deep_path_inside_the_root_resolves(jail: Path) -> None:
+    deep = jail.joinpath(*["d"] * 60)
+    deep.mkdir(parents=True)
+    (deep / "clip.mp4").symlink_to("/".join([".."] * 60) + "/bikes.mp4")
+    spec = resolve_source(0, path="/".join(["d"] * 60) + "/clip.mp4", policy=policy_for(jail))
+    assert spec.location == str(jail.resolve() / "bikes.mp4")
 
 
 @pytest.mark.parametrize(
