@@ -42,6 +42,7 @@ import numpy.typing as npt
 from visionrpc.engines import Engine, EngineError, EngineInfo
 from visionrpc.engines.base import Tensor
 
+from . import metrics
 from .engine_slot import EngineSlot
 from .errors import (
     DeadlineExceededError,
@@ -179,6 +180,7 @@ class BatchScheduler:
             queued = len(self._queues[origin]) + self._reserved[origin]
             if queued and queued + count > self.settings.max_queue_size:
                 self._stats = replace(self._stats, rejected=self._stats.rejected + count)
+                metrics.IMAGES_DROPPED.labels(self._slot.key, "rejected").inc(count)
                 raise self._queue_full(origin, queued)
             self._reserved[origin] += count
             self._start_thread()
@@ -389,10 +391,12 @@ class BatchScheduler:
                     )
                 )
                 self._stats = replace(self._stats, dropped_deadline=self._stats.dropped_deadline + 1)
+                metrics.IMAGES_DROPPED.labels(self._slot.key, "deadline").inc()
                 continue
             if ticket.cancelled is not None and ticket.cancelled.is_set():
                 ticket.fail(UnavailableError("the caller went away", reason="CANCELLED"))
                 self._stats = replace(self._stats, dropped_cancelled=self._stats.dropped_cancelled + 1)
+                metrics.IMAGES_DROPPED.labels(self._slot.key, "cancelled").inc()
                 continue
             count -= 1
             yield item
@@ -407,6 +411,11 @@ class BatchScheduler:
         rows: int,
     ) -> None:
         inference_ms = (end - start) * 1000.0
+        key = self._slot.key
+        metrics.BATCH_SIZE.labels(key).observe(len(items))
+        metrics.BATCH_DURATION.labels(key, engine.engine).observe(end - start)
+        for item in items:
+            metrics.QUEUE_WAIT.labels(key, item.ticket.origin.value).observe(start - item.enqueued)
         with self._cond:
             for row, item in enumerate(items):
                 mine = {

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from visionrpc.engines import Engine, EngineError, EngineInfo
 
+from .. import metrics
 from ..errors import FailedPreconditionError, NotFoundError, VisionRpcError
 from ..manifest import ModelManifest, ResolvedModel
 from ..predictor import Predictor
@@ -293,6 +294,7 @@ class ModelManager:
             )
             slot.done.set()
             return
+        metrics.MODEL_LOAD_DURATION.labels(model.key).observe(time.perf_counter() - start)
         logger.info(
             "model %s ready on %s in %.0f ms",
             model.key,
@@ -405,6 +407,7 @@ class ModelManager:
                 self._set_build(slot, BuildStatus(BuildState.FAILED, target, None, reason))
                 return
         seconds = time.perf_counter() - start
+        metrics.ENGINE_BUILD_DURATION.labels(model.key).observe(seconds)
         with self._lock:
             predictor = None if slot.detached else slot.predictor
         try:
