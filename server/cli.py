@@ -35,6 +35,7 @@ from visionrpc.client import (
     ImagePrediction,
     InferResult,
     ModelInfo,
+    ModelTask,
     NotFoundError,
     VisionRpcError,
     annotate,
@@ -343,20 +344,27 @@ def _write_model(m: ModelInfo) -> None:
             if m.input
             else "-",
         ),
-        (
-            "defaults",
-            f"confidence {m.defaults.confidence_threshold:g}, iou {m.defaults.iou_threshold:g}, "
-            f"max_detections {m.defaults.max_detections}, top_k {m.defaults.top_k}"
-            if m.defaults
-            else "-",
-        ),
+        ("defaults", _defaults_text(m)),
         ("classes", _preview(m.class_names)),
-        ("keypoints", _preview(m.keypoint_names)),
+        *([("keypoints", _preview(m.keypoint_names))] if m.keypoint_names else []),
         ("builtin", "yes" if m.builtin else "no"),
         ("description", m.description),
     ]
     for key, value in lines:
         sys.stdout.write(f"{key + ':':<13}{value}".rstrip() + "\n")
+
+
+def _defaults_text(m: ModelInfo) -> str:
+    """Only the defaults the model's task uses: a classifier returns its top_k classes and ignores
+    confidence, IoU and max_detections; a detector ignores top_k."""
+    d = m.defaults
+    if d is None:
+        return "-"
+    if m.task is ModelTask.CLASSIFICATION:
+        return f"top_k {d.top_k}"
+    return (
+        f"confidence {d.confidence_threshold:g}, iou {d.iou_threshold:g}, max_detections {d.max_detections}"
+    )
 
 
 def _preview(names: Sequence[str], limit: int = 8) -> str:

