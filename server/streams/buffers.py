@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
+from .. import metrics
 from .types import Frame, FramePolicy, SourceEvent
 
 __all__ = ["Gate", "SourceBuffer"]
@@ -46,6 +47,7 @@ class SourceBuffer:
             if self._policy is FramePolicy.NEWEST_FRAME:
                 if self._frames:
                     self.skipped += self._frames
+                    metrics.STREAM_FRAMES.labels("skipped").inc(self._frames)
                     self._items = deque(item for item in self._items if not isinstance(item, Frame))
                     self._frames = 0
             else:

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from .. import metrics
 from ..domain import ChannelOrder, Prediction
 from ..errors import InvalidArgumentError, ResourceExhaustedError, VisionRpcError
 from ..models.manager import ModelLease
@@ -457,6 +458,7 @@ class Pipeline:
             return
         with self._gate.lock:
             self._frames_inferred += len(frames)
+        metrics.STREAM_FRAMES.labels("inferred").inc(len(frames))
         for frame, prediction in zip(frames, predictions, strict=True):
             self._publish(
                 FrameResult(

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, cast
 import cv2
 import numpy as np
 
+from .. import metrics
 from .source_policy import redact_url
+from .url_preflight import HopRefusedError, check_hops
 from .types import (
     Frame,
     FramePolicy,
@@ -180,7 +182,11 @@ class SourceReader:
             )
 
     def _run_file(self) -> None:
-        capture = self._open()
+        try:
+            capture = self._open()
+        except HopRefusedError as exc:
+            self._emit(SourceEventKind.ERROR, reason=exc.message)
+            return
         if capture is None:
             self._emit(SourceEventKind.ERROR, reason=f"cannot open {self._shown} as a video")
             return
@@ -216,6 +222,9 @@ class SourceReader:
             try:
                 self._stream_once()
                 return  # stopped, or the sink asked to stop
+            except HopRefusedError as exc:  # a refusal is final: retrying would only ask again
+                self._emit(SourceEventKind.ERROR, reason=exc.message)
+                return
             except _DisconnectError as exc:
                 reason, connected = str(exc), exc.connected
             if self._stop.is_set():
@@ -230,6 +239,7 @@ class SourceReader:
                 )
                 return
             self._emit(SourceEventKind.RECONNECTING, attempt=attempt, reason=reason)
+            metrics.SOURCE_RECONNECTS.inc()
             if self._stop.wait(self._reconnect.delay(attempt)):
                 return
 
@@ -269,14 +279,23 @@ class SourceReader:
         return pixels
 
     def _open(self) -> cv2.VideoCapture | None:
-        """A new capture, or None when it cannot be opened; every reconnect opens a fresh one."""
+        """A new capture, or None when it cannot be opened; every reconnect opens a fresh one.
+
+        Raises HopRefusedError when the URL leads somewhere the allow-list does not admit."""
+        location = self._spec.location
+        if self._spec.urls is not None:
+            try:
+                location = check_hops(location, self._spec.urls, timeout_s=self._reconnect.open_timeout_s)
+            except OSError as exc:
+                logger.debug("source %d: cannot reach %s: %s", self._spec.index, self._log_location, exc)
+                return None
         try:
             if self._spec.kind is SourceKind.DEVICE:
                 # FFmpeg cannot open a camera by index; let OpenCV pick the platform backend (V4L2, ...).
                 capture = cv2.VideoCapture(int(self._spec.location), cv2.CAP_ANY)
             else:
                 capture = cv2.VideoCapture(
-                    self._spec.location,
+                    location,
                     cv2.CAP_FFMPEG,
                     [
                         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
@@ -305,7 +324,9 @@ class SourceReader:
             skip = self._skip_for_max_fps and self._min_interval_s > 0 and now < self._next_due
             if skip:
                 self._frames_skipped += 1
+        metrics.STREAM_FRAMES.labels("decoded").inc()
         if skip:
+            metrics.STREAM_FRAMES.labels("skipped").inc()
             return True
         if self._skip_for_max_fps and self._min_interval_s > 0:
             self._advance_schedule(now)

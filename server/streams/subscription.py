@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from .. import metrics
 from ..models.repository import ModelId
 from .types import Delivery, FrameResult, ResumeGap, StreamEnd, StreamMessage
 
@@ -186,6 +187,7 @@ class Subscription:
                 del self._queue[position]
                 self._results -= 1
                 self._dropped += 1
+                metrics.STREAM_RESULTS_DROPPED.inc()
                 return
 
 
