@@ -105,6 +105,15 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
     classes.add_argument("--class-names", type=Path, metavar="FILE", help="class names, one per line")
     classes.add_argument("--classes", metavar="A,B,C", help="class names, comma-separated")
     add.add_argument(
+        "--keypoints", metavar="A,B,C", help="yolov8-pose: keypoint names, in the model's order (COCO's 17)"
+    )
+    add.add_argument(
+        "--keypoint-dims",
+        type=int,
+        choices=(2, 3),
+        help="yolov8-pose: values per keypoint, x y [visibility] (3)",
+    )
+    add.add_argument(
         "--channel-order",
         choices=[ChannelOrder.RGB.value, ChannelOrder.BGR.value],
         help="channel order the model expects (rgb)",
@@ -214,6 +223,10 @@ def _cmd_add(ns: argparse.Namespace) -> int:
         "input_width": ns.input_size[0] if ns.input_size else None,
         "input_height": ns.input_size[1] if ns.input_size else None,
         "class_names": names,
+        "keypoint_names": tuple(k.strip() for k in ns.keypoints.split(",") if k.strip())
+        if ns.keypoints
+        else None,
+        "keypoint_dims": ns.keypoint_dims,
         "channel_order": ChannelOrder(ns.channel_order) if ns.channel_order else None,
         "resize": ns.resize,
         "crop_fraction": ns.crop_fraction,

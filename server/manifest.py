@@ -50,6 +50,9 @@ class Decoder(enum.Enum):
     YOLOV8 = "yolov8"  # [N, 4 + C, boxes]: cx, cy, w, h (input pixels), class scores; no objectness
     CLASSIFICATION = "classification"  # [N, C] logits (or probabilities, see `outputs_are_probabilities`)
     CENTERFACE = "centerface"  # heatmap, scale, offset, landmarks at stride 4
+    # [N, 4 + C + K * D, boxes]: YOLOv8's layout followed by K keypoints of D values (x, y in input pixels,
+    # then a visibility score when D is 3) per box; K = len(keypoint_names), D = keypoint_dims.
+    YOLOV8_POSE = "yolov8-pose"
 
 
 class ResizeMode(enum.Enum):
@@ -107,6 +110,7 @@ class ModelManifest:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     keypoint_names: tuple[str, ...] = ()
+    keypoint_dims: int = 3  # yolov8-pose: values per keypoint, 2 (x, y) or 3 (x, y, visibility)
     outputs_are_probabilities: bool = False
     default_confidence: float = 0.25
     default_iou: float = 0.45
@@ -144,6 +148,10 @@ class ModelManifest:
             raise ValueError(
                 f"expected max_queue_delay_ms in [0, 1000] or null, got {self.max_queue_delay_ms}"
             )
+        if self.keypoint_dims not in (2, 3):
+            raise ValueError(f"expected keypoint_dims 2 or 3, got {self.keypoint_dims}")
+        if self.decoder is Decoder.YOLOV8_POSE and not self.keypoint_names:
+            raise ValueError("the yolov8-pose decoder needs keypoint_names (one per keypoint)")
         if not 0 <= self.pad_value <= 255:
             raise ValueError(f"expected pad_value in [0, 255], got {self.pad_value}")
         if not 0.0 < self.crop_fraction <= 1.0:

@@ -156,3 +156,58 @@ def pin_batch_to_one(model: onnx.ModelProto) -> onnx.ModelProto:
                 shape[0] = 1
                 edited.graph.initializer[index].CopyFrom(numpy_helper.from_array(shape, initializer.name))
     return edited
+
+
+POSE_KEYPOINTS = ("top_left", "top_right", "centre", "bottom_left", "bottom_right")
+
+
+def derive_pose(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A YOLOv8-pose layout from a YOLOv8-layout detector: [N, 84, B] -> [N, 84 + 5 x 3, B], output `pose`.
+
+    Each box gets five keypoints that can be checked against it: its corners and centre (x, y in input
+    pixels), each with the box's best class score as visibility. Served, a detection's keypoints must be its
+    own (clipped) corners, centre and confidence.
+    """
+    derived = onnx.ModelProto()
+    derived.CopyFrom(model)
+    graph = derived.graph
+    source = graph.output[0].name
+    dims = graph.output[0].type.tensor_type.shape.dim
+    classes = dims[1].dim_value - 4
+    boxes = dims[2].dim_param or dims[2].dim_value
+    graph.initializer.extend(
+        [
+            helper.make_tensor("pose_split", onnx.TensorProto.INT64, [5], [1, 1, 1, 1, classes]),
+            helper.make_tensor("pose_half", onnx.TensorProto.FLOAT, [], [0.5]),
+        ]
+    )
+    parts = ["pose_cx", "pose_cy", "pose_w", "pose_h", "pose_classes"]
+    graph.node.extend(
+        [
+            helper.make_node("Split", [source, "pose_split"], parts, axis=1),
+            helper.make_node("Mul", ["pose_w", "pose_half"], ["pose_hw"]),
+            helper.make_node("Mul", ["pose_h", "pose_half"], ["pose_hh"]),
+            helper.make_node("Sub", ["pose_cx", "pose_hw"], ["pose_x1"]),
+            helper.make_node("Add", ["pose_cx", "pose_hw"], ["pose_x2"]),
+            helper.make_node("Sub", ["pose_cy", "pose_hh"], ["pose_y1"]),
+            helper.make_node("Add", ["pose_cy", "pose_hh"], ["pose_y2"]),
+            helper.make_node("ReduceMax", ["pose_classes"], ["pose_visibility"], axes=[1], keepdims=1),
+            helper.make_node(
+                "Concat",
+                [
+                    source,
+                    *("pose_x1", "pose_y1", "pose_visibility", "pose_x2", "pose_y1", "pose_visibility"),
+                    *("pose_cx", "pose_cy", "pose_visibility"),
+                    *("pose_x1", "pose_y2", "pose_visibility", "pose_x2", "pose_y2", "pose_visibility"),
+                ],
+                ["pose"],
+                axis=1,
+            ),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(
+        helper.make_tensor_value_info("pose", onnx.TensorProto.FLOAT, ["batch", 4 + classes + 15, boxes])
+    )
+    onnx.checker.check_model(derived, full_check=True)
+    return derived

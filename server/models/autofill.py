@@ -40,7 +40,17 @@ _YOLO_INPUT: dict[str, Any] = {
     "mean": (0.0, 0.0, 0.0),
     "std": (1.0, 1.0, 1.0),
 }
-_ULTRALYTICS_DECODERS = {"detect": Decoder.YOLOV8, "classify": Decoder.CLASSIFICATION}
+_ULTRALYTICS_DECODERS = {
+    "detect": Decoder.YOLOV8,
+    "pose": Decoder.YOLOV8_POSE,
+    "classify": Decoder.CLASSIFICATION,
+}
+# Ultralytics' pose models are trained on COCO keypoints; other keypoint counts get numbered names.
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee",
+    "left_ankle", "right_ankle",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,10 @@ def implied_fields(metadata: ExportMetadata) -> dict[str, Any]:
                 f"serve (it serves {', '.join(sorted(_ULTRALYTICS_DECODERS))})"
             )
         fields.update(_YOLO_INPUT, decoder=decoder)
+        if decoder is Decoder.YOLOV8_POSE:
+            count, values = metadata.keypoint_shape or (len(COCO_KEYPOINTS), 3)
+            names = COCO_KEYPOINTS if count == len(COCO_KEYPOINTS) else tuple(f"k{i}" for i in range(count))
+            fields.update(keypoint_names=names, keypoint_dims=values)
         if decoder is Decoder.CLASSIFICATION:
             # Ultralytics' classify_transforms: short side to imgsz, centre crop (crop_fraction 1.0), softmax
             # inside the exported graph.

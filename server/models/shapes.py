@@ -70,6 +70,8 @@ def check_outputs(outputs: Mapping[str, Sequence[Dim] | None], manifest: ModelMa
             hint = _classifier_hint(dims, classes)
             return [f"expected output {name!r} shaped [N, {classes or 'C'}], got {show_dims(dims)}{hint}"]
         return []
+    if manifest.decoder is Decoder.YOLOV8_POSE:
+        return _check_pose(name, dims, manifest)
     v8 = manifest.decoder is Decoder.YOLOV8
     offset = 4 if v8 else 5
     wanted = f"[N, {offset} + {classes or 'C'}, boxes]" if v8 else f"[N, boxes, {offset} + {classes or 'C'}]"
@@ -132,6 +134,24 @@ def _check_input(model: onnx.ModelProto, manifest: ModelManifest) -> list[str]:
             f"{width}x{height} (W x H), got {show_dims(dims)}"
         )
     return problems
+
+
+def _check_pose(name: str, dims: Sequence[Dim], manifest: ModelManifest) -> list[str]:
+    classes, points, values = len(manifest.class_names), len(manifest.keypoint_names), manifest.keypoint_dims
+    wanted = f"[N, 4 + {classes} + {points} x {values}, boxes]"
+    if len(dims) != 3:
+        return [f"expected output {name!r} shaped {wanted}, got {show_dims(dims)}"]
+    attributes = dims[1]
+    if not isinstance(attributes, int) or attributes == 4 + classes + points * values:
+        return []
+    hint = ""
+    if attributes == 4 + classes:
+        hint = " (no keypoints: that is a plain YOLOv8 detector, use decoder yolov8)"
+    elif (attributes - 4 - classes) % values == 0 and attributes > 4 + classes:
+        hint = (
+            f" (the model has {(attributes - 4 - classes) // values} keypoints, the manifest {points} names)"
+        )
+    return [f"expected output {name!r} shaped {wanted}, got {show_dims(dims)}{hint}"]
 
 
 def _plausible(dims: Sequence[Dim], v8: bool) -> bool:

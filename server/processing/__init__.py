@@ -1,8 +1,8 @@
 """Pre- and post-processing around the engine: image -> tensor, raw outputs -> domain results.
 
-preprocess      resize (letterbox or stretch), channel order, normalisation -> (3, H, W) float32 + Transform
+preprocess      letterbox, stretch or centre-crop, channel order, scaling -> (3, H, W) float32 + Transform
 nms             greedy class-agnostic and class-aware non-maximum suppression
-decoders        YOLOv5, YOLOv8, classification and CenterFace outputs -> detections / classifications
+decoders        YOLOv5, YOLOv8 (and pose), classification, CenterFace outputs -> detections, classifications
 """
 
 from .decoders import Decoded, DecodeOptions, decode_batch, resolve_options

@@ -171,6 +171,11 @@ def decode_batch(
         return _decode_classification(manifest, _single_output(manifest, outputs, 2), transforms, options)
     if decoder is Decoder.CENTERFACE:
         return _decode_centerface(manifest, outputs, transforms, options)
+    if decoder is Decoder.YOLOV8_POSE:
+        output = _single_output(manifest, outputs, 3)
+        return _decode_yolo(
+            manifest, output, transforms, options, v8=True, keypoints=len(manifest.keypoint_names)
+        )
     raise AssertionError(f"unhandled decoder {decoder}")  # pragma: no cover - the enum is exhaustive
 
 
@@ -265,10 +270,16 @@ def _detections(
     scores: FloatArray,
     class_ids: IntArray,
     keypoints: FloatArray | None = None,
+    keypoint_scores: FloatArray | None = None,
 ) -> tuple[Detection, ...]:
     """Builds domain detections; `.tolist()` converts each array once instead of once per element."""
     names = manifest.keypoint_names
     points = keypoints.tolist() if keypoints is not None else None
+    point_scores = (
+        np.clip(keypoint_scores, np.float32(0.0), np.float32(1.0)).tolist()
+        if keypoint_scores is not None
+        else None
+    )
     detections = []
     for row, (box, score, class_id) in enumerate(
         zip(boxes.tolist(), scores.tolist(), class_ids.tolist(), strict=True)
@@ -276,7 +287,12 @@ def _detections(
         marks: tuple[Keypoint, ...] = ()
         if points is not None:
             marks = tuple(
-                Keypoint(x=x, y=y, name=names[j] if j < len(names) else "")
+                Keypoint(
+                    x=x,
+                    y=y,
+                    confidence=point_scores[row][j] if point_scores is not None else 0.0,
+                    name=names[j] if j < len(names) else "",
+                )
                 for j, (x, y) in enumerate(points[row])
             )
         detections.append(
@@ -298,28 +314,37 @@ def _decode_yolo(
     options: DecodeOptions,
     *,
     v8: bool,
+    keypoints: int = 0,
 ) -> list[Decoded]:
-    """YOLOv5 [N, B, 5+C] (score = objectness * class) or YOLOv8 [N, 4+C, B] (score = class).
+    """YOLOv5 [N, B, 5+C] (score = objectness * class) or YOLOv8 [N, 4+C, B] (score = class); for YOLOv8
+    pose, [N, 4+C+K*D, B] with K `keypoints` of `manifest.keypoint_dims` values after the class scores.
 
     Each box keeps its best class only (YOLOv5's default, non-multi-label NMS).
     """
     _check_batch(output, transforms)
     attributes = output.shape[1] if v8 else output.shape[2]
     first_class = 4 if v8 else 5
-    if attributes <= first_class:
-        layout = "[N, 4+C, B]" if v8 else "[N, B, 5+C]"
+    point_rows = keypoints * manifest.keypoint_dims
+    end_class = attributes - point_rows
+    if end_class <= first_class:
+        layout = "[N, 4+C+K*D, B]" if point_rows else "[N, 4+C, B]" if v8 else "[N, B, 5+C]"
         raise _bad_output(f"expected a {layout} output with C >= 1, got shape {output.shape}")
     results = []
     for image, transform in enumerate(transforms):
+        points: FloatArray | None = None
         if v8:
             # Work on the [4+C, B] layout as given: reductions over axis 0 are contiguous, no transpose copy.
             prediction = output[image]
-            best_any = prediction[4:].max(axis=0, initial=-np.inf)
+            best_any = prediction[4:end_class].max(axis=0, initial=-np.inf)
             candidates = np.flatnonzero(best_any > options.confidence)
-            class_scores = prediction[4:, candidates]
+            class_scores = prediction[4:end_class, candidates]
             class_ids = class_scores.argmax(axis=0).astype(np.int64)
             scores = class_scores[class_ids, np.arange(len(candidates))]
             geometry = prediction[:4, candidates]
+            if point_rows:
+                # (K * D, B') -> (B', K, D): x, y in input pixels, then the visibility score when D is 3.
+                block = prediction[end_class:, candidates]
+                points = block.T.reshape(len(candidates), keypoints, manifest.keypoint_dims)
         else:
             prediction = output[image]
             # Class scores are probabilities, so score <= objectness: the objectness test is a cheap exact
@@ -332,10 +357,16 @@ def _decode_yolo(
             geometry = rows[:, :4].T
         selected = (scores > options.confidence) & _allowed(class_ids, options)
         cx, cy, w, h = geometry[:, selected]
-        boxes, scores, class_ids, _ = _select(
+        boxes, scores, class_ids, kept = _select(
             _cxcywh_to_xyxy(cx, cy, w, h), scores[selected], class_ids[selected], transform, options
         )
-        results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids)))
+        if points is None:
+            results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids)))
+            continue
+        chosen = points[selected][kept]
+        xy = transform.points_to_original(chosen[..., :2])
+        visibility = chosen[..., 2] if manifest.keypoint_dims == 3 else None
+        results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids, xy, visibility)))
     return results
 
 

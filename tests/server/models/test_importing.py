@@ -242,6 +242,7 @@ MANIFESTS = {
         input_width=640,
         input_height=640,
         class_names=("face",) if decoder is Decoder.CENTERFACE else ("cat", "dog"),
+        keypoint_names=("nose", "tail") if decoder is Decoder.YOLOV8_POSE else (),
     )
     for decoder in Decoder
 }
@@ -267,6 +268,8 @@ FITTING = [
     (Decoder.CLASSIFICATION, declared([("input", [1, 3, 640, 640])], [("logits", [1, 2])]), {}),
     (Decoder.CLASSIFICATION, declared([IMAGE], [("logits", [1, 1000])]), {"class_names": ()}),
     (Decoder.CENTERFACE, declared([IMAGE], CENTERFACE_OUTPUTS), {}),
+    (Decoder.YOLOV8_POSE, declared([IMAGE], [("output0", [1, 4 + 2 + 2 * 3, 8400])]), {}),
+    (Decoder.YOLOV8_POSE, declared([IMAGE], [("output0", [1, 4 + 2 + 2 * 2, 8400])]), {"keypoint_dims": 2}),
     (Decoder.YOLOV5, declared([("images", [1, 3, 480, 640])], [("o", [1, 9, 7])]), {"input_height": 480}),
 ]
 
@@ -389,6 +392,19 @@ MISMATCHES = [
         declared([IMAGE], [("output0", [1, 6, 8400])]),
         {"task": Task.CLASSIFICATION},
         "expected task detection for decoder yolov8, got classification",
+    ),
+    (
+        Decoder.YOLOV8_POSE,
+        declared([IMAGE], [("output0", [1, 6, 8400])]),
+        {},
+        "got [1, 6, 8400] (no keypoints: that is a plain YOLOv8 detector, use decoder yolov8)",
+    ),
+    (
+        Decoder.YOLOV8_POSE,
+        declared([IMAGE], [("output0", [1, 4 + 2 + 17 * 3, 8400])]),
+        {},
+        "expected output 'output0' shaped [N, 4 + 2 + 2 x 3, boxes], got [1, 57, 8400] "
+        "(the model has 17 keypoints, the manifest 2 names)",
     ),
     (
         Decoder.CENTERFACE,
