@@ -75,6 +75,9 @@ class ServerConfig:
     media_root: Path = Path("media")
     allowed_url_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
     allowed_url_hosts: tuple[str, ...] = ()
+    # Wildcard entries ("*", "*.example.com") never reach private, loopback or link-local addresses unless
+    # this is set; hosts listed exactly are trusted as named. Entries may carry a port (host:8554).
+    allow_private_urls: bool = False
     enable_devices: bool = False
     max_pipelines: int = 16
     max_subscribers: int = 64

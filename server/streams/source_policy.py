@@ -11,6 +11,7 @@ message that reaches a client or a log shows the URL through `redact_url`.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import stat
 import urllib.parse
@@ -21,6 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .types import SourceKind, SourceSpec
+from .url_policy import UrlPolicy, effective_port, is_public, normalise_host, redact_query
 
 __all__ = ["SourcePolicy", "redact_url", "resolve_source", "shown_path"]
 
@@ -33,6 +35,7 @@ class SourcePolicy:
     allowed_url_schemes: tuple[str, ...]
     allowed_url_hosts: tuple[str, ...]
     enable_devices: bool
+    allow_private_urls: bool = False
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> SourcePolicy:
@@ -41,21 +44,19 @@ class SourcePolicy:
             allowed_url_schemes=tuple(s.lower() for s in config.allowed_url_schemes),
             allowed_url_hosts=tuple(h.lower() for h in config.allowed_url_hosts),
             enable_devices=config.enable_devices,
+            allow_private_urls=config.allow_private_urls,
         )
 
-    def allows_host(self, host: str) -> bool:
-        host = host.lower()
-        for allowed in self.allowed_url_hosts:
-            allowed = allowed.lower()
-            if allowed == "*" or allowed == host:
-                return True
-            if allowed.startswith("*.") and host.endswith(allowed[1:]):
-                return True
-        return False
+    @property
+    def urls(self) -> UrlPolicy:
+        """The URL allow-list, also checked on every hop a source makes (url_preflight)."""
+        return UrlPolicy.parse(self.allowed_url_schemes, self.allowed_url_hosts, self.allow_private_urls)
 
 
 def redact_url(url: str) -> str:
-    """Masks the user info of a URL for logs and messages: rtsp://user:pw@cam/x -> rtsp://***@cam/x."""
+    """Masks the user info and secret query values of a URL for logs and messages:
+    rtsp://user:pw@cam/x?token=t -> rtsp://***@cam/x?token=***."""
+    url = redact_query(url)
     scheme, sep, rest = url.partition("://")
     before_query = rest.split("?", 1)[0].split("#", 1)[0]
     authority = before_query.split("/", 1)[0]
@@ -228,26 +229,62 @@ def _walk_inside(root: Path, parts: tuple[str, ...]) -> tuple[str, int]:
 
 
 def _resolve_url(field: str, index: int, url: str, policy: SourcePolicy) -> SourceSpec:
-    shown = redact_url(url)  # messages reach clients and logs: never with credentials
+    shown = repr(bounded_url(redact_url(url)))  # messages reach clients and logs: never with credentials
     if not url or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise InvalidArgumentError.for_field(field, f"expected a URL without spaces or controls: {shown!r}")
+        raise InvalidArgumentError.for_field(field, f"expected a URL without spaces or controls: {shown}")
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidArgumentError.for_field(
+            field,
+            f"expected a URL of at most {MAX_URL_CHARS} characters, got {len(url)}",
+            reason="URL_TOO_LONG",
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        port = effective_port(parts)  # raises ValueError for a port that is not a number in range
     except ValueError:  # its text may quote part of a password that holds a "/"
-        raise InvalidArgumentError.for_field(field, f"malformed host or port in {shown!r}") from None
+        raise InvalidArgumentError.for_field(field, f"malformed host or port in {shown}") from None
     scheme = parts.scheme.lower()
     if not scheme or "://" not in url:
-        raise InvalidArgumentError.for_field(field, f"expected scheme://host/..., got {shown!r}")
+        raise InvalidArgumentError.for_field(field, f"expected scheme://host/..., got {shown}")
     if scheme not in policy.allowed_url_schemes:
         allowed = ", ".join(policy.allowed_url_schemes) or "none"
-        message = f"URL scheme {scheme!r} is not allowed (allowed: {allowed})"
-        raise _denied(field, message, "URL_SCHEME_NOT_ALLOWED", scheme=scheme)
+        message = f"URL scheme {scheme[:16]!r} is not allowed (allowed: {allowed})"
+        raise _denied(field, message, "URL_SCHEME_NOT_ALLOWED", scheme=scheme[:16])
     if not host:
-        raise InvalidArgumentError.for_field(field, f"expected a host in the URL, got {shown!r}")
-    if not policy.allows_host(host):
+        raise InvalidArgumentError.for_field(field, f"expected a host in the URL, got {shown}")
+    host = normalise_host(host)
+    urls = policy.urls
+    rule = urls.rule_for(host, port)
+    if rule is None:
         raise _denied(
-            field, f"URL host {host!r} is not allowed on this server", "URL_HOST_NOT_ALLOWED", host=host
+            field,
+            f"URL host {host[:64]!r} port {port} is not allowed on this server",
+            "URL_HOST_NOT_ALLOWED",
+            host=host[:64],
+            port=str(port),
         )
-    return SourceSpec(index=index, kind=SourceKind.URL, location=url)
+    if urls.needs_public_address(rule) and _is_ip(host) and not is_public(host):
+        raise _denied(
+            field,
+            f"URL host {host!r} is a private, loopback or reserved address; only hosts named exactly in the "
+            "allow-list may be",
+            "URL_HOST_NOT_PUBLIC",
+            host=host,
+        )
+    return SourceSpec(index=index, kind=SourceKind.URL, location=url, urls=urls)
+
+
+MAX_URL_CHARS = 2048
+
+
+def bounded_url(url: str) -> str:
+    return url if len(url) <= 96 else url[:96] + "\u2026"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -26,7 +26,6 @@ import numpy as np
 
 from .. import metrics
 from .source_policy import redact_url
-from .url_preflight import HopRefusedError, check_hops
 from .types import (
     Frame,
     FramePolicy,
@@ -38,6 +37,7 @@ from .types import (
     SourceKind,
     SourceSpec,
 )
+from .url_preflight import HopRefusedError, check_hops
 
 if TYPE_CHECKING:
     from ..domain import ImageArray

@@ -10,10 +10,11 @@ Data flow (one pipeline):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..domain import ImageArray, Prediction
+from .url_policy import UrlPolicy
 
 __all__ = [
     "Delivery",
@@ -54,6 +55,9 @@ class SourceSpec:
     # Files: the first frame to process (a stream started again elsewhere continues where it broke off);
     # sequence numbers still count from the file's first frame. Live sources always start at their present.
     start_frame: int = 0
+    # URLs: the allow-list every hop is checked against before each connection (url_preflight); not part of
+    # the source's identity (identical requests still share a pipeline).
+    urls: UrlPolicy | None = field(default=None, compare=False)
 
     @property
     def live(self) -> bool:

@@ -137,7 +137,7 @@ def test_malformed_url_refusals_never_show_the_credentials(url: str, jail: Path)
 def test_host_refusal_names_the_host_and_never_the_credentials(jail: Path) -> None:
     with pytest.raises(PermissionDeniedError) as info:
         resolve_source(0, url="rtsp://admin:hunter2@Evil.Example:554/live", policy=policy_for(jail))
-    assert info.value.metadata == {"host": "evil.example"}
+    assert info.value.metadata == {"host": "evil.example", "port": "554"}
     shown = f"{info.value} {info.value.metadata} {info.value.violations}"
     assert "hunter2" not in shown and "admin" not in shown
 
@@ -152,7 +152,7 @@ ACCEPTED: dict[str, Acceptance] = {
     "dot-segments": ({"path": "./clips/./inner.mp4"}, (), SourceKind.FILE, f"{ROOT}/bikes.mp4"),
     "allowed-host": ({"url": "rtsp://cam.example/a"}, ("cam.example",), SourceKind.URL, "rtsp://cam.example/a"),
     "host-case": ({"url": "RTSP://CAM.example/a"}, ("cam.example",), SourceKind.URL, "RTSP://CAM.example/a"),
-    "any-host": ({"url": "http://10.1.2.3:8080/v.mp4"}, ("*",), SourceKind.URL, "http://10.1.2.3:8080/v.mp4"),
+    "any-host": ({"url": "http://93.184.216.34:8080/v.mp4"}, ("*",), SourceKind.URL, "http://93.184.216.34:8080/v.mp4"),
     "suffix": ({"url": "rtsps://a.cams.example/x"}, ("*.cams.example",), SourceKind.URL, "rtsps://a.cams.example/x"),
     "credentials-kept": ({"url": "rtsp://u:p@cam.example/x"}, ("cam.example",), SourceKind.URL, "rtsp://u:p@cam.example/x"),
 }  # fmt: skip
