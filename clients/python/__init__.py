@@ -32,6 +32,7 @@ from ._exceptions import (
     VisionRpcError,
     from_rpc_error,
 )
+from ._pipeline_key import PIPELINE_KEY_HEADER, pipeline_key
 from ._resume import ResumePolicy
 from ._stream import PredictionStream, ResumeInfo, SourceInfo, StreamEvent, StreamFrame, StreamStatus
 from ._types import (
@@ -56,6 +57,7 @@ from ._types import (
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "PIPELINE_KEY_HEADER",
     "USE_CLIENT_DEFAULT",
     "BoundingBox",
     "CancelledError",
@@ -98,6 +100,7 @@ __all__ = [
     "VisionRpcError",
     "annotate",
     "from_rpc_error",
+    "pipeline_key",
 ]
 
 

@@ -30,6 +30,7 @@ from ._convert import (
     options_to_proto,
 )
 from ._exceptions import map_rpc_errors
+from ._pipeline_key import pipeline_metadata
 from ._resume import ResumePolicy
 from ._stream import PredictionStream, build_stream_request
 from ._types import InferResult, ModelInfo
@@ -250,8 +251,11 @@ class Client:
             frame_image=frame_image,
             jpeg_quality=jpeg_quality,
         )
+        metadata = pipeline_metadata(request)  # stream affinity: identical subscriptions, one replica
         return PredictionStream(
-            lambda message, timeout: self._inference.StreamPredictions(message, timeout=timeout),
+            lambda message, timeout: self._inference.StreamPredictions(
+                message, timeout=timeout, metadata=metadata
+            ),
             request,
             timeout_s=timeout_s,
             resume=resume,

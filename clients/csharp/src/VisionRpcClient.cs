@@ -176,7 +176,9 @@ public sealed class VisionRpcClient : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var index = Volatile.Read(ref _current);
-        using var call = _targets[index].Inference.StreamPredictions(request, deadline: deadline, cancellationToken: cancellationToken);
+        // The affinity header: identical subscriptions reach one replica behind a hashing proxy (PipelineKey).
+        using var call = _targets[index].Inference.StreamPredictions(
+            request, PipelineKey.Headers(request), deadline, cancellationToken);
         var stream = call.ResponseStream;
         var answered = false;
         while (true)

@@ -54,7 +54,7 @@ func DeviceSource(index uint32) *visionrpcv1.VideoSource {
 //	defer stream.Close()
 //	for msg, err := range stream.All() { ... }
 func (c *Client) Stream(ctx context.Context, req *visionrpcv1.StreamPredictionsRequest) (*PredictionStream, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(withPipelineKey(ctx, req)) // stream affinity: see PipelineKey
 	s := &PredictionStream{
 		ctx:         ctx,
 		cancel:      cancel,

@@ -38,6 +38,7 @@ import {
   type StreamPredictionsResponse,
 } from "./gen/visionrpc/v1/inference_pb.js";
 import { ModelService, type Model } from "./gen/visionrpc/v1/models_pb.js";
+import { withPipelineKey } from "./pipelineKey.js";
 import { isResumable } from "./resume.js";
 import { PredictionStream } from "./stream.js";
 
@@ -237,7 +238,7 @@ export class VisionRpcClient {
   stream(request: StreamRequest, options: StreamCallOptions = {}): PredictionStream {
     this.#checkOpen();
     const message = buildStreamRequest(request);
-    const headers = options.headers;
+    const headers = withPipelineKey(message, options.headers); // stream affinity: identical requests, one replica
     return new PredictionStream(
       {
         open: (call, signal, timeoutMs) => this.#streamCall(call, signal, timeoutMs, headers),

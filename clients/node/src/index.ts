@@ -33,6 +33,7 @@ export type {
   StreamStatus,
 } from "./convert.js";
 export { VisionRpcError, codeName, type FieldViolation } from "./errors.js";
+export { PIPELINE_KEY_HEADER, pipelineKey } from "./pipelineKey.js";
 export { PredictionStream, type PredictionStreamConfig, type StreamCalls } from "./stream.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type {
