@@ -28,7 +28,7 @@ from .. import metrics
 from ..errors import FailedPreconditionError, NotFoundError, VisionRpcError
 from ..manifest import ModelManifest, ResolvedModel
 from ..predictor import Predictor
-from ..scheduler import BatchSettings
+from ..scheduler import BatchSettings, SchedulerStats
 from .builds import NOT_NEEDED, BuildState, BuildStatus, EngineBuilder
 from .engine_selection import EngineSelection
 from .metadata import read_metadata
@@ -227,6 +227,12 @@ class ModelManager:
         """Ready model versions, least recently used first."""
         with self._lock:
             return [key for key, slot in self._slots.items() if slot.predictor is not None]
+
+    def scheduler_stats(self) -> dict[str, SchedulerStats]:
+        """Each ready model version's batch scheduler counters (queue depths, batches), for metrics."""
+        with self._lock:
+            predictors = [slot.predictor for slot in self._slots.values() if slot.predictor is not None]
+        return {predictor.key: predictor.scheduler_stats() for predictor in predictors}
 
     def close(self) -> None:
         with self._lock:
