@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +34,11 @@ from visionrpc.engines import Engine, OnnxRuntimeEngine
 from visionrpc.engines.tensorrt_plan import Precision
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 
+from . import metrics
+from .access import AccessPolicy
 from .config import ServerConfig
 from .errors import VisionRpcError
+from .logs import configure_logging
 from .manifest import ResolvedModel
 from .models.builds import EngineBuilder
 from .models.engine_selection import EngineSelector, RuntimeProbe, best_ort_providers
@@ -44,9 +47,12 @@ from .models.repository import ModelId, ModelRepository
 from .models.tensorrt_builder import TensorRTBuilder, TensorRTSettings
 from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
+from .servicers.interceptors import CallInterceptor
 from .servicers.models import ModelServicer
 from .servicers.transport import TransportGuard, add_services, core_receive_limit
 from .streams.manager import StreamManager
+from .tls import TlsFiles, server_credentials
+from .tracing import enable_tracing
 
 __all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "grpc_server", "serve"]
 
@@ -130,6 +136,7 @@ class VisionRpcServer:
         models: ModelManager,
         streams: StreamManager,
         workers: ThreadPoolExecutor,
+        stop_tracing: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -141,9 +148,16 @@ class VisionRpcServer:
         self._ready = threading.Event()
         self._preload_error: str | None = None
         self._stopped = False
+        self._stop_tracing = stop_tracing
+        self._stop_metrics: Callable[[], None] | None = None
+        self.metrics_port: int | None = None  # bound once started, when metrics are on
 
     def start(self) -> None:
         self._runtime.call(self._start())
+        if self.config.metrics_port:
+            self._stop_metrics, self.metrics_port = metrics.serve_metrics(
+                self.config.host, self.config.metrics_port, self._state()
+            )
         if self.config.preload_default_model:
             threading.Thread(target=self._preload, name="visionrpc-preload", daemon=True).start()
         else:
@@ -195,7 +209,33 @@ class VisionRpcServer:
         self.models.close()
         self._workers.shutdown(wait=False, cancel_futures=True)
         self._runtime.close()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+        if self._stop_tracing is not None:
+            self._stop_tracing()  # flushes the spans still buffered
         logger.info("stopped")
+
+    def _state(self) -> metrics.ServerState:
+        """What Prometheus reads at scrape time."""
+
+        def queue_depths() -> list[tuple[str, str, int]]:
+            rows = []
+            for key, stats in self.models.scheduler_stats().items():
+                rows += [(key, "unary", stats.queued_unary), (key, "stream", stats.queued_stream)]
+            return rows
+
+        def model_states() -> list[tuple[str, str]]:
+            return [
+                (f"{status.name}/{status.version}" if status.version else status.name, status.state.value)
+                for status in self.models.list_models()
+            ]
+
+        return metrics.ServerState(
+            queue_depths=queue_depths,
+            pipelines=lambda: len(self.streams.pipelines()),
+            subscribers=lambda: self.streams.subscriber_count,
+            model_states=model_states,
+        )
 
     async def _drain(self, grace: float) -> None:
         stopping = asyncio.ensure_future(self._server.stop(grace))
@@ -276,14 +316,18 @@ def build_model_manager(
     )
 
 
-def grpc_server(config: ServerConfig) -> grpc.aio.Server:
+def grpc_server(
+    config: ServerConfig, interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()
+) -> grpc.aio.Server:
     """The bare grpc.aio server, no services yet: its channel arguments and RPC limit. Call it on the loop
     that will run it.
 
     `max_concurrent_rpcs` is enforced by the transport guard, with details and RetryInfo; grpc's own limit,
     which answers without either, is only a backstop above it (for reflection, which is not guarded)."""
     backstop = 2 * config.max_concurrent_rpcs + 16
-    return grpc.aio.server(options=grpc_options(config), maximum_concurrent_rpcs=backstop)
+    return grpc.aio.server(
+        options=grpc_options(config), maximum_concurrent_rpcs=backstop, interceptors=list(interceptors)
+    )
 
 
 def create_server(config: ServerConfig, *, models: ModelManager | None = None) -> tuple[VisionRpcServer, int]:
@@ -293,13 +337,28 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
         models: a model manager to serve instead of `build_model_manager(config)`'s (tests use one with a
             stand-in engine builder); the server closes it when it stops.
     """
+    # Configuration mistakes (TLS files, key files) stop the server here, before anything starts.
+    tls = TlsFiles.from_settings(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+    credentials = server_credentials(tls) if tls is not None else None
+    access = AccessPolicy.from_files(
+        config.api_keys_file, config.admin_keys_file, config.auth_exempt_services
+    )
     models = models if models is not None else build_model_manager(config)
     streams = StreamManager(models, config)
     workers = started_pool(config.cpu_workers, "visionrpc-worker")
     runtime = _LoopThread(_CONTROL_THREADS)
 
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    stop_tracing = None
+    if config.tracing_endpoint:
+        tracing_interceptor, stop_tracing = enable_tracing(
+            config.tracing_endpoint, config.tracing_sample_ratio
+        )
+        interceptors.append(tracing_interceptor)  # first: the call's span encloses everything else
+    interceptors.append(CallInterceptor(access))
+
     async def assemble() -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
-        server = grpc_server(config)
+        server = grpc_server(config, interceptors)
         health_servicer = health_aio.HealthServicer()
         guard = TransportGuard(
             max_message_bytes=config.max_message_bytes, max_concurrent_rpcs=config.max_concurrent_rpcs
@@ -317,6 +376,8 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        if credentials is not None:
+            return server, health_servicer, server.add_secure_port(config.address, credentials)
         return server, health_servicer, server.add_insecure_port(config.address)
 
     try:
@@ -326,15 +387,18 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
     except BaseException:
         runtime.close()
         workers.shutdown(wait=False)
+        if stop_tracing is not None:
+            stop_tracing()
         raise
-    return VisionRpcServer(config, runtime, server, health_servicer, models, streams, workers), port
+    server_ = VisionRpcServer(
+        config, runtime, server, health_servicer, models, streams, workers, stop_tracing
+    )
+    return server_, port
 
 
 def serve(config: ServerConfig) -> int:
     """Runs the server until SIGTERM or SIGINT, then shuts down gracefully. Returns the exit code."""
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level, config.log_format)
     server, port = create_server(config)
     stop_requested = threading.Event()
 

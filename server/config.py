@@ -101,6 +101,26 @@ class ServerConfig:
     shutdown_notice_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"  # "json": one JSON object per line, with request and trace ids
+    # TLS: with a certificate and key the port serves TLS only; a client CA makes it mutual TLS (clients
+    # must present a certificate it signed). The files are re-read when they change (rotation).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # API keys (access.py): files of keys, one per line, re-read when they change. With any key file set,
+    # LoadModel/UnloadModel need an admin key. Health and reflection are exempt.
+    api_keys_file: str = ""
+    admin_keys_file: str = ""
+    auth_exempt_services: tuple[str, ...] = (
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    )
+    # Prometheus metrics over HTTP on this port (0: off), at /metrics, on the same host as the gRPC port.
+    metrics_port: int = 0
+    # OpenTelemetry: OTLP/gRPC collector ("http://otel-collector:4317"); empty: tracing off.
+    tracing_endpoint: str = ""
+    tracing_sample_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -119,6 +139,12 @@ class ServerConfig:
                 f"expected max_inflight_pixels >= max_request_pixels, got {self.max_inflight_pixels} < "
                 f"{self.max_request_pixels}"
             )
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"expected log_format text or json, got {self.log_format!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"expected metrics_port in [0, 65535] (0: off), got {self.metrics_port}")
+        if not 0.0 <= self.tracing_sample_ratio <= 1.0:
+            raise ValueError(f"expected tracing_sample_ratio in [0, 1], got {self.tracing_sample_ratio}")
         if self.worker_threads < 0:
             raise ValueError(f"expected worker_threads >= 0 (0: the cores + 2), got {self.worker_threads}")
         if self.max_batch_size < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import threading
@@ -23,6 +24,7 @@ import grpc
 import grpc.aio
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
+from .. import metrics
 from ..budget import PixelBudget, Reservation
 from ..config import ServerConfig
 from ..domain import InferOptions
@@ -37,6 +39,7 @@ from ..streams.pipeline import SHUTDOWN_REASON
 from ..streams.source_policy import SourcePolicy, resolve_source
 from ..streams.subscription import Subscription
 from ..streams.types import SourceSpec, StreamEnd
+from ..tracing import record_pipeline
 from .convert import decode_request_image, infer_options_from_proto, infer_response, request_pixels
 from .status import map_errors, map_stream_errors
 from .stream_convert import (
@@ -112,6 +115,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         """Worker thread: decode, lease the model, preprocess and submit. On an idle engine the batch ran
         inline and its outputs are decoded here too; otherwise the thread that completes the batch hands the
         decoding to a worker. Either way the event loop hears of the call once, with its response."""
+        started = (time.time_ns(), time.perf_counter())
         images = []
         for index, image in enumerate(request.images):
             decoded = decode_request_image(image, index, max_pixels=self._config.max_image_pixels)
@@ -128,16 +132,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except BaseException:
             lease.release()
             raise
-        finish = functools.partial(self._finish, lease, pending, decode_options, reply)
+        finish = functools.partial(self._finish, lease, pending, decode_options, reply, started)
         if pending.ticket.finished:
             finish()
         else:
             pending.ticket.add_done_callback(functools.partial(self._in_a_worker, reply, finish))
 
-    def _finish(self, lease: ModelLease, pending: Pending, options: DecodeOptions, reply: _Reply) -> None:
-        """Worker thread: decodes a finished batch's outputs and answers the call; releases the lease."""
+    def _finish(
+        self,
+        lease: ModelLease,
+        pending: Pending,
+        options: DecodeOptions,
+        reply: _Reply,
+        started: tuple[int, float],
+    ) -> None:
+        """Worker thread: decodes a finished batch's outputs and answers the call; releases the lease.
+        `started`: when decoding began, (time.time_ns(), time.perf_counter()), for tracing and metrics."""
         try:
             outcome = lease.predictor.finish(pending, options)
+            metrics.INFER_DURATION.labels(lease.predictor.key, outcome.engine.engine).observe(
+                time.perf_counter() - started[1]
+            )
+            record_pipeline(started[0], [prediction.timings for prediction in outcome.predictions])
             # The engine reported is the one that ran the images, not the current one: a background build
             # may swap engines meanwhile.
             reply.succeed(
@@ -158,7 +174,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 reply.fail(exc)
 
         try:
-            self._workers.submit(run)
+            # The call's context (its request id, its trace span) goes with each step into the worker.
+            self._workers.submit(reply.context.copy().run, run)
         except RuntimeError as exc:  # the pool shut down: the server is stopping
             reply.fail(UnavailableError(f"the server is stopping: {exc}", reason="SHUTTING_DOWN"))
 
@@ -253,6 +270,7 @@ class _Reply:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.context = contextvars.copy_context()
         self.answer: asyncio.Future[inference_pb2.InferResponse] = loop.create_future()
 
     def succeed(self, response: inference_pb2.InferResponse) -> None:
