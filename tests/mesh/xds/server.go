@@ -141,8 +141,7 @@ func newSnapshot(version string, addresses []string) (*cache.Snapshot, error) {
 		resource.ClusterType:  {replicas},
 		resource.EndpointType: {assignment},
 	})
-	if err != nil {
-		return nil, err
-	}
-	return snapshot, snapshot.Consistent()
+	// No snapshot.Consistent(): it looks for route names in socket listeners' filter chains only, and an API
+	// listener has none, so it would call the route configuration unreferenced.
+	return snapshot, err
 }
