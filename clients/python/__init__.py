@@ -15,6 +15,7 @@ server.
 
 from visionrpc.common.annotate import annotate
 
+from ._channel import DEFAULT_SERVICE_CONFIG, tls_credentials
 from ._client import DEFAULT_ADDRESS, USE_CLIENT_DEFAULT, Client, UseClientDefault
 from ._convert import ImageInput
 from ._exceptions import (
@@ -27,6 +28,7 @@ from ._exceptions import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
     UnexpectedStatusError,
     VisionRpcError,
@@ -47,6 +49,7 @@ from ._types import (
     ImageSize,
     InferResult,
     Keypoint,
+    Mask,
     ModelDefaults,
     ModelInfo,
     ModelInput,
@@ -57,6 +60,7 @@ from ._types import (
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "DEFAULT_SERVICE_CONFIG",
     "PIPELINE_KEY_HEADER",
     "USE_CLIENT_DEFAULT",
     "BoundingBox",
@@ -78,6 +82,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "Keypoint",
+    "Mask",
     "ModelDefaults",
     "ModelInfo",
     "ModelInput",
@@ -94,6 +99,7 @@ __all__ = [
     "StreamFrame",
     "StreamStatus",
     "Timings",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnexpectedStatusError",
     "UseClientDefault",
@@ -101,6 +107,7 @@ __all__ = [
     "annotate",
     "from_rpc_error",
     "pipeline_key",
+    "tls_credentials",
 ]
 
 

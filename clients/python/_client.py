@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
 from visionrpc.v1 import inference_pb2_grpc, models_pb2, models_pb2_grpc
 
+from ._channel import DEFAULT_SERVICE_CONFIG, open_channel
 from ._convert import (
     ImageInput,
     build_infer_request,
@@ -64,8 +65,11 @@ class Client:
     Args:
         address: "host:port" or any gRPC target ("dns:///svc:50051", "unix:///run/visionrpc.sock").
         timeout_s: deadline of each call in seconds unless the call gives its own; None waits forever.
-        credentials: TLS (or other) channel credentials, e.g. `grpc.ssl_channel_credentials()`; None means a
-            plaintext channel, as on loopback or inside a service mesh that does mTLS for us.
+        credentials: TLS (or other) channel credentials, e.g. `tls_credentials(ca_file="ca.pem")` (add
+            cert_file and key_file for mutual TLS); None means a plaintext channel, as on loopback or inside
+            a service mesh that does mTLS for us.
+        api_key: sent with every call as `authorization: Bearer <key>` (call credentials over TLS); the
+            server's --api-keys-file (or, for load/unload, --admin-keys-file) must hold it.
         max_message_bytes: limit on request and response size, set explicitly both ways
             (`grpc.max_send_message_length`, `grpc.max_receive_message_length`) instead of gRPC's 4 MiB
             receive default; keep it equal to the server's `--max-message-bytes` (16 MiB by default).
@@ -75,7 +79,9 @@ class Client:
             is in flight (`grpc.keepalive_permit_without_calls` = 0): the visionrpc server accepts pings every
             10 s even when idle, but proxies and servers with gRPC's default policy answer pings on idle
             connections with GOAWAY "too_many_pings". None leaves keepalive off.
-        options: extra channel options as (key, value) pairs; they override the ones above by key.
+        options: extra channel options as (key, value) pairs; they override the ones above by key. The
+            default `grpc.service_config` balances round-robin over every address of the target and
+            retries UNAVAILABLE with backoff (`visionrpc.client.DEFAULT_SERVICE_CONFIG`).
 
     Raises (from every RPC method): a `VisionRpcError` subclass, see `visionrpc.client._exceptions`.
     """
@@ -86,6 +92,7 @@ class Client:
         *,
         timeout_s: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
         max_message_bytes: int = 16 * MIB,
         keepalive_time_s: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
@@ -99,11 +106,7 @@ class Client:
         merged = dict(channel_options(max_message_bytes, keepalive_time_s))
         merged.update(options)
         channel_args = list(merged.items())
-        self._channel = (
-            grpc.secure_channel(address, credentials, options=channel_args)
-            if credentials is not None
-            else grpc.insecure_channel(address, options=channel_args)
-        )
+        self._channel = open_channel(address, credentials, api_key, channel_args)
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._health = _health_pb2_grpc.HealthStub(self._channel)
@@ -322,6 +325,8 @@ def channel_options(max_message_bytes: int, keepalive_time_s: float | None) -> l
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.primary_user_agent", "visionrpc-python"),
+        ("grpc.service_config", DEFAULT_SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
     ]
     if keepalive_time_s is not None:
         options += [

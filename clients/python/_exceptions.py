@@ -150,6 +150,10 @@ class PermissionDeniedError(VisionRpcError):
     """PERMISSION_DENIED: the server refuses this source or operation."""
 
 
+class UnauthenticatedError(VisionRpcError):
+    """UNAUTHENTICATED: the call carried no API key, or one the server does not know."""
+
+
 class UnavailableError(VisionRpcError):
     """UNAVAILABLE: server unreachable, warming up or draining. Safe to retry."""
 
@@ -168,7 +172,7 @@ class InternalError(VisionRpcError):
 
 class UnexpectedStatusError(VisionRpcError):
     """Any status the visionrpc contract does not produce itself (e.g. UNIMPLEMENTED from an older server,
-    UNAUTHENTICATED from a proxy, UNKNOWN)."""
+    UNKNOWN)."""
 
 
 _CLASS_BY_CODE: dict[grpc.StatusCode, type[VisionRpcError]] = {
@@ -177,6 +181,7 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[VisionRpcError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,

@@ -29,6 +29,7 @@ from visionrpc.client import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
     UnexpectedStatusError,
     VisionRpcError,
@@ -110,6 +111,7 @@ CODE_TABLE = [
     (grpc.StatusCode.FAILED_PRECONDITION, FailedPreconditionError),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhaustedError),
     (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError),
+    (grpc.StatusCode.UNAUTHENTICATED, UnauthenticatedError),
     (grpc.StatusCode.UNAVAILABLE, UnavailableError),
     (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError),
     (grpc.StatusCode.CANCELLED, CancelledError),
@@ -120,7 +122,6 @@ CODE_TABLE = [
     (grpc.StatusCode.OUT_OF_RANGE, UnexpectedStatusError),
     (grpc.StatusCode.UNIMPLEMENTED, UnexpectedStatusError),
     (grpc.StatusCode.DATA_LOSS, UnexpectedStatusError),
-    (grpc.StatusCode.UNAUTHENTICATED, UnexpectedStatusError),
 ]
 
 

@@ -1,0 +1,94 @@
+"""How the client's channel is built: TLS files, API key, and the default service config.
+
+The service config is gRPC's own (gRFC A2/A6): `round_robin` over every address a target resolves to (a
+headless Kubernetes Service, an `ipv4:` list), so one client spreads its calls instead of pinning one
+replica; and retries of UNAVAILABLE (a replica draining or restarting) with exponential backoff, honouring
+the server's `grpc-retry-pushback-ms`. gRPC retries a call only before any response has arrived, so a
+stream is never replayed from the middle (the SDK resumes those itself).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+
+__all__ = ["DEFAULT_SERVICE_CONFIG", "open_channel", "tls_credentials"]
+
+DEFAULT_SERVICE_CONFIG: Final = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "visionrpc.v1.InferenceService"},
+                    {"service": "visionrpc.v1.ModelService"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def tls_credentials(
+    ca_file: str | Path | None = None, cert_file: str | Path | None = None, key_file: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: `ca_file` to trust the server (None: the system's roots),
+    `cert_file` and `key_file` to present a client certificate (mutual TLS)."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file is not None else None,
+        private_key=Path(key_file).read_bytes() if key_file is not None else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file is not None else None,
+    )
+
+
+class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <key>` to every call on a plaintext channel (gRPC refuses call
+    credentials without TLS; inside a mesh the sidecar's mTLS protects the hop)."""
+
+    def __init__(self, api_key: str) -> None:
+        self._metadata = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    api_key: str | None,
+    options: Sequence[tuple[str, Any]],
+) -> grpc.Channel:
+    """A channel to `address`: TLS when `credentials` is given (the key then travels as call credentials),
+    plaintext otherwise (the key as metadata)."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("expected a non-empty api_key or None")
+    if credentials is not None:
+        if api_key is not None:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(api_key.strip())
+            )
+        return grpc.secure_channel(address, credentials, options=list(options))
+    channel = grpc.insecure_channel(address, options=list(options))
+    if api_key is not None:
+        return grpc.intercept_channel(channel, _KeyInterceptor(api_key.strip()))
+    return channel
