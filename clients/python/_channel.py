@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
@@ -54,22 +54,34 @@ def tls_credentials(
     )
 
 
-class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+if TYPE_CHECKING:  # generic only in grpc-stubs
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+
+
+class _KeyInterceptor(_UnaryUnary, _UnaryStream):
     """Adds `authorization: Bearer <key>` to every call on a plaintext channel (gRPC refuses call
     credentials without TLS; inside a mesh the sidecar's mTLS protects the hop)."""
 
     def __init__(self, api_key: str) -> None:
         self._metadata = ("authorization", f"Bearer {api_key}")
 
-    def _with_key(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), self._metadata]
-        return details._replace(metadata=metadata)
+    def _with_key(self, client_call_details: Any) -> Any:
+        metadata = [*(client_call_details.metadata or ()), self._metadata]
+        return client_call_details._replace(metadata=metadata)
 
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return continuation(self._with_key(details), request)
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_key(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return continuation(self._with_key(details), request)
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_key(client_call_details), request)
 
 
 def open_channel(
