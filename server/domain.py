@@ -21,6 +21,7 @@ __all__ = [
     "ImageSize",
     "InferOptions",
     "Keypoint",
+    "Mask",
     "Prediction",
     "Task",
     "Timings",
@@ -92,12 +93,61 @@ class Keypoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Mask:
+    """A binary instance mask over whole pixels of the original image, run-length encoded.
+
+    The grid covers columns [left, left + width) and rows [top, top + height) (the detection's box rounded
+    outwards); `counts` alternate background and object runs in row-major order, starting with background
+    (possibly 0), and add up to width * height. The contract's `Mask` message says why this encoding.
+    """
+
+    left: int
+    top: int
+    width: int
+    height: int
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if min(self.left, self.top, self.width, self.height) < 0:
+            raise ValueError(
+                f"expected non-negative left, top, width, height, got "
+                f"{(self.left, self.top, self.width, self.height)}"
+            )
+        total = sum(self.counts)
+        if total != self.width * self.height:
+            raise ValueError(f"expected runs adding up to {self.width * self.height} pixels, got {total}")
+
+    @classmethod
+    def encode(cls, left: int, top: int, pixels: npt.NDArray[np.bool_]) -> Mask:
+        """Run-length encodes an (height, width) boolean grid whose top-left pixel is (left, top)."""
+        height, width = pixels.shape
+        flat = pixels.ravel()
+        if flat.size == 0:
+            return cls(left, top, width, height, ())
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], changes, [flat.size])))
+        counts = ([0] if flat[0] else []) + runs.tolist()
+        return cls(left, top, width, height, tuple(counts))
+
+    def decode(self) -> npt.NDArray[np.bool_]:
+        """The (height, width) boolean grid."""
+        values = np.arange(len(self.counts)) % 2 == 1
+        return np.repeat(values, self.counts).reshape(self.height, self.width)
+
+    @property
+    def area(self) -> int:
+        """Object pixels."""
+        return sum(self.counts[1::2])
+
+
+@dataclass(frozen=True, slots=True)
 class Detection:
     box: BoundingBox
     class_id: int
     class_name: str
     confidence: float
     keypoints: tuple[Keypoint, ...] = ()
+    mask: Mask | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0:

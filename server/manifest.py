@@ -53,6 +53,9 @@ class Decoder(enum.Enum):
     # [N, 4 + C + K * D, boxes]: YOLOv8's layout followed by K keypoints of D values (x, y in input pixels,
     # then a visibility score when D is 3) per box; K = len(keypoint_names), D = keypoint_dims.
     YOLOV8_POSE = "yolov8-pose"
+    # Two outputs: [N, 4 + C + M, boxes] (YOLOv8's layout followed by M mask coefficients per box) and the
+    # prototypes [N, M, H/4, W/4]; a box's mask is sigmoid(coefficients @ prototypes), cropped to the box.
+    YOLOV8_SEG = "yolov8-seg"
 
 
 class ResizeMode(enum.Enum):

@@ -10,7 +10,9 @@ weights: the models still find the cup in coffee.png.
 - `with_metadata` + `ultralytics_metadata`: the metadata block an Ultralytics export carries, values written
   the way Ultralytics writes them (`str()` of Python values);
 - `pin_batch_to_one`: a graph that declares a dynamic batch but reshapes to a batch of 1 inside;
-- `derive_classifier`: [N, boxes, 5 + C] -> [N, C], per class the best box score: an image classifier.
+- `derive_classifier`: [N, boxes, 5 + C] -> [N, C], per class the best box score: an image classifier;
+- `derive_pose`, `derive_seg`: YOLOv8 pose and segmentation heads whose keypoints and masks are known
+  functions of each box, so served results can be checked against their own boxes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from conftest import cache_root
 from onnx import helper, numpy_helper
@@ -208,6 +211,90 @@ def derive_pose(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.output[:]
     graph.output.append(
         helper.make_tensor_value_info("pose", onnx.TensorProto.FLOAT, ["batch", 4 + classes + 15, boxes])
+    )
+    onnx.checker.check_model(derived, full_check=True)
+    return derived
+
+
+SEG_COEFFICIENTS = 32
+SEG_STRIDE = 4
+
+
+def derive_seg(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A YOLOv8-seg layout from a YOLOv8-layout detector: [N, 84, B] -> `seg` [N, 84 + 32, B] and `protos`
+    [N, 32, H/4, W/4], the two outputs of an Ultralytics segmentation export.
+
+    The masks are a known function of each box: prototype channels 0, 1 and 2 hold 1, x and y (input pixels
+    at each prototype cell's centre; the other 29 are 0), and a box (x1, y1, w, h) gets the coefficients that
+    make its mask logit (x - x1) / w + (y - y1) / h - 1. Served, a detection's mask must be the half of its
+    box below the diagonal from its top-right to its bottom-left corner; that survives the letterbox mapping
+    (an axis-wise affine map), so it can be checked in original-image pixels.
+    """
+    derived = onnx.ModelProto()
+    derived.CopyFrom(model)
+    graph = derived.graph
+    source = graph.output[0].name
+    dims = graph.output[0].type.tensor_type.shape.dim
+    classes = dims[1].dim_value - 4
+    boxes = dims[2].dim_param or dims[2].dim_value
+    image = graph.input[0]
+    height, width = (d.dim_value for d in image.type.tensor_type.shape.dim[2:])
+    rows, columns = height // SEG_STRIDE, width // SEG_STRIDE
+    protos = np.zeros((1, SEG_COEFFICIENTS, rows, columns), dtype=np.float32)
+    protos[0, 0] = 1.0
+    protos[0, 1] = (np.arange(columns, dtype=np.float32)[None, :] + 0.5) * SEG_STRIDE
+    protos[0, 2] = (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * SEG_STRIDE
+    graph.initializer.extend(
+        [
+            helper.make_tensor("seg_split", onnx.TensorProto.INT64, [5], [1, 1, 1, 1, classes]),
+            helper.make_tensor("seg_half", onnx.TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("seg_one", onnx.TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("seg_tiny", onnx.TensorProto.FLOAT, [], [1e-3]),
+            helper.make_tensor("seg_zero", onnx.TensorProto.FLOAT, [], [0.0]),
+            numpy_helper.from_array(protos, "seg_protos_constant"),
+        ]
+    )
+    parts = ["seg_cx", "seg_cy", "seg_w", "seg_h", "seg_classes"]
+    graph.node.extend(
+        [
+            helper.make_node("Split", [source, "seg_split"], parts, axis=1),
+            helper.make_node("Max", ["seg_w", "seg_tiny"], ["seg_w_safe"]),
+            helper.make_node("Max", ["seg_h", "seg_tiny"], ["seg_h_safe"]),
+            helper.make_node("Mul", ["seg_w", "seg_half"], ["seg_hw"]),
+            helper.make_node("Mul", ["seg_h", "seg_half"], ["seg_hh"]),
+            helper.make_node("Sub", ["seg_cx", "seg_hw"], ["seg_x1"]),
+            helper.make_node("Sub", ["seg_cy", "seg_hh"], ["seg_y1"]),
+            helper.make_node("Div", ["seg_one", "seg_w_safe"], ["seg_c1"]),
+            helper.make_node("Div", ["seg_one", "seg_h_safe"], ["seg_c2"]),
+            helper.make_node("Mul", ["seg_x1", "seg_c1"], ["seg_x1w"]),
+            helper.make_node("Mul", ["seg_y1", "seg_c2"], ["seg_y1h"]),
+            helper.make_node("Add", ["seg_x1w", "seg_y1h"], ["seg_sum"]),
+            helper.make_node("Add", ["seg_sum", "seg_one"], ["seg_sum1"]),
+            helper.make_node("Neg", ["seg_sum1"], ["seg_c0"]),
+            # 29 zero coefficients shaped like one row: [N, 1, B] x 0.
+            helper.make_node("Mul", ["seg_cx", "seg_zero"], ["seg_c_zero"]),
+            helper.make_node(
+                "Concat",
+                [source, "seg_c0", "seg_c1", "seg_c2", *["seg_c_zero"] * (SEG_COEFFICIENTS - 3)],
+                ["seg"],
+                axis=1,
+            ),
+            # The prototypes do not depend on the image, but carry its batch: [N, 1, 1, 1] x 0 + constant.
+            helper.make_node("ReduceMean", [image.name], ["seg_image_mean"], axes=[1, 2, 3], keepdims=1),
+            helper.make_node("Mul", ["seg_image_mean", "seg_zero"], ["seg_batch_zero"]),
+            helper.make_node("Add", ["seg_batch_zero", "seg_protos_constant"], ["protos"]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(
+                "seg", onnx.TensorProto.FLOAT, ["batch", 4 + classes + SEG_COEFFICIENTS, boxes]
+            ),
+            helper.make_tensor_value_info(
+                "protos", onnx.TensorProto.FLOAT, ["batch", SEG_COEFFICIENTS, rows, columns]
+            ),
+        ]
     )
     onnx.checker.check_model(derived, full_check=True)
     return derived

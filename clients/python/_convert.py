@@ -26,6 +26,7 @@ from ._types import (
     ImageSize,
     InferResult,
     Keypoint,
+    Mask,
     ModelDefaults,
     ModelInfo,
     ModelInput,
@@ -212,7 +213,12 @@ def _detection(message: types_pb2.Detection) -> Detection:
         class_name=message.class_name,
         confidence=message.confidence,
         keypoints=tuple(Keypoint(k.x, k.y, k.confidence, k.name) for k in message.keypoints),
+        mask=_mask(message.mask) if message.HasField("mask") else None,
     )
+
+
+def _mask(message: types_pb2.Mask) -> Mask:
+    return Mask(message.left, message.top, message.width, message.height, tuple(message.counts))
 
 
 def _engine(message: types_pb2.EngineInfo) -> EngineInfo:

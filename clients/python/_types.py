@@ -23,6 +23,7 @@ __all__ = [
     "ImageSize",
     "InferResult",
     "Keypoint",
+    "Mask",
     "ModelDefaults",
     "ModelInfo",
     "ModelInput",
@@ -109,12 +110,51 @@ class Keypoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Mask:
+    """An instance mask (segmentation models), run-length encoded over whole pixels of the original image.
+
+    The grid covers columns [left, left + width) and rows [top, top + height); `counts` alternate background
+    and object runs in row-major order, starting with background (possibly 0). `rows()` decodes it.
+    """
+
+    left: int
+    top: int
+    width: int
+    height: int
+    counts: tuple[int, ...]
+
+    def rows(self) -> list[list[bool]]:
+        """The grid as `height` rows of `width` booleans (True = object); numpy: `np.array(mask.rows())`."""
+        flat: list[bool] = []
+        for index, run in enumerate(self.counts):
+            flat.extend([index % 2 == 1] * run)
+        return [flat[row * self.width : (row + 1) * self.width] for row in range(self.height)]
+
+    def contains(self, x: int, y: int) -> bool:
+        """Whether image pixel (x, y) belongs to the object."""
+        if not (self.left <= x < self.left + self.width and self.top <= y < self.top + self.height):
+            return False
+        position = (y - self.top) * self.width + (x - self.left)
+        for index, run in enumerate(self.counts):
+            if position < run:
+                return index % 2 == 1
+            position -= run
+        return False
+
+    @property
+    def area(self) -> int:
+        """Object pixels."""
+        return sum(self.counts[1::2])
+
+
+@dataclass(frozen=True, slots=True)
 class Detection:
     box: BoundingBox
     class_id: int
     class_name: str
     confidence: float
     keypoints: tuple[Keypoint, ...] = ()
+    mask: Mask | None = None  # segmentation models only
 
 
 @dataclass(frozen=True, slots=True)

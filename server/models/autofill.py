@@ -43,6 +43,7 @@ _YOLO_INPUT: dict[str, Any] = {
 _ULTRALYTICS_DECODERS = {
     "detect": Decoder.YOLOV8,
     "pose": Decoder.YOLOV8_POSE,
+    "segment": Decoder.YOLOV8_SEG,
     "classify": Decoder.CLASSIFICATION,
 }
 # Ultralytics' pose models are trained on COCO keypoints; other keypoint counts get numbered names.

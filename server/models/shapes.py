@@ -2,7 +2,8 @@
 
 The server feeds one float32 NCHW image tensor of the manifest's input size and reads the outputs with the
 manifest's decoder: `yolov5` [N, boxes, 5 + C], `yolov8` [N, 4 + C, boxes], `classification` [N, C],
-`centerface` four [N, c, h, w] maps with c = 1, 2, 2, 10. C is checked against `class_names` when the
+`centerface` four [N, c, h, w] maps with c = 1, 2, 2, 10, `yolov8-pose` [N, 4 + C + K x D, boxes],
+`yolov8-seg` [N, 4 + C + M, boxes] and prototypes [N, M, h, w]. C is checked against `class_names` when the
 manifest has any.
 
 A graph exported with dynamic axes declares symbolic dimensions ("batch", "anchors", or a long expression),
@@ -72,6 +73,8 @@ def check_outputs(outputs: Mapping[str, Sequence[Dim] | None], manifest: ModelMa
         return []
     if manifest.decoder is Decoder.YOLOV8_POSE:
         return _check_pose(name, dims, manifest)
+    if manifest.decoder is Decoder.YOLOV8_SEG:
+        return _check_seg(name, dims, outputs, manifest)
     v8 = manifest.decoder is Decoder.YOLOV8
     offset = 4 if v8 else 5
     wanted = f"[N, {offset} + {classes or 'C'}, boxes]" if v8 else f"[N, boxes, {offset} + {classes or 'C'}]"
@@ -82,9 +85,13 @@ def check_outputs(outputs: Mapping[str, Sequence[Dim] | None], manifest: ModelMa
         return []
     if (attributes == offset + classes) if classes is not None else _plausible(dims, v8):
         return []
-    return [
-        f"expected output {name!r} shaped {wanted}, got {show_dims(dims)}{_layout_hint(dims, v8, classes)}"
-    ]
+    hint = _layout_hint(dims, v8, classes)
+    protos = _prototypes(name, outputs, manifest)
+    if v8 and classes is not None and protos is not None and attributes == 4 + classes + _channels(protos):
+        hint = (
+            " (with mask coefficients and prototypes: that is a segmentation export, use decoder yolov8-seg)"
+        )
+    return [f"expected output {name!r} shaped {wanted}, got {show_dims(dims)}{hint}"]
 
 
 def show_dims(dims: Sequence[Dim]) -> str:
@@ -133,6 +140,49 @@ def _check_input(model: onnx.ModelProto, manifest: ModelManifest) -> list[str]:
             f"expected input {value.name!r} shaped [N, 3, {height}, {width}] for the manifest's input size "
             f"{width}x{height} (W x H), got {show_dims(dims)}"
         )
+    return problems
+
+
+def _prototypes(
+    name: str, outputs: Mapping[str, Sequence[Dim] | None], manifest: ModelManifest
+) -> Sequence[Dim] | None:
+    """The prototype output's dimensions as the decoder finds it (extra["protos"], else the first other
+    output), None where there is none or its shape is unknown."""
+    wanted = manifest.extra.get("protos")
+    others = [dims for key, dims in outputs.items() if key != name and (wanted is None or key == wanted)]
+    return others[0] if others else None
+
+
+def _channels(dims: Sequence[Dim]) -> int:
+    return dims[1] if len(dims) == 4 and isinstance(dims[1], int) else -1
+
+
+def _check_seg(
+    name: str, dims: Sequence[Dim], outputs: Mapping[str, Sequence[Dim] | None], manifest: ModelManifest
+) -> list[str]:
+    classes = len(manifest.class_names) or None
+    protos = _prototypes(name, outputs, manifest)
+    if protos is None and (len(outputs) < 2 or manifest.extra.get("protos") is not None):
+        return [
+            f"expected two outputs for decoder yolov8-seg, [N, 4 + C + M, boxes] and mask prototypes "
+            f"[N, M, h, w], got {sorted(outputs)} (a single output: use decoder yolov8 or yolov8-pose)"
+        ]
+    problems = []
+    if protos is not None and len(protos) != 4:
+        problems.append(f"expected mask prototypes shaped [N, M, h, w], got {show_dims(protos)}")
+    masks = _channels(protos) if protos is not None else -1
+    wanted = f"[N, 4 + {classes or 'C'} + {masks if masks > 0 else 'M'}, boxes]"
+    if len(dims) != 3:
+        return [*problems, f"expected output {name!r} shaped {wanted}, got {show_dims(dims)}"]
+    attributes = dims[1]
+    if (
+        isinstance(attributes, int)
+        and classes is not None
+        and masks > 0
+        and attributes != 4 + classes + masks
+    ):
+        hint = " (no mask coefficients: use decoder yolov8)" if attributes == 4 + classes else ""
+        problems.append(f"expected output {name!r} shaped {wanted}, got {show_dims(dims)}{hint}")
     return problems
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ..domain import BoundingBox, Classification, Detection, InferOptions, Keypoint
+from ..domain import BoundingBox, Classification, Detection, InferOptions, Keypoint, Mask
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..manifest import Decoder, ModelManifest
 from .nms import batched_nms, nms
@@ -176,6 +176,9 @@ def decode_batch(
         return _decode_yolo(
             manifest, output, transforms, options, v8=True, keypoints=len(manifest.keypoint_names)
         )
+    if decoder is Decoder.YOLOV8_SEG:
+        output, protos = _seg_outputs(manifest, outputs)
+        return _decode_yolo(manifest, output, transforms, options, v8=True, protos=protos)
     raise AssertionError(f"unhandled decoder {decoder}")  # pragma: no cover - the enum is exhaustive
 
 
@@ -271,6 +274,7 @@ def _detections(
     class_ids: IntArray,
     keypoints: FloatArray | None = None,
     keypoint_scores: FloatArray | None = None,
+    masks: Sequence[Mask] | None = None,
 ) -> tuple[Detection, ...]:
     """Builds domain detections; `.tolist()` converts each array once instead of once per element."""
     names = manifest.keypoint_names
@@ -302,6 +306,7 @@ def _detections(
                 class_name=_class_name(manifest, class_id),
                 confidence=score,
                 keypoints=marks,
+                mask=masks[row] if masks is not None else None,
             )
         )
     return tuple(detections)
@@ -315,9 +320,11 @@ def _decode_yolo(
     *,
     v8: bool,
     keypoints: int = 0,
+    protos: FloatArray | None = None,
 ) -> list[Decoded]:
     """YOLOv5 [N, B, 5+C] (score = objectness * class) or YOLOv8 [N, 4+C, B] (score = class); for YOLOv8
-    pose, [N, 4+C+K*D, B] with K `keypoints` of `manifest.keypoint_dims` values after the class scores.
+    pose, [N, 4+C+K*D, B] with K `keypoints` of `manifest.keypoint_dims` values after the class scores; for
+    YOLOv8 segmentation, [N, 4+C+M, B] with M mask coefficients after them and `protos` [N, M, h, w].
 
     Each box keeps its best class only (YOLOv5's default, non-multi-label NMS).
     """
@@ -325,13 +332,23 @@ def _decode_yolo(
     attributes = output.shape[1] if v8 else output.shape[2]
     first_class = 4 if v8 else 5
     point_rows = keypoints * manifest.keypoint_dims
-    end_class = attributes - point_rows
+    mask_rows = protos.shape[1] if protos is not None else 0
+    end_class = attributes - point_rows - mask_rows
     if end_class <= first_class:
-        layout = "[N, 4+C+K*D, B]" if point_rows else "[N, 4+C, B]" if v8 else "[N, B, 5+C]"
+        layout = (
+            "[N, 4+C+K*D, B]"
+            if point_rows
+            else f"[N, 4+C+{mask_rows}, B]"
+            if mask_rows
+            else "[N, 4+C, B]"
+            if v8
+            else "[N, B, 5+C]"
+        )
         raise _bad_output(f"expected a {layout} output with C >= 1, got shape {output.shape}")
     results = []
     for image, transform in enumerate(transforms):
         points: FloatArray | None = None
+        coefficients: FloatArray | None = None
         if v8:
             # Work on the [4+C, B] layout as given: reductions over axis 0 are contiguous, no transpose copy.
             prediction = output[image]
@@ -345,6 +362,8 @@ def _decode_yolo(
                 # (K * D, B') -> (B', K, D): x, y in input pixels, then the visibility score when D is 3.
                 block = prediction[end_class:, candidates]
                 points = block.T.reshape(len(candidates), keypoints, manifest.keypoint_dims)
+            if mask_rows:
+                coefficients = prediction[end_class:, candidates].T  # (B', M)
         else:
             prediction = output[image]
             # Class scores are probabilities, so score <= objectness: the objectness test is a cheap exact
@@ -360,6 +379,10 @@ def _decode_yolo(
         boxes, scores, class_ids, kept = _select(
             _cxcywh_to_xyxy(cx, cy, w, h), scores[selected], class_ids[selected], transform, options
         )
+        if coefficients is not None and protos is not None:
+            masks = _masks(coefficients[selected][kept], protos[image], boxes, transform, manifest)
+            results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids, masks=masks)))
+            continue
         if points is None:
             results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids)))
             continue
@@ -368,6 +391,84 @@ def _decode_yolo(
         visibility = chosen[..., 2] if manifest.keypoint_dims == 3 else None
         results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids, xy, visibility)))
     return results
+
+
+def _seg_outputs(
+    manifest: ModelManifest, outputs: Mapping[str, npt.NDArray[np.generic]]
+) -> tuple[FloatArray, FloatArray]:
+    """The detection output (as `_single_output` finds it) and the prototypes: `extra["protos"]` if the
+    manifest names them, else the first other output (Ultralytics exports name them `output1`)."""
+    output = _single_output(manifest, outputs, 3)
+    name = manifest.extra.get("protos")
+    if name is not None:
+        if name not in outputs:
+            raise _bad_output(f"expected a prototype output named {name!r}, got {sorted(outputs)}")
+        array = outputs[name]
+    else:
+        others = [
+            value
+            for key, value in outputs.items()
+            if key != manifest.extra.get("output", next(iter(outputs)))
+        ]
+        if not others:
+            raise _bad_output(
+                "expected two outputs for the yolov8-seg decoder (boxes and mask prototypes), "
+                f"got {sorted(outputs)}"
+            )
+        array = others[0]
+    protos = np.asarray(array, dtype=np.float32)
+    if protos.ndim != 4 or protos.shape[0] != output.shape[0] or protos.shape[1] == 0:
+        raise _bad_output(
+            f"expected mask prototypes shaped [N, M, h, w] with N = {output.shape[0]}, got {protos.shape}"
+        )
+    return output, protos
+
+
+def _sampling_matrix(positions: FloatArray, size: int) -> FloatArray:
+    """(len(positions), size) weights of linear interpolation at `positions` (cell i centred on i), clamped
+    at the ends as torch's bilinear interpolation with align_corners=False."""
+    clamped = np.clip(positions, np.float32(0.0), np.float32(size - 1))
+    low = np.floor(clamped).astype(np.int64)
+    high = np.minimum(low + 1, size - 1)
+    fraction = (clamped - low).astype(np.float32)
+    weights = np.zeros((len(positions), size), dtype=np.float32)
+    rows = np.arange(len(positions))
+    weights[rows, low] += np.float32(1.0) - fraction
+    weights[rows, high] += fraction
+    return weights
+
+
+def _masks(
+    coefficients: FloatArray,
+    protos: FloatArray,
+    boxes: FloatArray,
+    transform: Transform,
+    manifest: ModelManifest,
+) -> list[Mask]:
+    """Each kept box's mask in original-image pixels, run-length encoded over the box.
+
+    Ultralytics computes coefficients @ prototypes, crops to the box, upsamples bilinearly to the input size,
+    removes the letterbox and resizes to the image, then thresholds at 0 (sigmoid > 0.5). Here each pixel of
+    the box (rounded outwards) is mapped through the letterbox transform to prototype coordinates and the
+    logits are sampled there bilinearly, as two small matrix products per box: the same function without
+    building a full-size mask per detection. Pixels whose centre is outside the box are background.
+    """
+    channels, rows, columns = protos.shape
+    logits = (coefficients @ protos.reshape(channels, -1)).reshape(-1, rows, columns)
+    per_x = np.float32(columns / manifest.input_width)
+    per_y = np.float32(rows / manifest.input_height)
+    masks = []
+    for logit, (x_min, y_min, x_max, y_max) in zip(logits, boxes.tolist(), strict=True):
+        left, top = int(np.floor(x_min)), int(np.floor(y_min))
+        right, bottom = int(np.ceil(x_max)), int(np.ceil(y_max))
+        xs = np.arange(left, right, dtype=np.float32) + np.float32(0.5)
+        ys = np.arange(top, bottom, dtype=np.float32) + np.float32(0.5)
+        sample_x = _sampling_matrix((xs * transform.scale_x + transform.pad_x) * per_x - 0.5, columns)
+        sample_y = _sampling_matrix((ys * transform.scale_y + transform.pad_y) * per_y - 0.5, rows)
+        inside = ((ys >= y_min) & (ys < y_max))[:, None] & ((xs >= x_min) & (xs < x_max))[None, :]
+        pixels = (sample_y @ logit @ sample_x.T > 0) & inside
+        masks.append(Mask.encode(left, top, pixels))
+    return masks
 
 
 def _softmax(logits: FloatArray) -> FloatArray:

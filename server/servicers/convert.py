@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from visionrpc.engines import EngineInfo
 from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
 
-from ..domain import ChannelOrder, InferOptions, Prediction, Task
+from ..domain import ChannelOrder, InferOptions, Mask, Prediction, Task
 from ..errors import FieldViolation, InvalidArgumentError
 from ..imaging import DecodedImage, decode_image, encoded_pixels, raw_image
 from ..models.builds import BuildState, BuildStatus
@@ -196,6 +196,7 @@ def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
                     types_pb2.Keypoint(x=k.x, y=k.y, confidence=k.confidence, name=k.name)
                     for k in det.keypoints
                 ],
+                mask=_mask_to_proto(det.mask) if det.mask is not None else None,
             )
         )
     for cls in prediction.classifications:
@@ -205,6 +206,12 @@ def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
             )
         )
     return message
+
+
+def _mask_to_proto(mask: Mask) -> types_pb2.Mask:
+    return types_pb2.Mask(
+        left=mask.left, top=mask.top, width=mask.width, height=mask.height, counts=mask.counts
+    )
 
 
 def infer_response(

@@ -33,6 +33,7 @@ export type {
   StreamStatus,
 } from "./convert.js";
 export { VisionRpcError, codeName, type FieldViolation } from "./errors.js";
+export { maskArea, maskRows } from "./mask.js";
 export { PIPELINE_KEY_HEADER, pipelineKey } from "./pipelineKey.js";
 export { PredictionStream, type PredictionStreamConfig, type StreamCalls } from "./stream.js";
 export { Code, ConnectError } from "@connectrpc/connect";
@@ -42,6 +43,7 @@ export type {
   Classification,
   BoundingBox,
   Keypoint,
+  Mask,
   ImagePrediction,
   ImageSize,
   Timings,

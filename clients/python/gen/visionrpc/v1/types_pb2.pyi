@@ -83,18 +83,34 @@ class Keypoint(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., confidence: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("box", "class_id", "class_name", "confidence", "keypoints")
+    __slots__ = ("box", "class_id", "class_name", "confidence", "keypoints", "mask")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CLASS_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     box: BoundingBox
     class_id: int
     class_name: str
     confidence: float
     keypoints: _containers.RepeatedCompositeFieldContainer[Keypoint]
-    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., confidence: _Optional[float] = ..., keypoints: _Optional[_Iterable[_Union[Keypoint, _Mapping]]] = ...) -> None: ...
+    mask: Mask
+    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., confidence: _Optional[float] = ..., keypoints: _Optional[_Iterable[_Union[Keypoint, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ...) -> None: ...
+
+class Mask(_message.Message):
+    __slots__ = ("left", "top", "width", "height", "counts")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    left: int
+    top: int
+    width: int
+    height: int
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Classification(_message.Message):
     __slots__ = ("class_id", "class_name", "confidence")

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file visionrpc/v1/types.proto.
  */
 export const file_visionrpc_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("Chh2aXNpb25ycGMvdjEvdHlwZXMucHJvdG8SDHZpc2lvbnJwYy52MSJqCghSYXdJbWFnZRIMCgRkYXRhGAEgASgMEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRIxCg1jaGFubmVsX29yZGVyGAQgASgOMhoudmlzaW9ucnBjLnYxLkNoYW5uZWxPcmRlciJLCgVJbWFnZRIRCgdlbmNvZGVkGAEgASgMSAASJQoDcmF3GAIgASgLMhYudmlzaW9ucnBjLnYxLlJhd0ltYWdlSABCCAoGc291cmNlIu4BCgxJbmZlck9wdGlvbnMSIQoUY29uZmlkZW5jZV90aHJlc2hvbGQYASABKAJIAIgBARIaCg1pb3VfdGhyZXNob2xkGAIgASgCSAGIAQESGwoObWF4X2RldGVjdGlvbnMYAyABKA1IAogBARIRCgljbGFzc19pZHMYBCADKA0SEwoLY2xhc3NfbmFtZXMYBSADKAkSEgoFdG9wX2sYBiABKA1IA4gBAUIXChVfY29uZmlkZW5jZV90aHJlc2hvbGRCEAoOX2lvdV90aHJlc2hvbGRCEQoPX21heF9kZXRlY3Rpb25zQggKBl90b3BfayJJCgtCb3VuZGluZ0JveBINCgV4X21pbhgBIAEoAhINCgV5X21pbhgCIAEoAhINCgV4X21heBgDIAEoAhINCgV5X21heBgEIAEoAiJCCghLZXlwb2ludBIJCgF4GAEgASgCEgkKAXkYAiABKAISEgoKY29uZmlkZW5jZRgDIAEoAhIMCgRuYW1lGAQgASgJIpgBCglEZXRlY3Rpb24SJgoDYm94GAEgASgLMhkudmlzaW9ucnBjLnYxLkJvdW5kaW5nQm94EhAKCGNsYXNzX2lkGAIgASgNEhIKCmNsYXNzX25hbWUYAyABKAkSEgoKY29uZmlkZW5jZRgEIAEoAhIpCglrZXlwb2ludHMYBSADKAsyFi52aXNpb25ycGMudjEuS2V5cG9pbnQiSgoOQ2xhc3NpZmljYXRpb24SEAoIY2xhc3NfaWQYASABKA0SEgoKY2xhc3NfbmFtZRgCIAEoCRISCgpjb25maWRlbmNlGAMgASgCIioKCUltYWdlU2l6ZRINCgV3aWR0aBgBIAEoDRIOCgZoZWlnaHQYAiABKA0ihQEKB1RpbWluZ3MSEQoJZGVjb2RlX21zGAEgASgBEhAKCHF1ZXVlX21zGAIgASgBEhUKDXByZXByb2Nlc3NfbXMYAyABKAESFAoMaW5mZXJlbmNlX21zGAQgASgBEhYKDnBvc3Rwcm9jZXNzX21zGAUgASgBEhAKCHRvdGFsX21zGAYgASgBIlEKCkVuZ2luZUluZm8SDgoGZW5naW5lGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEg4KBmRldmljZRgDIAEoCRIRCglwcmVjaXNpb24YBCABKAkiygEKD0ltYWdlUHJlZGljdGlvbhIrCgppbWFnZV9zaXplGAEgASgLMhcudmlzaW9ucnBjLnYxLkltYWdlU2l6ZRIrCgpkZXRlY3Rpb25zGAIgAygLMhcudmlzaW9ucnBjLnYxLkRldGVjdGlvbhI1Cg9jbGFzc2lmaWNhdGlvbnMYAyADKAsyHC52aXNpb25ycGMudjEuQ2xhc3NpZmljYXRpb24SJgoHdGltaW5ncxgEIAEoCzIVLnZpc2lvbnJwYy52MS5UaW1pbmdzKqMBCgxDaGFubmVsT3JkZXISHQoZQ0hBTk5FTF9PUkRFUl9VTlNQRUNJRklFRBAAEhUKEUNIQU5ORUxfT1JERVJfUkdCEAESFQoRQ0hBTk5FTF9PUkRFUl9CR1IQAhIWChJDSEFOTkVMX09SREVSX0dSQVkQAxIWChJDSEFOTkVMX09SREVSX1JHQkEQBBIWChJDSEFOTkVMX09SREVSX0JHUkEQBUJrChBkZXYudmlzaW9ucnBjLnYxUAFaRmdpdGh1Yi5jb20vdmlzaW9ucnBjL3Zpc2lvbnJwYy9jbGllbnRzL2dvL2dlbi92aXNpb25ycGMvdjE7dmlzaW9ucnBjdjGqAgxWaXNpb25ScGMuVjFiBnByb3RvMw");
+  fileDesc("Chh2aXNpb25ycGMvdjEvdHlwZXMucHJvdG8SDHZpc2lvbnJwYy52MSJqCghSYXdJbWFnZRIMCgRkYXRhGAEgASgMEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRIxCg1jaGFubmVsX29yZGVyGAQgASgOMhoudmlzaW9ucnBjLnYxLkNoYW5uZWxPcmRlciJLCgVJbWFnZRIRCgdlbmNvZGVkGAEgASgMSAASJQoDcmF3GAIgASgLMhYudmlzaW9ucnBjLnYxLlJhd0ltYWdlSABCCAoGc291cmNlIu4BCgxJbmZlck9wdGlvbnMSIQoUY29uZmlkZW5jZV90aHJlc2hvbGQYASABKAJIAIgBARIaCg1pb3VfdGhyZXNob2xkGAIgASgCSAGIAQESGwoObWF4X2RldGVjdGlvbnMYAyABKA1IAogBARIRCgljbGFzc19pZHMYBCADKA0SEwoLY2xhc3NfbmFtZXMYBSADKAkSEgoFdG9wX2sYBiABKA1IA4gBAUIXChVfY29uZmlkZW5jZV90aHJlc2hvbGRCEAoOX2lvdV90aHJlc2hvbGRCEQoPX21heF9kZXRlY3Rpb25zQggKBl90b3BfayJJCgtCb3VuZGluZ0JveBINCgV4X21pbhgBIAEoAhINCgV5X21pbhgCIAEoAhINCgV4X21heBgDIAEoAhINCgV5X21heBgEIAEoAiJCCghLZXlwb2ludBIJCgF4GAEgASgCEgkKAXkYAiABKAISEgoKY29uZmlkZW5jZRgDIAEoAhIMCgRuYW1lGAQgASgJIroBCglEZXRlY3Rpb24SJgoDYm94GAEgASgLMhkudmlzaW9ucnBjLnYxLkJvdW5kaW5nQm94EhAKCGNsYXNzX2lkGAIgASgNEhIKCmNsYXNzX25hbWUYAyABKAkSEgoKY29uZmlkZW5jZRgEIAEoAhIpCglrZXlwb2ludHMYBSADKAsyFi52aXNpb25ycGMudjEuS2V5cG9pbnQSIAoEbWFzaxgGIAEoCzISLnZpc2lvbnJwYy52MS5NYXNrIlAKBE1hc2sSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEg4KBmNvdW50cxgFIAMoDSJKCg5DbGFzc2lmaWNhdGlvbhIQCghjbGFzc19pZBgBIAEoDRISCgpjbGFzc19uYW1lGAIgASgJEhIKCmNvbmZpZGVuY2UYAyABKAIiKgoJSW1hZ2VTaXplEg0KBXdpZHRoGAEgASgNEg4KBmhlaWdodBgCIAEoDSKFAQoHVGltaW5ncxIRCglkZWNvZGVfbXMYASABKAESEAoIcXVldWVfbXMYAiABKAESFQoNcHJlcHJvY2Vzc19tcxgDIAEoARIUCgxpbmZlcmVuY2VfbXMYBCABKAESFgoOcG9zdHByb2Nlc3NfbXMYBSABKAESEAoIdG90YWxfbXMYBiABKAEiUQoKRW5naW5lSW5mbxIOCgZlbmdpbmUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDgoGZGV2aWNlGAMgASgJEhEKCXByZWNpc2lvbhgEIAEoCSLKAQoPSW1hZ2VQcmVkaWN0aW9uEisKCmltYWdlX3NpemUYASABKAsyFy52aXNpb25ycGMudjEuSW1hZ2VTaXplEisKCmRldGVjdGlvbnMYAiADKAsyFy52aXNpb25ycGMudjEuRGV0ZWN0aW9uEjUKD2NsYXNzaWZpY2F0aW9ucxgDIAMoCzIcLnZpc2lvbnJwYy52MS5DbGFzc2lmaWNhdGlvbhImCgd0aW1pbmdzGAQgASgLMhUudmlzaW9ucnBjLnYxLlRpbWluZ3MqowEKDENoYW5uZWxPcmRlchIdChlDSEFOTkVMX09SREVSX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTk5FTF9PUkRFUl9SR0IQARIVChFDSEFOTkVMX09SREVSX0JHUhACEhYKEkNIQU5ORUxfT1JERVJfR1JBWRADEhYKEkNIQU5ORUxfT1JERVJfUkdCQRAEEhYKEkNIQU5ORUxfT1JERVJfQkdSQRAFQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z");
 
 /**
  * Uncompressed pixels: rows top to bottom, pixels left to right, channels interleaved, no row padding.
@@ -235,6 +235,13 @@ export type Detection = Message<"visionrpc.v1.Detection"> & {
    * @generated from field: repeated visionrpc.v1.Keypoint keypoints = 5;
    */
   keypoints: Keypoint[];
+
+  /**
+   * Instance segmentation models (decoder yolov8-seg): the object's pixels inside its box. Unset otherwise.
+   *
+   * @generated from field: visionrpc.v1.Mask mask = 6;
+   */
+  mask?: Mask | undefined;
 };
 
 /**
@@ -243,6 +250,56 @@ export type Detection = Message<"visionrpc.v1.Detection"> & {
  */
 export const DetectionSchema: GenMessage<Detection> = /*@__PURE__*/
   messageDesc(file_visionrpc_v1_types, 5);
+
+/**
+ * A binary instance mask, run-length encoded over a grid of whole pixels of the original image.
+ *
+ * The grid is the detection's box rounded outwards to whole pixels: columns [left, left + width) and rows
+ * [top, top + height). `counts` are alternating run lengths over that grid in row-major order (row by row,
+ * left to right, as images are stored), starting with a run of background pixels, which may be 0; the runs
+ * add up to width * height. Pixels outside the grid are background.
+ *
+ * Why RLE of the box and not polygons: it is exact (holes and several parts survive, nothing is simplified),
+ * needs no geometry library to decode (a loop over counts in any language), and its size follows the
+ * outline's complexity, not the image's: a 200x300 box whose object is one blob is a few hundred varints.
+ * It is COCO's RLE idea, but row-major and cropped to the box; COCO's full-image column-major form is
+ * obtained by placing the grid in an image of ImageSize and re-encoding (the clients offer the decoded array).
+ *
+ * @generated from message visionrpc.v1.Mask
+ */
+export type Mask = Message<"visionrpc.v1.Mask"> & {
+  /**
+   * @generated from field: uint32 left = 1;
+   */
+  left: number;
+
+  /**
+   * @generated from field: uint32 top = 2;
+   */
+  top: number;
+
+  /**
+   * @generated from field: uint32 width = 3;
+   */
+  width: number;
+
+  /**
+   * @generated from field: uint32 height = 4;
+   */
+  height: number;
+
+  /**
+   * @generated from field: repeated uint32 counts = 5;
+   */
+  counts: number[];
+};
+
+/**
+ * Describes the message visionrpc.v1.Mask.
+ * Use `create(MaskSchema)` to create a new message.
+ */
+export const MaskSchema: GenMessage<Mask> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_types, 6);
 
 /**
  * @generated from message visionrpc.v1.Classification
@@ -269,7 +326,7 @@ export type Classification = Message<"visionrpc.v1.Classification"> & {
  * Use `create(ClassificationSchema)` to create a new message.
  */
 export const ClassificationSchema: GenMessage<Classification> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 6);
+  messageDesc(file_visionrpc_v1_types, 7);
 
 /**
  * @generated from message visionrpc.v1.ImageSize
@@ -291,7 +348,7 @@ export type ImageSize = Message<"visionrpc.v1.ImageSize"> & {
  * Use `create(ImageSizeSchema)` to create a new message.
  */
 export const ImageSizeSchema: GenMessage<ImageSize> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 7);
+  messageDesc(file_visionrpc_v1_types, 8);
 
 /**
  * Where the time of one image went, in milliseconds. For a batched engine call, inference_ms is the whole
@@ -336,7 +393,7 @@ export type Timings = Message<"visionrpc.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 8);
+  messageDesc(file_visionrpc_v1_types, 9);
 
 /**
  * What ran the model.
@@ -378,7 +435,7 @@ export type EngineInfo = Message<"visionrpc.v1.EngineInfo"> & {
  * Use `create(EngineInfoSchema)` to create a new message.
  */
 export const EngineInfoSchema: GenMessage<EngineInfo> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 9);
+  messageDesc(file_visionrpc_v1_types, 10);
 
 /**
  * The predictions for one image.
@@ -414,7 +471,7 @@ export type ImagePrediction = Message<"visionrpc.v1.ImagePrediction"> & {
  * Use `create(ImagePredictionSchema)` to create a new message.
  */
 export const ImagePredictionSchema: GenMessage<ImagePrediction> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 10);
+  messageDesc(file_visionrpc_v1_types, 11);
 
 /**
  * Channel order of raw 8-bit pixels.
