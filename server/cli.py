@@ -166,13 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    # Imported on use, not to break a cycle: client commands must not pay for loading engines and onnx.
-    from .app import serve
-
     try:
         config = ServerConfig.from_namespace(ns)
     except ValueError as exc:  # a flag or VISIONRPC_* value out of range: a usage error, not a crash
         raise UsageError(str(exc)) from exc
+    # ONNX Runtime writes $XDG_CACHE_HOME/Microsoft/DeveloperTools/.onnxruntime/ (a device id and a SQLite
+    # file), reading the variable once when it is imported: point it into the server's cache before that, so
+    # the server writes nothing under ~/.cache besides its own (and runs with a read-only home).
+    os.environ["XDG_CACHE_HOME"] = str(config.cache_dir / "xdg")
+    # Imported on use, not to break a cycle: client commands must not pay for loading engines and onnx.
+    from .app import serve
+
     return serve(config)
 
 

@@ -1,6 +1,7 @@
-"""`visionrpc models pull | add | import-darknet`: manage model repositories on disk, with no server.
+"""`visionrpc models pull | add | import-darknet | verify`: manage model repositories on disk, with no server.
 
     visionrpc models pull NAME... [--cache-dir DIR] [--json]
+    visionrpc models verify [NAME] [--model-repository DIR] [--cache-dir DIR] [--json]
     visionrpc models add [NAME] MODEL.onnx [--decoder yolov8 --input-size 640 --class-names FILE ...]
     visionrpc models import-darknet NAME CFG WEIGHTS --class-names FILE [...]
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from .cli_common import EXIT_OK, CommandAdder, UsageError, fail
+from .cli_common import EXIT_FAILURE, EXIT_OK, CommandAdder, UsageError, fail
 from .config import ServerConfig
 from .domain import ChannelOrder
 from .errors import VisionRpcError
@@ -170,6 +171,7 @@ def add_repository_commands(model_commands: CommandAdder) -> None:
         "--class-names", required=True, type=Path, metavar="FILE", help="class names, one per line"
     )
     darknet.set_defaults(handler=_cmd_import_darknet)
+    _add_verify_command(model_commands)
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -286,6 +288,83 @@ def _add(ns: argparse.Namespace, model: onnx.ModelProto | Path, manifest: ModelM
         logger.warning("%s shadows the built-in model of the same name in this repository", ns.name)
     sys.stdout.write(f"{version_dir}\n")
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- verify
+
+
+def _add_verify_command(model_commands: CommandAdder) -> None:
+    verify = model_commands.add_parser(
+        "verify",
+        help="check installed models against the checksums recorded at install (no server)",
+        description="Hash every installed version's files (user repository and installed built-ins) and "
+        "compare them with the checksums written when it was installed. Exit status 1 when any file changed.",
+    )
+    verify.add_argument("name", nargs="?", metavar="NAME", help="only this model (default: every model)")
+    verify.add_argument(
+        "--model-repository",
+        "--repository",
+        dest="repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"model repository (env VISIONRPC_MODEL_REPOSITORY; default {ServerConfig().model_repository})",
+    )
+    verify.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="download cache holding the built-ins (env VISIONRPC_CACHE_DIR)",
+    )
+    verify.add_argument(
+        "--json", action="store_true", help='one JSON line per version ({"model", "status", ...})'
+    )
+    verify.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v for debug)")
+    verify.set_defaults(handler=_cmd_verify)
+
+
+def _cmd_verify(ns: argparse.Namespace) -> int:
+    from .models.ids import NAME, VERSION
+    from .models.integrity import verify_version
+
+    config = _config(argparse.Namespace(model_repository=ns.repository, cache_dir=ns.cache_dir))
+    if ns.name is not None and not NAME.fullmatch(ns.name):
+        raise UsageError(f"expected a model name, got {ns.name!r}")
+    versions: list[tuple[str, Path]] = []
+    # The user repository shadows built-ins of the same name, as the server resolves them.
+    seen: set[str] = set()
+    for root in (config.model_repository, config.builtin_repository):
+        if not root.is_dir():
+            continue
+        for model_dir in sorted(root.iterdir()):
+            name = model_dir.name
+            if not model_dir.is_dir() or not NAME.fullmatch(name) or name in seen:
+                continue
+            if ns.name is not None and name != ns.name:
+                continue
+            seen.add(name)
+            found = [p for p in model_dir.iterdir() if p.is_dir() and VERSION.fullmatch(p.name)]
+            versions += [(f"{name}/{p.name}", p) for p in sorted(found, key=lambda p: int(p.name))]
+    if ns.name is not None and not versions:
+        raise UsageError(
+            f"no installed model {ns.name!r} in {config.model_repository} or {config.builtin_repository}"
+        )
+    changed = 0
+    for key, directory in versions:
+        report = verify_version(directory)
+        if not report.recorded:
+            status, detail = "unverified", "no checksums (installed before they were recorded)"
+        elif report.ok:
+            status, detail = "ok", f"{len(report.checked)} files match"
+        else:
+            status, detail = "changed", f"files changed since install: {', '.join(report.problems)}"
+            changed += 1
+        if ns.json:
+            line = json.dumps({"model": key, "path": str(directory), "status": status, "detail": detail})
+        else:
+            line = f"{key}: {status}: {detail}"
+        sys.stdout.write(line + "\n")
+    return EXIT_FAILURE if changed else EXIT_OK
 
 
 # -------------------------------------------------------------------------------------------- helpers

@@ -33,6 +33,7 @@ from ..domain import ChannelOrder, Task
 from ..errors import InvalidArgumentError
 from ..manifest import Decoder, ModelManifest, ResizeMode
 from .ids import split_model_id
+from .integrity import write_integrity_record
 from .metadata import read_metadata
 from .probe import check_by_running, check_export_size
 from .shapes import check_declared
@@ -159,7 +160,8 @@ def add_model(
 
 
 def write_version_dir(version_dir: Path, model: onnx.ModelProto | Path, manifest: ModelManifest) -> bool:
-    """Writes `manifest.json` and the model (as `manifest.onnx_file`) into `version_dir`, all or nothing.
+    """Writes `manifest.json`, the model (as `manifest.onnx_file`) and their checksums (`integrity.json`)
+    into `version_dir`, all or nothing.
 
     The version is built in a hidden staging folder beside its target (same file system, so the final rename
     is atomic; the leading dot keeps it out of the repository's view, since model names and versions cannot
@@ -178,6 +180,7 @@ def write_version_dir(version_dir: Path, model: onnx.ModelProto | Path, manifest
         else:
             onnx.save(model, str(target))
         manifest.write(staging)
+        write_integrity_record(staging)  # in the same rename as the files it covers (integrity.py)
         try:
             staging.rename(version_dir)
         except OSError as exc:

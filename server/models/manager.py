@@ -31,6 +31,7 @@ from ..predictor import Predictor
 from ..scheduler import BatchSettings, SchedulerStats
 from .builds import NOT_NEEDED, BuildState, BuildStatus, EngineBuilder
 from .engine_selection import EngineSelection
+from .integrity import check_integrity
 from .metadata import read_metadata
 from .probe import check_by_running, check_export_size
 from .repository import ModelId, ModelRepository
@@ -282,6 +283,8 @@ class ModelManager:
         start = time.perf_counter()
         logger.info("loading model %s from %s", model.key, model.directory)
         try:
+            # Before any engine reads them: changed files are FAILED with the file named, never served.
+            check_integrity(model.directory, model.key)
             engine, build, start_build = self._initial_engine(model)
             _check_fits(model, engine)
             predictor, build = self._warm_predictor(model, engine, build)

@@ -3,11 +3,18 @@
 Model ids are `name` (newest version) or `name/version`. Ids come from the network, so they are validated
 against a strict grammar and never joined to a path before that: no `..`, no separators, no absolute paths.
 Built-in models live in their own repository inside the cache and are installed there on first use.
+
+An install builds its version in a hidden `<name>/.install-*` folder and renames it into place
+(importing.write_version_dir); a crash mid-install leaves that folder behind, so opening a repository removes
+the ones older than `STALE_INSTALL_SECONDS` (younger ones may be another process's install in progress: a
+replica sharing the volume).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +23,13 @@ from ..manifest import FileSignature, ModelManifest, ResolvedModel, file_signatu
 from .builtins import BUILTIN_MODELS, install_builtin, is_builtin
 from .ids import NAME, VERSION, split_model_id
 
-__all__ = ["ModelId", "ModelRepository", "ResolvedModel"]
+__all__ = ["STALE_INSTALL_SECONDS", "ModelId", "ModelRepository", "ResolvedModel", "remove_partial_installs"]
 
 logger = logging.getLogger(__name__)
+
+# An install takes seconds (yolov3-tiny: ~2 s to convert and write); a staging folder untouched for this long
+# belongs to an install that died.
+STALE_INSTALL_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,8 @@ class ModelRepository:
         self._builtin_root = builtin_root
         self._download_dir = download_dir
         self._versions: dict[Path, tuple[FileSignature, tuple[str, ...]]] = {}
+        for root in (user_root, builtin_root):
+            remove_partial_installs(root)
 
     def names(self) -> list[str]:
         """Every model name: user models, then built-ins (whether installed yet or not)."""
@@ -125,3 +138,26 @@ class ModelRepository:
         if not self._user_root.is_dir():
             return []
         return [p.name for p in self._user_root.iterdir() if p.is_dir() and NAME.fullmatch(p.name)]
+
+
+def remove_partial_installs(root: Path, *, older_than: float = STALE_INSTALL_SECONDS) -> list[Path]:
+    """Removes `<root>/<name>/.install-*` staging folders untouched for `older_than` seconds.
+
+    Returns the folders removed. Errors (a folder vanishing meanwhile, permissions) are logged, never raised:
+    a leftover must not keep a server from starting.
+    """
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for staging in root.glob("*/.install-*"):
+        try:
+            if not staging.is_dir() or staging.is_symlink() or now - staging.stat().st_mtime < older_than:
+                continue
+            shutil.rmtree(staging)
+        except OSError as exc:
+            logger.warning("could not remove the partial install %s: %s", staging, exc)
+            continue
+        logger.warning("removed %s, left by an install that did not finish", staging)
+        removed.append(staging)
+    return removed
