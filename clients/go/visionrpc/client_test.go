@@ -36,7 +36,8 @@ type fakeServer struct {
 
 	deadlines  chan time.Duration // Infer: the remaining time of the call's deadline, -1 when none
 	userAgents chan string
-	streamDone chan error // StreamPredictions: how the server saw the stream end
+	auths      chan string // Infer: the call's authorization metadata
+	streamDone chan error  // StreamPredictions: how the server saw the stream end
 }
 
 func (f *fakeServer) Infer(ctx context.Context, req *visionrpcv1.InferRequest) (*visionrpcv1.InferResponse, error) {
@@ -47,6 +48,7 @@ func (f *fakeServer) Infer(ctx context.Context, req *visionrpcv1.InferRequest) (
 	f.deadlines <- remaining
 	md, _ := metadata.FromIncomingContext(ctx)
 	f.userAgents <- strings.Join(md.Get("user-agent"), ",")
+	f.auths <- strings.Join(md.Get("authorization"), ",")
 	if len(req.GetImages()) == 0 {
 		st, _ := status.New(codes.InvalidArgument, "expected 1 to 64 images, got 0").WithDetails(
 			&errdetails.ErrorInfo{Reason: "INVALID_IMAGE_COUNT", Domain: "visionrpc.dev"},
@@ -118,6 +120,7 @@ func startFake(t *testing.T, opts ...visionrpc.Option) (*visionrpc.Client, *fake
 	fake := &fakeServer{
 		deadlines:  make(chan time.Duration, 10),
 		userAgents: make(chan string, 10),
+		auths:      make(chan string, 10),
 		streamDone: make(chan error, 10),
 	}
 	visionrpcv1.RegisterInferenceServiceServer(srv, fake)
@@ -478,5 +481,47 @@ func TestStreamErrorSurfacesFromRecv(t *testing.T) {
 	}
 	if errors.Is(got[0], context.Canceled) {
 		t.Error("a server error must not look like a cancellation")
+	}
+}
+
+func TestAPIKeyTravelsAsBearerToken(t *testing.T) {
+	cases := []struct {
+		name string
+		opts []visionrpc.Option
+		want string
+	}{
+		{"no key", nil, ""},
+		{"key", []visionrpc.Option{visionrpc.WithAPIKey(" k-123 ")}, "Bearer k-123"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			client, fake := startFake(t, tc.opts...)
+			if _, err := client.Infer(context.Background(), []visionrpc.Image{visionrpc.ImageFromBytes([]byte("x"))}); err != nil {
+				t.Fatal(err)
+			}
+			<-fake.deadlines
+			<-fake.userAgents
+			if got := <-fake.auths; got != tc.want {
+				t.Fatalf("authorization %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestAccessOptionsRefuseMistakes(t *testing.T) {
+	cases := []struct {
+		name string
+		opt  visionrpc.Option
+	}{
+		{"empty key", visionrpc.WithAPIKey("  ")},
+		{"missing CA file", visionrpc.WithTLSFiles("/nonexistent/ca.pem", "", "")},
+		{"certificate without key", visionrpc.WithTLSFiles("", "/nonexistent/c.pem", "")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := visionrpc.Dial(context.Background(), "127.0.0.1:1", tc.opt); err == nil {
+				t.Fatal("expected an error")
+			}
+		})
 	}
 }

@@ -39,6 +39,7 @@ type config struct {
 	block           bool
 	userAgent       string
 	dialOptions     []grpc.DialOption
+	apiKey          string
 	// streamResumeAttempts caps the calls a broken stream re-issues without a message; 0 turns resume off.
 	streamResumeAttempts int
 }
@@ -163,6 +164,7 @@ func (c *config) grpcDialOptions() []grpc.DialOption {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(c.creds),
 		grpc.WithUserAgent(c.userAgent),
+		grpc.WithDefaultServiceConfig(DefaultServiceConfig),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(c.maxMessageBytes),
 			grpc.MaxCallSendMsgSize(c.maxMessageBytes),
@@ -174,6 +176,10 @@ func (c *config) grpcDialOptions() []grpc.DialOption {
 			Timeout:             KeepaliveTimeout,
 			PermitWithoutStream: false,
 		}))
+	}
+	if c.apiKey != "" {
+		secure := c.creds.Info().SecurityProtocol != "insecure"
+		opts = append(opts, grpc.WithPerRPCCredentials(apiKeyCredentials{key: c.apiKey, secure: secure}))
 	}
 	opts = append(opts, c.dialOptions...)
 	// Last, as grpc-go takes the first resolver of a scheme: resolvers in c.dialOptions win over these.
