@@ -96,9 +96,9 @@ class Keypoint:
 class Mask:
     """A binary instance mask over whole pixels of the original image, run-length encoded.
 
-    The grid covers columns [left, left + width) and rows [top, top + height) (the detection's box rounded
-    outwards); `counts` alternate background and object runs in row-major order, starting with background
-    (possibly 0), and add up to width * height. The contract's `Mask` message says why this encoding.
+    The grid covers columns [left, left + width) and rows [top, top + height) (the pixels whose centre lies
+    in the detection's box); `counts` alternate background and object runs in row-major order, starting
+    with background (possibly 0), and add up to width * height. The contract's `Mask` says why.
     """
 
     left: int

@@ -21,6 +21,7 @@ model-configuration problem, not a bad request and not a server bug.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from ..manifest import Decoder, ModelManifest
 from .nms import batched_nms, nms
 from .preprocess import Transform
 
-__all__ = ["DecodeOptions", "Decoded", "decode_batch", "resolve_options"]
+__all__ = ["DecodeOptions", "Decoded", "decode_batch", "pixel_grid", "resolve_options"]
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -438,6 +439,17 @@ def _sampling_matrix(positions: FloatArray, size: int) -> FloatArray:
     return weights
 
 
+def pixel_grid(x_min: float, y_min: float, x_max: float, y_max: float) -> tuple[int, int, int, int]:
+    """The pixels whose centre (c + 0.5) lies in [min, max) on each axis, as left, top, right, bottom (right
+    and bottom exclusive): c in [ceil(min - 0.5), ceil(max - 0.5))."""
+    return (
+        math.ceil(x_min - 0.5),
+        math.ceil(y_min - 0.5),
+        math.ceil(x_max - 0.5),
+        math.ceil(y_max - 0.5),
+    )
+
+
 def _masks(
     coefficients: FloatArray,
     protos: FloatArray,
@@ -451,7 +463,8 @@ def _masks(
     removes the letterbox and resizes to the image, then thresholds at 0 (sigmoid > 0.5). Here each pixel of
     the box (rounded outwards) is mapped through the letterbox transform to prototype coordinates and the
     logits are sampled there bilinearly, as two small matrix products per box: the same function without
-    building a full-size mask per detection. Pixels whose centre is outside the box are background.
+    building a full-size mask per detection. The grid is the pixels whose centre lies in the box
+    (`pixel_grid`), which is Ultralytics' crop to the box.
     """
     channels, rows, columns = protos.shape
     logits = (coefficients @ protos.reshape(channels, -1)).reshape(-1, rows, columns)
@@ -459,15 +472,12 @@ def _masks(
     per_y = np.float32(rows / manifest.input_height)
     masks = []
     for logit, (x_min, y_min, x_max, y_max) in zip(logits, boxes.tolist(), strict=True):
-        left, top = int(np.floor(x_min)), int(np.floor(y_min))
-        right, bottom = int(np.ceil(x_max)), int(np.ceil(y_max))
+        left, top, right, bottom = pixel_grid(x_min, y_min, x_max, y_max)
         xs = np.arange(left, right, dtype=np.float32) + np.float32(0.5)
         ys = np.arange(top, bottom, dtype=np.float32) + np.float32(0.5)
         sample_x = _sampling_matrix((xs * transform.scale_x + transform.pad_x) * per_x - 0.5, columns)
         sample_y = _sampling_matrix((ys * transform.scale_y + transform.pad_y) * per_y - 0.5, rows)
-        inside = ((ys >= y_min) & (ys < y_max))[:, None] & ((xs >= x_min) & (xs < x_max))[None, :]
-        pixels = (sample_y @ logit @ sample_x.T > 0) & inside
-        masks.append(Mask.encode(left, top, pixels))
+        masks.append(Mask.encode(left, top, sample_y @ logit @ sample_x.T > 0))
     return masks
 
 

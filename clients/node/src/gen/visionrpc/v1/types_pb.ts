@@ -254,8 +254,8 @@ export const DetectionSchema: GenMessage<Detection> = /*@__PURE__*/
 /**
  * A binary instance mask, run-length encoded over a grid of whole pixels of the original image.
  *
- * The grid is the detection's box rounded outwards to whole pixels: columns [left, left + width) and rows
- * [top, top + height). `counts` are alternating run lengths over that grid in row-major order (row by row,
+ * The grid is the pixels whose centre lies in the detection's box (pixel c covers [c, c + 1), so its
+ * columns are [ceil(x_min - 0.5), ceil(x_max - 0.5))): columns [left, left + width), rows [top, top + height). `counts` are alternating run lengths over that grid in row-major order (row by row,
  * left to right, as images are stored), starting with a run of background pixels, which may be 0; the runs
  * add up to width * height. Pixels outside the grid are background.
  *
