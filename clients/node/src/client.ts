@@ -88,6 +88,11 @@ export interface ClientOptions {
   idleConnectionTimeoutMs?: number;
   /** connect-es interceptors (auth headers, logging) applied to every call. */
   interceptors?: Interceptor[];
+  /**
+   * Sent with every call as `authorization: Bearer <key>`; the server's `--api-keys-file` (or, for load and
+   * unload, `--admin-keys-file`) must hold it. Use it with `tls`, or inside a mesh whose sidecars encrypt the hop.
+   */
+  apiKey?: string;
 }
 
 /** Request headers (gRPC metadata), in any form `new Headers()` accepts. */
@@ -201,7 +206,7 @@ export class VisionRpcClient {
         sessionManager: session,
         readMaxBytes: maxMessageBytes,
         writeMaxBytes: maxMessageBytes,
-        interceptors: options.interceptors ?? [],
+        interceptors: [...apiKeyInterceptors(options.apiKey), ...(options.interceptors ?? [])],
       });
       return {
         session,
@@ -457,4 +462,21 @@ function requireModel(model: Model | undefined): Model {
     throw new VisionRpcError(new ConnectError("the server sent no model in its response", Code.Internal));
   }
   return model;
+}
+
+/** An interceptor adding the API key to every call, or none without a key. */
+function apiKeyInterceptors(apiKey: string | undefined): Interceptor[] {
+  if (apiKey === undefined) {
+    return [];
+  }
+  const key = apiKey.trim();
+  if (key === "") {
+    throw new RangeError("apiKey: expected a non-empty key");
+  }
+  return [
+    (next) => async (request) => {
+      request.header.set("authorization", `Bearer ${key}`);
+      return await next(request);
+    },
+  ];
 }

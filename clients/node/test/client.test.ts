@@ -31,6 +31,31 @@ if (server !== undefined) {
     });
   });
 
+  describe("api key", () => {
+    test("travels as a Bearer token on every call", async () => {
+      const seen: (string | null)[] = [];
+      const keyed = createClient(server.address, {
+        apiKey: " key-123 ",
+        interceptors: [
+          (next) => async (request) => {
+            seen.push(request.header.get("authorization"));
+            return await next(request);
+          },
+        ],
+      });
+      try {
+        assert.equal(await keyed.health(), "SERVING");
+      } finally {
+        keyed.close();
+      }
+      assert.deepEqual(seen, ["Bearer key-123"]);
+    });
+
+    test("an empty key is refused before any call", () => {
+      assert.throws(() => createClient(server.address, { apiKey: " " }), RangeError);
+    });
+  });
+
   describe("models", () => {
     test("list, get, load, unload", async () => {
       const models = await client.listModels();
