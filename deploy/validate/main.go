@@ -7,11 +7,12 @@
 //
 // Usage:
 //
-//	helm template r deploy/helm/visionrpc | validate -expect Deployment=1 -expect Service=2
+//	helm template r deploy/helm/visionrpc | validate -expect Deployment=1 -expect Service=2 [-json objects.json]
 package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,7 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer/json"
+	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
@@ -61,8 +62,8 @@ func newScheme() (*runtime.Scheme, error) {
 
 // decodeAll splits a YAML stream into documents and decodes each strictly; empty documents are skipped.
 func decodeAll(in io.Reader, scheme *runtime.Scheme) ([]runtime.Object, error) {
-	serializer := json.NewSerializerWithOptions(
-		json.DefaultMetaFactory, scheme, scheme, json.SerializerOptions{Yaml: true, Strict: true},
+	serializer := kjson.NewSerializerWithOptions(
+		kjson.DefaultMetaFactory, scheme, scheme, kjson.SerializerOptions{Yaml: true, Strict: true},
 	)
 	reader := utilyaml.NewYAMLReader(bufio.NewReader(in))
 	var objects []runtime.Object
@@ -111,6 +112,7 @@ func describe(document []byte) string {
 func run() error {
 	expect := expectations{}
 	flag.Var(expect, "expect", "Kind=N: the manifests hold exactly N objects of Kind (repeatable)")
+	dump := flag.String("json", "", "also write the decoded objects to this file, as a JSON array")
 	flag.Parse()
 	scheme, err := newScheme()
 	if err != nil {
@@ -122,6 +124,15 @@ func run() error {
 	}
 	if len(objects) == 0 {
 		return errors.New("no objects in the input")
+	}
+	if *dump != "" {
+		encoded, err := json.Marshal(objects)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*dump, encoded, 0o644); err != nil {
+			return err
+		}
 	}
 	counts := map[string]int{}
 	for _, object := range objects {

@@ -1,6 +1,7 @@
-"""The real tools of the mesh tests, built from the Go module proxy into .tools/bin by `scripts/test-deploy
---tools` (once per machine; later calls find them there): grpc_health_probe, grpcurl, and our xDS test
-programs. nginx comes from Debian (scripts/install-test-deps)."""
+"""The real tools of the mesh and deploy tests, built from the Go module proxy into .tools/bin by
+`scripts/test-deploy --tools` (once per machine; later calls find them there): helm, grpc_health_probe,
+grpcurl, and our own Go programs (the chart validator, the xDS test programs). nginx comes from Debian
+(scripts/install-test-deps)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ _NGINX_HINT = "nginx is not installed: run scripts/install-test-deps (Debian pac
 
 @dataclass(frozen=True)
 class Tools:
+    helm: Path
+    validate_chart: Path  # deploy/validate: strict decoding into the Kubernetes API types
     health_probe: Path
     grpcurl: Path
     xds: Path  # tests/mesh/xds: the xDS management server and the proxyless grpc-go client
@@ -30,6 +33,8 @@ def build_tools() -> Tools:
     assert nginx is not None, _NGINX_HINT
     bin_dir = ROOT / ".tools/bin"
     return Tools(
+        helm=bin_dir / "helm",
+        validate_chart=bin_dir / "validate-chart",
         health_probe=bin_dir / "grpc-health-probe",
         grpcurl=bin_dir / "grpcurl",
         xds=bin_dir / "xds-mesh",
