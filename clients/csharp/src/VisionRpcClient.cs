@@ -23,6 +23,17 @@ public sealed record VisionRpcClientOptions
     public bool ResumeStreams { get; init; } = true;
     /// <summary>Consecutive re-issued calls without a message before a stream throws the last error (at least 1).</summary>
     public int MaxResumeAttempts { get; init; } = ResumeState.DefaultMaxAttempts;
+    /// <summary>
+    /// Sent with every call as "authorization: Bearer &lt;key&gt;" (call credentials); the server's --api-keys-file (or,
+    /// for load and unload, --admin-keys-file) must hold it. Over "http://" addresses the key travels in the clear: use
+    /// "https://", or a mesh whose sidecars encrypt the hop.
+    /// </summary>
+    public string? ApiKey { get; init; }
+    /// <summary>PEM CA certificate that signs the server's certificate ("https://" addresses); null: the system roots.</summary>
+    public string? CaCertificateFile { get; init; }
+    /// <summary>PEM client certificate and key for mutual TLS; both or neither.</summary>
+    public string? ClientCertificateFile { get; init; }
+    public string? ClientKeyFile { get; init; }
 }
 
 /// <summary>
@@ -73,18 +84,28 @@ public sealed class VisionRpcClient : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), _options.MaxResumeAttempts, "MaxResumeAttempts: expected >= 1");
         _targets = Addresses.Select(address =>
         {
-            var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
+            var handler = new SocketsHttpHandler
+            {
+                EnableMultipleHttp2Connections = true,
+                KeepAlivePingDelay = _options.KeepAlivePingDelay,
+                KeepAlivePingTimeout = _options.KeepAlivePingTimeout,
+                KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
+            };
+            ClientTls.Configure(handler, _options);
+            var channelOptions = new GrpcChannelOptions
             {
                 MaxReceiveMessageSize = _options.MaxMessageBytes,
                 MaxSendMessageSize = _options.MaxMessageBytes,
-                HttpHandler = new SocketsHttpHandler
-                {
-                    EnableMultipleHttp2Connections = true,
-                    KeepAlivePingDelay = _options.KeepAlivePingDelay,
-                    KeepAlivePingTimeout = _options.KeepAlivePingTimeout,
-                    KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
-                },
-            });
+                HttpHandler = handler,
+            };
+            if (_options.ApiKey is { } apiKey)
+            {
+                var secure = address.StartsWith("https://", StringComparison.OrdinalIgnoreCase);
+                channelOptions.Credentials = ChannelCredentials.Create(
+                    secure ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure, ClientTls.ApiKeyCredentials(apiKey));
+                channelOptions.UnsafeUseInsecureChannelCallCredentials = !secure;
+            }
+            var channel = GrpcChannel.ForAddress(address, channelOptions);
             return new Target(
                 channel,
                 new InferenceService.InferenceServiceClient(channel),
