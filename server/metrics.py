@@ -57,6 +57,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Per-call, per-batch and per-frame observations happen only while the endpoint is served (`serve_metrics`):
+# with metrics off the hot path pays one attribute read. Rare events (drops, reconnects, loads, builds) are
+# always counted.
+ON = False
 ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
 # Latency buckets from 1 ms to 30 s: CPU inference is tens of ms, a queued batch or a model load far more.
@@ -188,11 +192,15 @@ def serve_metrics(host: str, port: int, state: ServerState) -> tuple[Callable[[]
         raise
 
     def stop() -> None:
+        global ON
+        ON = False
         server.shutdown()
         server.server_close()
         thread.join(5)
         REGISTRY.unregister(collector)
 
+    global ON
+    ON = True
     bound = int(server.server_address[1])
     logger.info("metrics on http://%s:%d/metrics", host, bound)
     return stop, bound

@@ -411,11 +411,12 @@ class BatchScheduler:
         rows: int,
     ) -> None:
         inference_ms = (end - start) * 1000.0
-        key = self._slot.key
-        metrics.BATCH_SIZE.labels(key).observe(len(items))
-        metrics.BATCH_DURATION.labels(key, engine.engine).observe(end - start)
-        for item in items:
-            metrics.QUEUE_WAIT.labels(key, item.ticket.origin.value).observe(start - item.enqueued)
+        if metrics.ON:
+            key = self._slot.key
+            metrics.BATCH_SIZE.labels(key).observe(len(items))
+            metrics.BATCH_DURATION.labels(key, engine.engine).observe(end - start)
+            for item in items:
+                metrics.QUEUE_WAIT.labels(key, item.ticket.origin.value).observe(start - item.enqueued)
         with self._cond:
             for row, item in enumerate(items):
                 mine = {

@@ -150,9 +150,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         `started`: when decoding began, (time.time_ns(), time.perf_counter()), for tracing and metrics."""
         try:
             outcome = lease.predictor.finish(pending, options)
-            metrics.INFER_DURATION.labels(lease.predictor.key, outcome.engine.engine).observe(
-                time.perf_counter() - started[1]
-            )
+            if metrics.ON:
+                metrics.INFER_DURATION.labels(lease.predictor.key, outcome.engine.engine).observe(
+                    time.perf_counter() - started[1]
+                )
             record_pipeline(started[0], [prediction.timings for prediction in outcome.predictions])
             # The engine reported is the one that ran the images, not the current one: a background build
             # may swap engines meanwhile.

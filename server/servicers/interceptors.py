@@ -102,8 +102,9 @@ class CallInterceptor(_Interceptor):
                 failed = exc
                 raise
             finally:
-                metrics.RPC_CALLS.labels(method, _code_name(context, failed)).inc()
-                metrics.RPC_DURATION.labels(method).observe(time.perf_counter() - start)
+                if metrics.ON:
+                    metrics.RPC_CALLS.labels(method, _code_name(context, failed)).inc()
+                    metrics.RPC_DURATION.labels(method).observe(time.perf_counter() - start)
 
         return call
 
@@ -127,6 +128,7 @@ class CallInterceptor(_Interceptor):
                 failed = exc
                 raise
             finally:
-                metrics.RPC_CALLS.labels(method, _code_name(context, failed)).inc()
+                if metrics.ON:
+                    metrics.RPC_CALLS.labels(method, _code_name(context, failed)).inc()
 
         return call

@@ -458,7 +458,8 @@ class Pipeline:
             return
         with self._gate.lock:
             self._frames_inferred += len(frames)
-        metrics.STREAM_FRAMES.labels("inferred").inc(len(frames))
+        if metrics.ON:
+            metrics.STREAM_FRAMES.labels("inferred").inc(len(frames))
         for frame, prediction in zip(frames, predictions, strict=True):
             self._publish(
                 FrameResult(

@@ -324,9 +324,11 @@ class SourceReader:
             skip = self._skip_for_max_fps and self._min_interval_s > 0 and now < self._next_due
             if skip:
                 self._frames_skipped += 1
-        metrics.STREAM_FRAMES.labels("decoded").inc()
+        if metrics.ON:
+            metrics.STREAM_FRAMES.labels("decoded").inc()
+            if skip:
+                metrics.STREAM_FRAMES.labels("skipped").inc()
         if skip:
-            metrics.STREAM_FRAMES.labels("skipped").inc()
             return True
         if self._skip_for_max_fps and self._min_interval_s > 0:
             self._advance_schedule(now)
