@@ -26,7 +26,9 @@ from conftest import cache_root
 from onnx import helper, numpy_helper
 from visionrpc.engines.importers.onnx_edit import derive_yolov8_layout
 from visionrpc.server.manifest import ModelManifest
+from visionrpc.server.models.autofill import fill_manifest
 from visionrpc.server.models.builtins import install_builtin
+from visionrpc.server.models.importing import add_model
 
 # A shape expression as torch's dynamo exporter writes symbolic dimensions: the unreadable kind.
 LONG_SYMBOL = (
@@ -298,3 +300,25 @@ def derive_seg(model: onnx.ModelProto) -> onnx.ModelProto:
     )
     onnx.checker.check_model(derived, full_check=True)
     return derived
+
+
+# The derived task-head models the conformance cases name (tests/conformance/cases.json).
+CONFORMANCE_MODELS = ("tiny-pose", "tiny-seg")
+
+
+def install_conformance_models(repository: Path) -> None:
+    """Adds `tiny-pose` and `tiny-seg` (the heads above, with Ultralytics metadata, filled with no flags as a
+    user would add them) to `repository`: the conformance harness does it before starting the server the Go
+    and Node suites use, the Python suite for its own server."""
+    detector = tiny_yolov8()
+    exports = {
+        "tiny-pose": with_metadata(
+            derive_pose(detector), ultralytics_metadata("pose", coco_names(), (416, 416), kpt_shape=(5, 3))
+        ),
+        "tiny-seg": with_metadata(
+            derive_seg(detector), ultralytics_metadata("segment", coco_names(), (416, 416))
+        ),
+    }
+    repository.mkdir(parents=True, exist_ok=True)
+    for name, model in exports.items():
+        add_model(repository, name, model, fill_manifest(model, {}).manifest)

@@ -23,8 +23,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ for media.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ for media.py, model_exports.py
 from media import media
+from model_exports import install_conformance_models
 
 PHOTOS = ("coffee.png", "motorcycle_left.png", "astronaut.png")
 
@@ -67,6 +68,8 @@ def main() -> int:
         shutil.copyfile(media("bikes.mp4"), root / "media" / "bikes.mp4")
         for photo in PHOTOS:
             shutil.copyfile(media(photo), root / "photos" / photo)
+        # The plain server also serves the derived pose and segmentation models the cases name.
+        install_conformance_models(root / "plain-models")
         servers: list[subprocess.Popen[bytes]] = []
         try:
             # The first server is the plain one; the second recycles its connections every ~2 s, so a stream

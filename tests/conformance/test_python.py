@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import grpc
 import pytest
 from conftest import RunningServer, start_server
 from media import media
+from model_exports import install_conformance_models
 from visionrpc.client import (
     Client,
+    Detection,
     ImagePrediction,
     StreamEvent,
     StreamFrame,
@@ -84,9 +87,52 @@ def check_prediction(prediction: ImagePrediction, expected: dict[str, Any]) -> N
             ]
         if "keypoints" in wanted:
             matches = [d for d in matches if len(d.keypoints) == wanted["keypoints"]]
+        if wanted.get("keypoints_at_box_corners"):
+            matches = [d for d in matches if keypoints_at_box_corners(d)]
+        if wanted.get("mask") == "lower_right_half":
+            matches = [d for d in matches if mask_is_lower_right_half(d)]
         assert matches, f"no detection matching {wanted} in {prediction.detections}"
     if "only_classes" in expected:
         assert {d.class_name for d in prediction.detections} <= set(expected["only_classes"])
+
+
+def keypoints_at_box_corners(d: Detection) -> bool:
+    """Keypoints 0, 1, 3, 4 at the box's corners (0.01 px), each with the detection's confidence (1e-4)."""
+    if len(d.keypoints) != 5:
+        return False
+    b = d.box
+    corners = [(b.x_min, b.y_min), (b.x_max, b.y_min), (b.x_min, b.y_max), (b.x_max, b.y_max)]
+    points = [d.keypoints[i] for i in (0, 1, 3, 4)]
+    return all(
+        abs(k.x - x) <= 0.01 and abs(k.y - y) <= 0.01 for k, (x, y) in zip(points, corners, strict=True)
+    ) and all(abs(k.confidence - d.confidence) <= 1e-4 for k in d.keypoints)
+
+
+def mask_is_lower_right_half(d: Detection) -> bool:
+    """The mask's grid is the pixels whose centre is in the box; its top-left pixel is background, its
+    bottom-right pixel object, and 40-60 % of it is object (the half below the top-right to bottom-left
+    diagonal)."""
+    m, b = d.mask, d.box
+    if m is None:
+        return False
+    grid = (m.left, m.top, m.left + m.width, m.top + m.height)
+    if grid != tuple(math.ceil(v - 0.5) for v in b.as_tuple()):
+        return False
+    rows = m.rows()
+    return not rows[0][0] and rows[-1][-1] and 0.4 <= m.area / (m.width * m.height) <= 0.6
+
+
+@pytest.fixture(scope="module")
+def plain_server(
+    base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """Like the harness's plain server: the built-ins plus the derived pose and segmentation models."""
+    repository = tmp_path_factory.mktemp("conformance-models")
+    install_conformance_models(repository)
+    running = start_server(dataclasses.replace(base_config, model_repository=repository))
+    running.server.wait_until_ready(timeout_s=300)
+    yield running
+    running.server.stop(grace_s=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +151,7 @@ def recycling_server(server: RunningServer, base_config: ServerConfig) -> Iterat
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_conformance_case(request: pytest.FixtureRequest, case: dict[str, Any]) -> None:
     expect = case["expect"]
-    fixture = "recycling_server" if case.get("server") == "recycling" else "server"
+    fixture = "recycling_server" if case.get("server") == "recycling" else "plain_server"
     server: RunningServer = request.getfixturevalue(fixture)
     with Client(server.address, timeout_s=300) as client:
         if "code" in expect:

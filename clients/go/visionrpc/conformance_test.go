@@ -92,6 +92,10 @@ type detectionExpect struct {
 	Box           []float32 `json:"box"`
 	BoxTolerance  float32   `json:"box_tolerance"`
 	Keypoints     *int      `json:"keypoints"`
+	// The derived pose model's keypoints 0, 1, 3, 4 sit on the box's corners, each with its confidence.
+	KeypointsAtBoxCorners bool `json:"keypoints_at_box_corners"`
+	// "lower_right_half": the derived segmentation model's mask, the box's half below its anti-diagonal.
+	Mask string `json:"mask"`
 }
 
 // decodeStrict fails on fields this runner does not know, so a new kind of expectation in cases.json cannot
@@ -283,7 +287,59 @@ func detectionMatches(d *visionrpcv1.Detection, want detectionExpect) bool {
 			}
 		}
 	}
-	return want.Keypoints == nil || len(d.GetKeypoints()) == *want.Keypoints
+	if want.Keypoints != nil && len(d.GetKeypoints()) != *want.Keypoints {
+		return false
+	}
+	if want.KeypointsAtBoxCorners && !keypointsAtBoxCorners(d) {
+		return false
+	}
+	switch want.Mask {
+	case "":
+		return true
+	case "lower_right_half":
+		return maskIsLowerRightHalf(d)
+	default:
+		panic("unknown mask expectation " + want.Mask)
+	}
+}
+
+// keypointsAtBoxCorners: keypoints 0, 1, 3, 4 at the box's corners (0.01 px), each keypoint with the
+// detection's confidence (1e-4).
+func keypointsAtBoxCorners(d *visionrpcv1.Detection) bool {
+	k, b := d.GetKeypoints(), d.GetBox()
+	if len(k) != 5 {
+		return false
+	}
+	corners := [][2]float32{{b.GetXMin(), b.GetYMin()}, {b.GetXMax(), b.GetYMin()}, {b.GetXMin(), b.GetYMax()}, {b.GetXMax(), b.GetYMax()}}
+	for i, index := range []int{0, 1, 3, 4} {
+		if math.Abs(float64(k[index].GetX()-corners[i][0])) > 0.01 || math.Abs(float64(k[index].GetY()-corners[i][1])) > 0.01 {
+			return false
+		}
+	}
+	for _, point := range k {
+		if math.Abs(float64(point.GetConfidence()-d.GetConfidence())) > 1e-4 {
+			return false
+		}
+	}
+	return true
+}
+
+// maskIsLowerRightHalf: the mask's grid is the pixels whose centre is in the box, its top-left pixel is
+// background, its bottom-right pixel object, and 40-60 % of it is object.
+func maskIsLowerRightHalf(d *visionrpcv1.Detection) bool {
+	m, b := d.GetMask(), d.GetBox()
+	if m == nil || m.GetWidth() == 0 || m.GetHeight() == 0 {
+		return false
+	}
+	grid := func(v float32) int64 { return int64(math.Ceil(float64(v) - 0.5)) }
+	left, top := int64(m.GetLeft()), int64(m.GetTop())
+	if left != grid(b.GetXMin()) || top != grid(b.GetYMin()) ||
+		left+int64(m.GetWidth()) != grid(b.GetXMax()) || top+int64(m.GetHeight()) != grid(b.GetYMax()) {
+		return false
+	}
+	rows := visionrpc.MaskRows(m)
+	fraction := float64(visionrpc.MaskArea(m)) / float64(m.GetWidth()*m.GetHeight())
+	return !rows[0][0] && rows[len(rows)-1][m.GetWidth()-1] && fraction >= 0.4 && fraction <= 0.6
 }
 
 func checkError(t *testing.T, err error, want expectation) {

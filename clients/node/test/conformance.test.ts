@@ -10,7 +10,10 @@ import { after, describe, test } from "node:test";
 
 import {
   createClient,
+  maskArea,
+  maskRows,
   VisionRpcError,
+  type Detection,
   type VisionRpcClient,
   type ImageInput,
   type ImagePrediction,
@@ -21,6 +24,52 @@ import {
 } from "../src/index.js";
 import { HARNESS_HINT, repositoryRoot, serverFromEnvironment, sleep } from "./support.js";
 
+// Keypoints 0, 1, 3, 4 at the box's corners (0.01 px), each keypoint with the detection's confidence (1e-4).
+function keypointsAtBoxCorners(d: Detection): boolean {
+  const b = d.box;
+  if (b === undefined || d.keypoints.length !== 5) {
+    return false;
+  }
+  const corners: [number, number][] = [
+    [b.xMin, b.yMin],
+    [b.xMax, b.yMin],
+    [b.xMin, b.yMax],
+    [b.xMax, b.yMax],
+  ];
+  const onCorners = [0, 1, 3, 4].every((index, i) => {
+    const k = d.keypoints[index];
+    const corner = corners[i];
+    return (
+      k !== undefined && corner !== undefined && Math.abs(k.x - corner[0]) <= 0.01 && Math.abs(k.y - corner[1]) <= 0.01
+    );
+  });
+  return onCorners && d.keypoints.every((k) => Math.abs(k.confidence - d.confidence) <= 1e-4);
+}
+
+// The mask's grid is the pixels whose centre is in the box; its top-left pixel is background, its bottom-right
+// pixel object, and 40-60 % of it is object.
+function maskIsLowerRightHalf(d: Detection): boolean {
+  const m = d.mask;
+  const b = d.box;
+  if (m === undefined || b === undefined || m.width === 0 || m.height === 0) {
+    return false;
+  }
+  const grid = (v: number): number => Math.ceil(v - 0.5);
+  if (
+    m.left !== grid(b.xMin) ||
+    m.top !== grid(b.yMin) ||
+    m.left + m.width !== grid(b.xMax) ||
+    m.top + m.height !== grid(b.yMax)
+  ) {
+    return false;
+  }
+  const rows = maskRows(m);
+  const fraction = maskArea(m) / (m.width * m.height);
+  const topLeft = rows[0]?.[0] === true;
+  const bottomRight = rows[m.height - 1]?.[m.width - 1] === true;
+  return !topLeft && bottomRight && fraction >= 0.4 && fraction <= 0.6;
+}
+
 // ---------------------------------------------------------------------------------------------- case format
 
 interface DetectionExpectation {
@@ -29,6 +78,10 @@ interface DetectionExpectation {
   box?: [number, number, number, number];
   box_tolerance?: number;
   keypoints?: number;
+  // The derived pose model's keypoints 0, 1, 3, 4 sit on the box's corners, each with its confidence.
+  keypoints_at_box_corners?: boolean;
+  // The derived segmentation model's mask: the box's half below its anti-diagonal.
+  mask?: "lower_right_half";
 }
 
 interface PredictionExpectation {
@@ -172,7 +225,13 @@ function checkPrediction(actual: ImagePrediction | undefined, expected: Predicti
           return false;
         }
       }
-      return want.keypoints === undefined || d.keypoints.length === want.keypoints;
+      if (want.keypoints !== undefined && d.keypoints.length !== want.keypoints) {
+        return false;
+      }
+      if (want.keypoints_at_box_corners === true && !keypointsAtBoxCorners(d)) {
+        return false;
+      }
+      return want.mask === undefined || maskIsLowerRightHalf(d);
     });
     assert.ok(
       match !== undefined,
