@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -22,10 +23,11 @@ from media import media
 from model_exports import coco_names, derive_seg, tiny_yolov8, ultralytics_metadata, with_metadata
 from visionrpc.client import Client, Detection, StreamFrame
 from visionrpc.server.config import ServerConfig
-from visionrpc.server.domain import Mask
-from visionrpc.server.manifest import Decoder
+from visionrpc.server.domain import ImageSize, Mask, Task
+from visionrpc.server.manifest import Decoder, ModelManifest
 from visionrpc.server.models.autofill import fill_manifest
 from visionrpc.server.models.importing import add_model, check_file_by_running
+from visionrpc.server.processing import DecodeOptions, Transform, decode_batch
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +155,68 @@ def test_streams_return_masks(seg_server: RunningServer) -> None:
         for detection in frame.prediction.detections:
             checked += check_mask(detection, size)
     assert checked >= 1, "no detection off the image edge on five bikes.mp4 frames"
+
+
+def ultralytics_native_masks(
+    coefficients: np.ndarray, protos: np.ndarray, boxes: np.ndarray, pad_y: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Ultralytics' `process_mask_native` (retina masks) in numpy and cv2: logits = coefficients @ prototypes,
+    the letterbox rows cut off in prototype space (`scale_masks`), bilinear resize to the image, crop to the
+    box (`crop_mask`: pixel index in [x1, x2)), logits > 0."""
+    channels, rows, columns = protos.shape
+    logits = (coefficients @ protos.reshape(channels, -1)).reshape(-1, rows, columns)
+    width, height = size
+    r = np.arange(width)[None, :]
+    c = np.arange(height)[:, None]
+    masks = []
+    for logit, (x1, y1, x2, y2) in zip(logits, boxes, strict=True):
+        full = cv2.resize(logit[pad_y : rows - pad_y], (width, height), interpolation=cv2.INTER_LINEAR)
+        masks.append((full > 0) & (r >= x1) & (r < x2) & (c >= y1) & (c < y2))
+    return np.stack(masks)
+
+
+def test_masks_agree_with_ultralytics_native_masks() -> None:
+    """Smooth random prototypes and coefficients (not the linear masks of the derived head, which bilinear
+    sampling reproduces exactly): the served masks match Ultralytics' native-resolution masks, pixel for pixel
+    away from the box edges (whose rounding differs by design: pixel centre here, pixel index there)."""
+    rng = np.random.default_rng(12)
+    channels, classes = 32, 2
+    # A 650x325 image letterboxed into 416x416: scale 0.64, 104 rows of padding above and below (26 prototype
+    # rows), so both pipelines cut exactly the same rows.
+    transform = Transform(scale_x=0.64, scale_y=0.64, pad_x=0.0, pad_y=104.0, original=ImageSize(650, 325))
+    noise = rng.normal(size=(channels, 104, 104)).astype(np.float32)
+    protos = np.stack([cv2.GaussianBlur(p, (0, 0), 4) for p in noise])[None] * 8
+    boxes_input = np.array([[40, 130, 200, 260], [180, 120, 400, 300], [10, 110, 390, 310]], dtype=np.float32)
+    coefficients = rng.normal(size=(len(boxes_input), channels)).astype(np.float32)
+    output = np.zeros((1, 4 + classes + channels, len(boxes_input)), dtype=np.float32)
+    output[0, 0] = (boxes_input[:, 0] + boxes_input[:, 2]) / 2
+    output[0, 1] = (boxes_input[:, 1] + boxes_input[:, 3]) / 2
+    output[0, 2] = boxes_input[:, 2] - boxes_input[:, 0]
+    output[0, 3] = boxes_input[:, 3] - boxes_input[:, 1]
+    output[0, 4] = [0.9, 0.8, 0.7]
+    output[0, 4 + classes :] = coefficients.T
+    manifest = ModelManifest(
+        task=Task.DETECTION,
+        decoder=Decoder.YOLOV8_SEG,
+        input_width=416,
+        input_height=416,
+        class_names=("a", "b"),
+    )
+    options = DecodeOptions(confidence=0.25, iou=0.99, max_detections=10, top_k=1, agnostic_nms=True)
+    decoded = decode_batch(manifest, {"output0": output, "output1": protos}, [transform], options)
+    detections = decoded[0].detections
+    assert len(detections) == 3
+    boxes = transform.boxes_to_original(boxes_input)
+    reference = ultralytics_native_masks(coefficients, protos[0], boxes, 26, (650, 325))
+    for detection, expected, box in zip(detections, reference, boxes, strict=True):
+        assert detection.box.as_tuple() == pytest.approx(tuple(box.tolist()), abs=1e-3)
+        mask = detection.mask
+        assert mask is not None
+        got = np.zeros((325, 650), dtype=bool)
+        got[mask.top : mask.top + mask.height, mask.left : mask.left + mask.width] = mask.decode()
+        fill = expected.sum() / ((box[2] - box[0]) * (box[3] - box[1]))
+        assert 0.05 < fill < 0.95  # a mask with an outline inside the box, not all or nothing
+        x1, y1, x2, y2 = (int(v) for v in box)
+        inner = (slice(y1 + 1, y2 - 1), slice(x1 + 1, x2 - 1))
+        differing = (got[inner] != expected[inner]).mean()
+        assert differing < 0.002, f"{differing:.2%} of the box's pixels differ from Ultralytics'"
