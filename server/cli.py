@@ -313,6 +313,10 @@ def _write_infer_result(result: InferResult, names: Sequence[str]) -> None:
                     f"{k.name or i} ({k.x:.0f}, {k.y:.0f})" for i, k in enumerate(det.keypoints)
                 )
                 out.write(f"    landmarks: {points}\n")
+            if det.mask is not None:
+                grid = det.mask.width * det.mask.height
+                share = det.mask.area / grid if grid else 0.0
+                out.write(f"    mask: {det.mask.area} px ({share:.0%} of its box)\n")
         for c in prediction.classifications:
             out.write(f"  {c.class_name or f'class {c.class_id}'} {c.confidence:.2f}\n")
         if not prediction.detections and not prediction.classifications:

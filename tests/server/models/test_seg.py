@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conftest import RunningServer, start_server
 from media import media
 from model_exports import coco_names, derive_seg, tiny_yolov8, ultralytics_metadata, with_metadata
 from visionrpc.client import Client, Detection, StreamFrame
+from visionrpc.server.cli import main
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import ImageSize, Mask, Task
 from visionrpc.server.manifest import Decoder, ModelManifest
@@ -220,3 +222,11 @@ def test_masks_agree_with_ultralytics_native_masks() -> None:
         inner = (slice(y1 + 1, y2 - 1), slice(x1 + 1, x2 - 1))
         differing = (got[inner] != expected[inner]).mean()
         assert differing < 0.002, f"{differing:.2%} of the box's pixels differ from Ultralytics'"
+
+
+def test_cli_infer_shows_masks(seg_server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["infer", str(media("coffee.png")), "--address", seg_server.address, "--model", "tiny-seg"])
+    out = capsys.readouterr().out
+    assert code == 0
+    shares = [int(m.group(1)) for m in re.finditer(r"^    mask: \d+ px \((\d+)% of its box\)$", out, re.M)]
+    assert shares and all(40 <= s <= 60 for s in shares), out  # each the lower-right half of its box
