@@ -58,11 +58,59 @@ public class ConformanceTests
             {
                 var className = wanted.GetProperty("class_name").GetString();
                 var minConfidence = wanted.GetProperty("min_confidence").GetSingle();
-                Assert.Contains(response.Predictions[i].Detections,
-                    d => d.ClassName == className && d.Confidence >= minConfidence);
+                var matches = response.Predictions[i].Detections
+                    .Where(d => d.ClassName == className && d.Confidence >= minConfidence);
+                if (wanted.TryGetProperty("keypoints", out var keypoints))
+                {
+                    var count = keypoints.GetInt32();
+                    matches = matches.Where(d => d.Keypoints.Count == count);
+                }
+                if (wanted.TryGetProperty("keypoints_at_box_corners", out var corners) && corners.GetBoolean())
+                    matches = matches.Where(KeypointsAtBoxCorners);
+                if (wanted.TryGetProperty("mask", out var mask))
+                {
+                    Assert.Equal("lower_right_half", mask.GetString());
+                    matches = matches.Where(MaskIsLowerRightHalf);
+                }
+                Assert.NotEmpty(matches);
             }
         }
         _ = name;
+    }
+
+    /// <summary>The derived pose model: keypoints 0, 1, 3, 4 on the box's corners (0.01 px), each keypoint with
+    /// the detection's confidence (1e-4).</summary>
+    private static bool KeypointsAtBoxCorners(Detection d)
+    {
+        var b = d.Box;
+        if (b is null || d.Keypoints.Count != 5)
+            return false;
+        (float X, float Y)[] corners = [(b.XMin, b.YMin), (b.XMax, b.YMin), (b.XMin, b.YMax), (b.XMax, b.YMax)];
+        int[] indices = [0, 1, 3, 4];
+        for (var i = 0; i < corners.Length; i++)
+        {
+            var k = d.Keypoints[indices[i]];
+            if (Math.Abs(k.X - corners[i].X) > 0.01f || Math.Abs(k.Y - corners[i].Y) > 0.01f)
+                return false;
+        }
+        return d.Keypoints.All(k => Math.Abs(k.Confidence - d.Confidence) <= 1e-4f);
+    }
+
+    /// <summary>The derived segmentation model: the mask's grid is the pixels whose centre is in the box, its
+    /// top-left pixel background, its bottom-right pixel object, 40-60 % of it object.</summary>
+    private static bool MaskIsLowerRightHalf(Detection d)
+    {
+        var m = d.Mask;
+        var b = d.Box;
+        if (m is null || b is null || m.Width == 0 || m.Height == 0)
+            return false;
+        static long Grid(float v) => (long)Math.Ceiling(v - 0.5);
+        if (m.Left != Grid(b.XMin) || m.Top != Grid(b.YMin)
+            || (long)m.Left + m.Width != Grid(b.XMax) || (long)m.Top + m.Height != Grid(b.YMax))
+            return false;
+        var grid = m.ToGrid();
+        var fraction = (double)m.Area() / ((long)m.Width * m.Height);
+        return !grid[0, 0] && grid[(int)m.Height - 1, (int)m.Width - 1] && fraction >= 0.4 && fraction <= 0.6;
     }
 
     private static string ToUpperSnake(StatusCode code) => code switch
