@@ -1,10 +1,12 @@
 package visionrpc
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"testing"
 
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	visionrpcv1 "github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1"
@@ -56,5 +58,17 @@ func TestPipelineKeyOfAnEmptyRequest(t *testing.T) {
 	// No options messages at all: read as unset, never a nil dereference.
 	if PipelineKey(&visionrpcv1.StreamPredictionsRequest{}) == "" {
 		t.Fatal("expected a key")
+	}
+}
+
+func TestEveryCallOfAStreamCarriesItsKey(t *testing.T) {
+	req := &visionrpcv1.StreamPredictionsRequest{Sources: []*visionrpcv1.VideoSource{PathSource("bikes.mp4")}}
+	md, _ := metadata.FromOutgoingContext(withPipelineKey(context.Background(), req))
+	if got := md.Get(PipelineKeyHeader); len(got) != 1 || got[0] != "cd33d2830f04d7eec77831256e9432f9" {
+		t.Fatalf("expected the key of the first shared case, got %v", got)
+	}
+	join := &visionrpcv1.StreamPredictionsRequest{StreamId: "s-1"}
+	if md, _ := metadata.FromOutgoingContext(withPipelineKey(context.Background(), join)); len(md.Get(PipelineKeyHeader)) != 0 {
+		t.Fatal("a join by stream id must carry no key")
 	}
 }
