@@ -10,8 +10,8 @@ import pytest
 from mesh.tools import Tools, build_tools
 from server_process import ServerProcess
 
-# Drain quickly but observably: health NOT_SERVING for 2 s while calls are still taken, then 5 s of grace.
-DRAIN_FLAGS = ("--shutdown-notice-s", "2", "--shutdown-grace-s", "5")
+# Drain quickly but observably: health NOT_SERVING for 3 s while calls are still taken, then 5 s of grace.
+DRAIN_FLAGS = ("--shutdown-notice-s", "3", "--shutdown-grace-s", "5")
 
 StartReplicas = Callable[[int], list[ServerProcess]]
 

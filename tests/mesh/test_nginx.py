@@ -221,10 +221,8 @@ def test_sigterm_under_load_loses_no_call(
 
         os.kill(holder.pid, signal.SIGTERM)
         sigterm_at = time.time()
-        # NOT_SERVING within the notice (2 s), while the replica still takes calls.
-        assert wait_for(lambda: health(tools, holder.address) == HEALTH_NOT_SERVING, 2.0), (
-            "health did not flip"
-        )
+        # NOT_SERVING during the notice (3 s), while the replica still takes calls: seen only in that window.
+        assert wait_for(lambda: health(tools, holder.address) == HEALTH_NOT_SERVING, 5.0), "no NOT_SERVING"
         flipped_after_s = time.time() - sigterm_at
         assert wait_for(lambda: not holder.alive(), 30), "the replica did not finish draining"
         exited_after_s = time.time() - sigterm_at
