@@ -75,6 +75,26 @@ def test_the_rendered_arguments_are_a_valid_server_config(tools: Tools, variant:
         assert ports["metrics"] == config.metrics_port
 
 
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        ("gpu.enabeld=true", "additional properties 'enabeld' not allowed"),  # values.schema.json
+        ("drain.graceSeconds=abc", "got string, want number"),
+        ("probes.mode=http", "value must be one of"),
+        ("tls.enabled=true", "tls.enabled needs tls.secretName"),  # the templates' own checks
+        ("tls.clientCA.enabled=true", "tls.clientCA.enabled (mTLS) needs tls.enabled"),
+        ("auth.enabled=true", "auth.enabled needs auth.apiKeys.secretName"),
+    ],
+)
+def test_mistaken_values_are_refused(tools: Tools, setting: str, refusal: str) -> None:
+    rendered = subprocess.run(
+        [str(tools.helm), "template", "visionrpc", str(CHART), "--set", setting],
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode != 0 and refusal in rendered.stderr, rendered.stderr
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="`visionrpc health` has no TLS flags yet (--tls-ca-file, --tls-server-name, --tls-cert-file, "
