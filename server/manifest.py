@@ -166,6 +166,18 @@ class ModelManifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
+        """Builds a manifest from its JSON object.
+
+        Raises:
+            ValueError: unknown keys, a missing required key, a value of the wrong type or out of range.
+        """
+        try:
+            return cls._from_dict(data)
+        except TypeError as exc:  # a wrong type ("input_width": "416", "class_names": 3) or a missing key
+            raise ValueError(f"invalid manifest: {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> ModelManifest:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
