@@ -73,27 +73,27 @@ def check_prediction(prediction: ImagePrediction, expected: dict[str, Any]) -> N
     if "image_size" in expected:
         assert [prediction.image_size.width, prediction.image_size.height] == expected["image_size"]
     for wanted in expected.get("detections_include", []):
-        matches = [
-            d
-            for d in prediction.detections
-            if d.class_name == wanted["class_name"] and d.confidence >= wanted["min_confidence"]
-        ]
-        if "box" in wanted:
-            tolerance = wanted["box_tolerance"]
-            matches = [
-                d
-                for d in matches
-                if all(abs(a - b) <= tolerance for a, b in zip(d.box.as_tuple(), wanted["box"], strict=True))
-            ]
-        if "keypoints" in wanted:
-            matches = [d for d in matches if len(d.keypoints) == wanted["keypoints"]]
-        if wanted.get("keypoints_at_box_corners"):
-            matches = [d for d in matches if keypoints_at_box_corners(d)]
-        if wanted.get("mask") == "lower_right_half":
-            matches = [d for d in matches if mask_is_lower_right_half(d)]
+        matches = [d for d in prediction.detections if detection_matches(d, wanted)]
         assert matches, f"no detection matching {wanted} in {prediction.detections}"
     if "only_classes" in expected:
         assert {d.class_name for d in prediction.detections} <= set(expected["only_classes"])
+
+
+def detection_matches(d: Detection, wanted: dict[str, Any]) -> bool:
+    if d.class_name != wanted["class_name"] or d.confidence < wanted["min_confidence"]:
+        return False
+    if "box" in wanted:
+        tolerance = wanted["box_tolerance"]
+        if any(abs(a - b) > tolerance for a, b in zip(d.box.as_tuple(), wanted["box"], strict=True)):
+            return False
+    if "keypoints" in wanted and len(d.keypoints) != wanted["keypoints"]:
+        return False
+    if wanted.get("keypoints_at_box_corners") and not keypoints_at_box_corners(d):
+        return False
+    if "mask" in wanted:
+        assert wanted["mask"] == "lower_right_half", f"unknown mask expectation {wanted['mask']!r}"
+        return mask_is_lower_right_half(d)
+    return True
 
 
 def keypoints_at_box_corners(d: Detection) -> bool:
@@ -181,6 +181,9 @@ def test_conformance_case(request: pytest.FixtureRequest, case: dict[str, Any]) 
         assert "STREAM_EVENT_" + statuses[-1].event.name == expect["last_status"]
         seen = {d.class_name for f in frames for d in f.prediction.detections}
         assert set(expect.get("classes_seen", [])) <= seen
+        detections = [d for f in frames for d in f.prediction.detections]
+        for wanted in expect.get("detections_seen", []):
+            assert any(detection_matches(d, wanted) for d in detections), f"no detection matching {wanted}"
         if expect.get("sequence_numbers") == "each_once_in_order":
             assert [f.sequence_number for f in frames] == list(range(expect["frames"]))
         assert len(resumed) >= expect.get("min_resumes", 0)

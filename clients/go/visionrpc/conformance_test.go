@@ -65,11 +65,13 @@ type expectation struct {
 	// Infer success.
 	Predictions []predictionExpect `json:"predictions"`
 	// StreamPredictions success.
-	Frames            *int     `json:"frames"`
-	FirstStatus       string   `json:"first_status"`
-	LastStatus        string   `json:"last_status"`
-	ClassesSeen       []string `json:"classes_seen"`
-	CancelAfterFrames *int     `json:"cancel_after_frames"`
+	Frames      *int     `json:"frames"`
+	FirstStatus string   `json:"first_status"`
+	LastStatus  string   `json:"last_status"`
+	ClassesSeen []string `json:"classes_seen"`
+	// Each must match a detection of some frame.
+	DetectionsSeen    []detectionExpect `json:"detections_seen"`
+	CancelAfterFrames *int              `json:"cancel_after_frames"`
 	// Resumed StreamPredictions ("server": "recycling").
 	SequenceNumbers string `json:"sequence_numbers"` // "each_once_in_order": exactly 0..frames-1
 	MinResumes      *int   `json:"min_resumes"`
@@ -446,6 +448,16 @@ func checkStream(t *testing.T, frames []*visionrpcv1.FramePrediction, statuses [
 	for _, class := range want.ClassesSeen {
 		if !seen[class] {
 			t.Errorf("class %q never detected in %d frames", class, len(frames))
+		}
+	}
+	for _, wanted := range want.DetectionsSeen {
+		found := slices.ContainsFunc(frames, func(f *visionrpcv1.FramePrediction) bool {
+			return slices.ContainsFunc(f.GetPrediction().GetDetections(), func(d *visionrpcv1.Detection) bool {
+				return detectionMatches(d, wanted)
+			})
+		})
+		if !found {
+			t.Errorf("no detection matching %+v in %d frames", wanted, len(frames))
 		}
 	}
 }

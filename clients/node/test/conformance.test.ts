@@ -108,6 +108,7 @@ interface Case {
     first_status?: string;
     last_status?: string;
     classes_seen?: string[];
+    detections_seen?: DetectionExpectation[];
     cancel_after_frames?: number;
     sequence_numbers?: "each_once_in_order";
     min_resumes?: number;
@@ -202,6 +203,30 @@ const protoEventName = (event: string): string => `STREAM_EVENT_${event.toUpperC
 
 // -------------------------------------------------------------------------------------------------- checks
 
+function detectionMatches(d: Detection, want: DetectionExpectation): boolean {
+  if (d.className !== want.class_name || d.confidence < (want.min_confidence ?? 0)) {
+    return false;
+  }
+  if (want.box !== undefined) {
+    const box = d.box;
+    if (box === undefined) {
+      return false;
+    }
+    const tolerance = want.box_tolerance ?? 0;
+    const got = [box.xMin, box.yMin, box.xMax, box.yMax];
+    if (!got.every((v, i) => Math.abs(v - (want.box?.[i] ?? Number.NaN)) <= tolerance)) {
+      return false;
+    }
+  }
+  if (want.keypoints !== undefined && d.keypoints.length !== want.keypoints) {
+    return false;
+  }
+  if (want.keypoints_at_box_corners === true && !keypointsAtBoxCorners(d)) {
+    return false;
+  }
+  return want.mask === undefined || maskIsLowerRightHalf(d);
+}
+
 function checkPrediction(actual: ImagePrediction | undefined, expected: PredictionExpectation, index: number): void {
   assert.ok(actual !== undefined, `no prediction for image ${index}`);
   const where = `image ${index}`;
@@ -210,29 +235,7 @@ function checkPrediction(actual: ImagePrediction | undefined, expected: Predicti
   }
   const seen = actual.detections.map((d) => `${d.className} ${d.confidence.toFixed(2)} ${JSON.stringify(d.box)}`);
   for (const want of expected.detections_include ?? []) {
-    const tolerance = want.box_tolerance ?? 0;
-    const match = actual.detections.find((d) => {
-      if (d.className !== want.class_name || d.confidence < (want.min_confidence ?? 0)) {
-        return false;
-      }
-      if (want.box !== undefined) {
-        const box = d.box;
-        if (box === undefined) {
-          return false;
-        }
-        const got = [box.xMin, box.yMin, box.xMax, box.yMax];
-        if (!got.every((v, i) => Math.abs(v - (want.box?.[i] ?? Number.NaN)) <= tolerance)) {
-          return false;
-        }
-      }
-      if (want.keypoints !== undefined && d.keypoints.length !== want.keypoints) {
-        return false;
-      }
-      if (want.keypoints_at_box_corners === true && !keypointsAtBoxCorners(d)) {
-        return false;
-      }
-      return want.mask === undefined || maskIsLowerRightHalf(d);
-    });
+    const match = actual.detections.find((d) => detectionMatches(d, want));
     assert.ok(
       match !== undefined,
       `${where}: no detection matches ${JSON.stringify(want)}; got:\n  ${seen.join("\n  ")}`,
@@ -399,6 +402,13 @@ if (server !== undefined) {
       for (const name of c.expect.classes_seen) {
         assert.ok(seen.has(name), `class ${name} never seen; saw ${[...seen].join(", ")}`);
       }
+    }
+    const detections = events.flatMap((e) => (e.kind === "frame" ? (e.prediction?.detections ?? []) : []));
+    for (const want of c.expect.detections_seen ?? []) {
+      assert.ok(
+        detections.some((d) => detectionMatches(d, want)),
+        `no detection matching ${JSON.stringify(want)} in ${detections.length} detections of the stream`,
+      );
     }
   }
 
