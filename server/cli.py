@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, metavar="S", help="deadline of the call in seconds (default 30)"
     )
     client.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    tls = client.add_argument_group("TLS and keys (a server with --tls-cert-file or --api-keys-file)")
+    tls.add_argument("--tls-ca-file", metavar="PEM", help="connect with TLS, trusting this CA")
+    tls.add_argument("--tls-cert-file", metavar="PEM", help="client certificate for mutual TLS")
+    tls.add_argument("--tls-key-file", metavar="PEM", help="the client certificate's key")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="name to verify in the server's certificate")
+    tls.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="file holding the API key to send (env VISIONRPC_API_KEY: the key)",
+    )
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print the response as protobuf JSON")
 

@@ -7,12 +7,14 @@ assembles the parser from the others' `add_*` functions: no module imports the o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from visionrpc.client import Client
+from visionrpc.client import Client, tls_credentials
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -45,8 +47,18 @@ class CommandAdder(Protocol):
 
 
 def client_for(ns: argparse.Namespace, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> Client:
-    """An SDK client for --address, with --timeout (or `default_timeout_s`) as its deadline."""
-    return Client(ns.address, timeout_s=ns.timeout if ns.timeout is not None else default_timeout_s)
+    """An SDK client for --address, with --timeout (or `default_timeout_s`) as its deadline, TLS when a
+    --tls-* flag is given, and the API key of --api-key-file or $VISIONRPC_API_KEY."""
+    timeout_s = ns.timeout if ns.timeout is not None else default_timeout_s
+    ca, cert, key = (getattr(ns, name, None) for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"))
+    server_name = getattr(ns, "tls_server_name", None)
+    credentials = None
+    if ca or cert or key or server_name:
+        credentials = tls_credentials(ca, cert, key)
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    key_file = getattr(ns, "api_key_file", None)
+    api_key = Path(key_file).read_text().strip() if key_file else os.environ.get("VISIONRPC_API_KEY") or None
+    return Client(ns.address, timeout_s=timeout_s, credentials=credentials, api_key=api_key, options=options)
 
 
 def parse_classes(text: str | None) -> list[str | int] | None:

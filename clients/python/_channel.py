@@ -3,8 +3,8 @@
 The service config is gRPC's own (gRFC A2/A6): `round_robin` over every address a target resolves to (a
 headless Kubernetes Service, an `ipv4:` list), so one client spreads its calls instead of pinning one
 replica; and retries of UNAVAILABLE (a replica draining or restarting) with exponential backoff, honouring
-the server's `grpc-retry-pushback-ms`. gRPC retries a call only before any response has arrived, so a
-stream is never replayed from the middle (the SDK resumes those itself).
+the server's `grpc-retry-pushback-ms`, for Infer and the model service. StreamPredictions is left out: the
+SDK resumes streams itself, from the last message it saw.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ DEFAULT_SERVICE_CONFIG: Final = json.dumps(
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
+                # Not StreamPredictions: the SDK resumes streams itself, from the last message it saw.
                 "name": [
-                    {"service": "visionrpc.v1.InferenceService"},
+                    {"service": "visionrpc.v1.InferenceService", "method": "Infer"},
                     {"service": "visionrpc.v1.ModelService"},
                 ],
                 "retryPolicy": {

@@ -95,11 +95,6 @@ def test_mistaken_values_are_refused(tools: Tools, setting: str, refusal: str) -
     assert rendered.returncode != 0 and refusal in rendered.stderr, rendered.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`visionrpc health` has no TLS flags yet (--tls-ca-file, --tls-server-name, --tls-cert-file, "
-    "--tls-key-file): the chart's exec probes for a TLS server need them (issue 13, server side)",
-)
 def test_the_tls_probe_command_parses(tools: Tools, tmp_path: Path) -> None:
     (container,) = pod_spec(render(tools, "tls-values.yaml", tmp_path))["containers"]
     command = container["readinessProbe"]["exec"]["command"]

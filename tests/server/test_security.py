@@ -336,3 +336,29 @@ def test_a_rotated_key_file_takes_effect_without_restart(keyed_server: RunningSe
             assert not accepted(INFERENCE_KEY)
     finally:
         keys.write_text(original)
+
+
+def test_cli_health_speaks_tls_and_keys(
+    tls_server: RunningServer,
+    keyed_server: RunningServer,
+    pki: tuple[CertificateAuthority, Pair, Pair],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the chart's exec probes run against a TLS server (the kubelet's gRPC probes speak no TLS)."""
+    from visionrpc.server.cli import main
+
+    ca, _, _ = pki
+    key_file = tmp_path / "key"
+    key_file.write_text(INFERENCE_KEY + "\n")
+    tls = ["--tls-ca-file", str(ca.cert), "--tls-server-name", "localhost"]
+    cases = [
+        (["--address", f"127.0.0.1:{tls_server.port}", *tls], 0),
+        (["--address", f"127.0.0.1:{tls_server.port}"], 1),  # plaintext against TLS
+        (["--address", keyed_server.address, "--api-key-file", str(key_file)], 0),
+    ]
+    for args, expected in cases:
+        assert main(["health", "--timeout", "5", *args]) == expected, args
+    models = main(["models", "list", "--address", keyed_server.address, "--api-key-file", str(key_file)])
+    assert models == 0
+    assert INFERENCE_KEY not in capsys.readouterr().out
