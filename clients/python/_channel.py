@@ -1,10 +1,11 @@
 """How the client's channel is built: TLS files, API key, and the default service config.
 
-The service config is gRPC's own (gRFC A2/A6): `round_robin` over every address a target resolves to (a
-headless Kubernetes Service, an `ipv4:` list), so one client spreads its calls instead of pinning one
-replica; and retries of UNAVAILABLE (a replica draining or restarting) with exponential backoff, honouring
-the server's `grpc-retry-pushback-ms`, for Infer and the model service. StreamPredictions is left out: the
-SDK resumes streams itself, from the last message it saw.
+The service config is gRPC's own (gRFC A6): retries of UNAVAILABLE (a replica draining or restarting) with
+exponential backoff, honouring the server's `grpc-retry-pushback-ms`, for Infer and the model service.
+StreamPredictions is left out: the SDK resumes streams itself, from the last message it saw. Balancing stays
+gRPC's pick_first: a stream resumed after a connection recycle must reach the replica whose pipeline holds
+its replay ring (round_robin would restart it elsewhere); spread calls with a proxy, xDS or several clients
+(docs/operations.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ __all__ = ["DEFAULT_SERVICE_CONFIG", "open_channel", "tls_credentials"]
 
 DEFAULT_SERVICE_CONFIG: Final = json.dumps(
     {
-        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 # Not StreamPredictions: the SDK resumes streams itself, from the last message it saw.

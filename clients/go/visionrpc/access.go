@@ -12,13 +12,11 @@ import (
 )
 
 // DefaultServiceConfig is the gRPC service config a client uses unless WithDialOptions gives another:
-// round_robin over every address the target resolves to (a headless Kubernetes Service, an ipv4: list), so
-// one client spreads its calls over the replicas, and retries of UNAVAILABLE (a replica draining or
-// restarting) with exponential backoff for Infer and the model service, honouring the server's
-// grpc-retry-pushback-ms. StreamPredictions is left out: Client.Stream resumes streams itself, from the last
-// message it saw, and counts its own attempts.
+// retries of UNAVAILABLE (a replica draining or restarting) with exponential backoff for Infer and the model
+// service, honouring the server's grpc-retry-pushback-ms. StreamPredictions is left out: Client.Stream
+// resumes streams itself, from the last message it saw, and counts its own attempts. Balancing stays
+// pick_first: a stream resumed after a connection recycle must reach the replica holding its replay ring.
 const DefaultServiceConfig = `{
-  "loadBalancingConfig": [{"round_robin": {}}],
   "methodConfig": [{
     "name": [{"service": "visionrpc.v1.InferenceService", "method": "Infer"}, {"service": "visionrpc.v1.ModelService"}],
     "retryPolicy": {
