@@ -3,10 +3,10 @@
 Two doors, both returning a `DecodedImage`:
 
 - `decode_image` for encoded JPEG, PNG, BMP, WebP and GIF files. The width and height are read from the
-  container header by the small pure-Python parsers below and checked against `max_pixels` *before* any codec
-  runs: a 50 KB PNG can claim 20000x20000 pixels and would make the decoder allocate 1.2 GB (a decompression
-  bomb). Other formats are refused by signature rather than handed to OpenCV, whose many codecs (TIFF,
-  JPEG 2000, AVIF, HDR, PNM, ...) are attack surface we do not need.
+  container header (`image_formats`, pure Python) and checked against `max_pixels` *before* any codec runs:
+  a 50 KB PNG can claim 20000x20000 pixels and would make the decoder allocate 1.2 GB (a decompression bomb).
+  Other formats are refused by signature rather than handed to OpenCV, whose many codecs (TIFF, JPEG 2000,
+  AVIF, HDR, PNM, ...) are attack surface we do not need.
 - `raw_image` for raw 8-bit pixels, which become a zero-copy view on the request's bytes.
 
 EXIF orientation: decoded images are returned *as displayed*, i.e. with the EXIF orientation applied, which
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -38,6 +37,13 @@ import simplejpeg
 
 from .domain import ChannelOrder, ImageArray, ImageSize
 from .errors import InvalidArgumentError
+from .image_formats import (
+    HEADER_PARSERS,
+    MalformedHeaderError,
+    describe_unsupported,
+    jpeg_segments,
+    require_png_chunks,
+)
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -91,10 +97,6 @@ class ImageHeader:
         return self.width * self.height
 
 
-class _MalformedHeaderError(Exception):
-    """A recognised format whose header is broken; becomes UNDECODABLE_IMAGE."""
-
-
 def read_image_header(data: bytes) -> ImageHeader:
     """Reads format and stored size from an encoded image's header, without decoding any pixels.
 
@@ -103,19 +105,19 @@ def read_image_header(data: bytes) -> ImageHeader:
     """
     if not data:
         raise InvalidArgumentError.for_field(_ENCODED, "image is empty (0 bytes)", reason="EMPTY_IMAGE")
-    for name, signature, parse in _PARSERS:
+    for name, signature, parse in HEADER_PARSERS:
         if data.startswith(signature) and (name != "WebP" or data[8:12] == b"WEBP"):
             try:
                 width, height = parse(data)
-            except (_MalformedHeaderError, struct.error, IndexError) as exc:
-                detail = str(exc) if isinstance(exc, _MalformedHeaderError) else "header is truncated"
+            except (MalformedHeaderError, struct.error, IndexError) as exc:
+                detail = str(exc) if isinstance(exc, MalformedHeaderError) else "header is truncated"
                 raise InvalidArgumentError.for_field(
                     _ENCODED, f"not a valid {name} image: {detail}", reason="UNDECODABLE_IMAGE"
                 ) from None
             return ImageHeader(name, width, height)
     raise InvalidArgumentError.for_field(
         _ENCODED,
-        f"expected a {_SUPPORTED_TEXT} image, got {_describe_unsupported(data)}",
+        f"expected a {_SUPPORTED_TEXT} image, got {describe_unsupported(data)}",
         reason="UNSUPPORTED_IMAGE_FORMAT",
     )
 
@@ -140,7 +142,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         decoded = _decode_jpeg(data)
     else:
         if header.format == "PNG":
-            _require_png_chunks(data)
+            try:
+                require_png_chunks(data)
+            except (MalformedHeaderError, struct.error) as exc:
+                raise InvalidArgumentError.for_field(
+                    _ENCODED, f"not a valid PNG image: {exc}", reason="UNDECODABLE_IMAGE"
+                ) from None
         decoded = _opencv_decode(data)
     if decoded is None or decoded.size == 0:
         raise InvalidArgumentError.for_field(
@@ -246,10 +253,10 @@ def _require_jpeg_end(data: bytes) -> None:
     # cameras add) are fine.
     scan = -1
     try:
-        for marker, pos in _jpeg_segments(data):
+        for marker, pos in jpeg_segments(data):
             if marker == 0xDA:
                 scan = pos
-    except _MalformedHeaderError:
+    except MalformedHeaderError:
         pass  # a broken segment after the frame header: no usable scan, reported below
     if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
         raise InvalidArgumentError.for_field(
@@ -317,13 +324,13 @@ def _without_metadata(data: bytes) -> bytes:
     """The JPEG without its APPn and COM segments (EXIF, ICC, XMP, comments): what is left is the image."""
     parts, kept_to = [data[:2]], 2
     try:
-        for marker, pos in _jpeg_segments(data):
+        for marker, pos in jpeg_segments(data):
             start = pos - 2  # the marker's 0xFF and code precede its length field
             if 0xE0 <= marker <= 0xEF or marker == 0xFE:
                 parts.append(data[kept_to:start])
                 (length,) = struct.unpack_from(">H", data, pos)
                 kept_to = pos + length
-    except _MalformedHeaderError:
+    except MalformedHeaderError:
         return data
     parts.append(data[kept_to:])
     return b"".join(parts)
@@ -357,7 +364,7 @@ def _orient(pixels: ImageArray, orientation: int) -> ImageArray:
 def _exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag (1-8) of a JPEG's APP1 segment; 1 when absent or unreadable."""
     try:
-        for marker, pos in _jpeg_segments(data):
+        for marker, pos in jpeg_segments(data):
             if marker != 0xE1 or data[pos + 2 : pos + 8] != b"Exif\x00\x00":
                 continue
             tiff = pos + 8
@@ -371,184 +378,6 @@ def _exif_orientation(data: bytes) -> int:
                 if tag == 0x0112:
                     return value if kind == 3 and 1 <= value <= 8 else 1
             return 1
-    except (_MalformedHeaderError, struct.error):
+    except (MalformedHeaderError, struct.error):
         pass
     return 1
-
-
-# --- header parsers: each returns (width, height) as stored, or raises _MalformedHeaderError ---------------
-
-
-def _positive(fmt: str, width: int, height: int) -> tuple[int, int]:
-    if width <= 0 or height <= 0:
-        raise _MalformedHeaderError(f"{fmt} header gives a size of {width}x{height}")
-    return width, height
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    # The PNG spec requires IHDR to be the first chunk, right after the 8-byte signature.
-    if len(data) < 24:
-        raise _MalformedHeaderError("header is truncated")
-    if data[12:16] != b"IHDR":
-        raise _MalformedHeaderError("the first chunk is not IHDR")
-    width, height = struct.unpack_from(">II", data, 16)
-    if width > 2**31 - 1 or height > 2**31 - 1:
-        raise _MalformedHeaderError(f"IHDR size {width}x{height} is out of range")
-    return _positive("PNG", width, height)
-
-
-def _require_png_chunks(data: bytes) -> None:
-    """Refuses a PNG whose chunks claim more bytes than it holds, before OpenCV sees it.
-
-    OpenCV's PNG reader allocates each chunk's declared length up front, even past the end of the buffer: a
-    541-byte PNG whose IEND claims 2.6 GB took 2.7 GB of memory and 7 s to refuse (found by tests/fuzz).
-    Walking the chunk lengths costs a few microseconds (one per chunk, and a PNG has a handful to a few
-    hundred).
-    """
-    offset = 8
-    while offset + 8 <= len(data):
-        (length,) = struct.unpack_from(">I", data, offset)
-        kind = data[offset + 4 : offset + 8]
-        remaining = len(data) - offset - 12
-        if length > remaining:
-            shown = kind.decode("latin-1").encode("unicode_escape").decode()[:16]
-            raise InvalidArgumentError.for_field(
-                _ENCODED,
-                f"not a valid PNG image: chunk {shown!r} at byte {offset} declares {length} bytes, "
-                f"{max(remaining, 0)} remain (truncated or corrupt)",
-                reason="UNDECODABLE_IMAGE",
-            )
-        if kind == b"IEND":
-            return
-        offset += 12 + length
-    raise InvalidArgumentError.for_field(
-        _ENCODED, "not a valid PNG image: no IEND chunk (truncated or corrupt)", reason="UNDECODABLE_IMAGE"
-    )
-
-
-# Start-of-frame markers SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC), which share the range.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# Markers without a length field: TEM and RST0-7 (SOI is only valid first, EOI only last).
-_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-
-
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
-    """Yields (marker, offset of its length field) for each marker segment after SOI, up to the first SOS.
-
-    Walks the segments (APPn with EXIF/ICC/XMP, COM, DQT, DHT, SOFn, ...) the way libjpeg's next_marker()
-    does: bytes before a marker are skipped, as are 0xFF fill bytes, so we see the markers the decoder sees.
-    Stops early, silently, where the data ends; callers say what was missing.
-    """
-    pos, end = 2, len(data)
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0:
-            return
-        while pos < end and data[pos] == 0xFF:
-            pos += 1
-        if pos + 2 >= end:
-            return
-        marker = data[pos]
-        pos += 1
-        if marker == 0x00 or marker in _JPEG_STANDALONE:
-            continue
-        if marker in (0xD8, 0xD9):
-            raise _MalformedHeaderError(f"unexpected marker {marker:02X} before the image data")
-        (length,) = struct.unpack_from(">H", data, pos)
-        if length < 2:
-            raise _MalformedHeaderError(f"marker {marker:02X} has an invalid segment length {length}")
-        yield marker, pos
-        if marker == 0xDA:
-            return
-        pos += length
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    # libjpeg refuses a second SOF, so the first one is the frame the decoder will allocate for.
-    for marker, pos in _jpeg_segments(data):
-        if marker in _JPEG_SOF:
-            height, width = struct.unpack_from(">HH", data, pos + 3)
-            if height == 0:
-                # Height 0 defers the height to a DNL marker after the first scan; libjpeg does not support it
-                # and we could not bound the image anyway.
-                raise _MalformedHeaderError(
-                    "the image height is deferred to a DNL marker, which is not supported"
-                )
-            return _positive("JPEG", width, height)
-    raise _MalformedHeaderError("no frame header (SOFn marker) before the image data")
-
-
-def _bmp_size(data: bytes) -> tuple[int, int]:
-    (dib_size,) = struct.unpack_from("<I", data, 14)
-    if dib_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit dimensions
-        width, height = struct.unpack_from("<HH", data, 18)
-    elif dib_size >= 40:  # BITMAPINFOHEADER and its extensions (V4, V5, OS/2 2.x)
-        width, height = struct.unpack_from("<ii", data, 18)
-        height = abs(height)  # negative height marks a top-down bitmap
-    else:
-        raise _MalformedHeaderError(f"unknown DIB header size {dib_size}")
-    return _positive("BMP", width, height)
-
-
-def _webp_size(data: bytes) -> tuple[int, int]:
-    chunk = data[12:16]
-    if chunk == b"VP8 ":  # lossy: key-frame header after a 3-byte frame tag
-        if data[23:26] != b"\x9d\x01\x2a":
-            raise _MalformedHeaderError("VP8 key-frame start code missing")
-        width, height = struct.unpack_from("<HH", data, 26)
-        return _positive("WebP", width & 0x3FFF, height & 0x3FFF)  # the top 2 bits are a scaling hint
-    if chunk == b"VP8L":  # lossless: signature byte 0x2F, then 14-bit width-1 and height-1
-        if data[20] != 0x2F:
-            raise _MalformedHeaderError("VP8L signature byte missing")
-        (bits,) = struct.unpack_from("<I", data, 21)
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":  # extended: the canvas size as 24-bit width-1 and height-1
-        if len(data) < 30:
-            raise _MalformedHeaderError("header is truncated")
-        width = int.from_bytes(data[24:27], "little") + 1
-        height = int.from_bytes(data[27:30], "little") + 1
-        return width, height
-    raise _MalformedHeaderError(f"unknown first chunk {chunk!r}")
-
-
-def _gif_size(data: bytes) -> tuple[int, int]:
-    # The logical screen: OpenCV decodes GIF frames onto a canvas of this size, and frames must fit inside it.
-    width, height = struct.unpack_from("<HH", data, 6)
-    return _positive("GIF", width, height)
-
-
-_PARSERS: tuple[tuple[str, bytes, Callable[[bytes], tuple[int, int]]], ...] = (
-    ("JPEG", b"\xff\xd8\xff", _jpeg_size),
-    ("PNG", b"\x89PNG\r\n\x1a\n", _png_size),
-    ("BMP", b"BM", _bmp_size),
-    ("WebP", b"RIFF", _webp_size),  # plus "WEBP" at offset 8, checked by the caller
-    ("GIF", b"GIF87a", _gif_size),
-    ("GIF", b"GIF89a", _gif_size),
-)
-
-# Formats people send by mistake, named in the error so the client knows what it sent.
-_UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (b"\xff\x0a", "JPEG XL"),
-    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
-    (b"%PDF", "PDF"),
-    (b"8BPS", "Photoshop"),
-    (b"\x76\x2f\x31\x01", "OpenEXR"),
-    (b"#?RADIANCE", "Radiance HDR"),
-)
-
-
-def _describe_unsupported(data: bytes) -> str:
-    for signature, name in _UNSUPPORTED_SIGNATURES:
-        if data.startswith(signature):
-            return f"a {name} image, which is not supported"
-    if data[4:8] == b"ftyp":  # ISO-BMFF: AVIF, HEIC, and MP4 video
-        brand = data[8:12].decode("ascii", "replace").strip()
-        return f"an ISO media file (brand {brand!r}: AVIF, HEIF or video), which is not supported"
-    if len(data) >= 2 and data[:1] == b"P" and data[1:2] in b"1234567":
-        return "a PNM image, which is not supported"
-    head = data[:8].hex(" ")
-    return f"{len(data)} bytes of an unknown format (starting {head})"

@@ -2,7 +2,8 @@
 
 preprocess      letterbox, stretch or centre-crop, channel order, scaling -> (3, H, W) float32 + Transform
 nms             greedy class-agnostic and class-aware non-maximum suppression
-decoders        YOLOv5, YOLOv8 (and pose), classification, CenterFace outputs -> detections, classifications
+decoders        YOLOv5, YOLOv8 (pose, seg), classification, CenterFace outputs -> detections, classifications
+masks           YOLOv8-seg prototypes -> run-length encoded masks over each box
 """
 
 from .decoders import Decoded, DecodeOptions, decode_batch, resolve_options

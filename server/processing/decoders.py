@@ -21,20 +21,21 @@ model-configuration problem, not a bad request and not a server bug.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from ..domain import BoundingBox, Classification, Detection, InferOptions, Keypoint, Mask
-from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..domain import BoundingBox, Classification, Detection, Keypoint, Mask
+from ..errors import FailedPreconditionError
 from ..manifest import Decoder, ModelManifest
+from .masks import segment_masks
 from .nms import batched_nms, nms
+from .options import DecodeOptions, resolve_options
 from .preprocess import Transform
 
-__all__ = ["DecodeOptions", "Decoded", "decode_batch", "pixel_grid", "resolve_options"]
+__all__ = ["DecodeOptions", "Decoded", "decode_batch", "resolve_options"]
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -46,33 +47,6 @@ MAX_NMS_CANDIDATES = 30_000
 CENTERFACE_STRIDE = 4.0
 # exp() of a box-size logit above this overflows float32; such a box is nonsense anyway.
 _MAX_LOG_SIZE = 20.0
-_NAME_LIST_LIMIT = 20
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DecodeOptions:
-    """Post-processing options with every default resolved (see `resolve_options`).
-
-    `class_ids` None means every class; top_k applies to classifiers, max_detections and iou to detectors.
-    """
-
-    confidence: float
-    iou: float
-    max_detections: int
-    class_ids: frozenset[int] | None = None
-    top_k: int
-    # NMS across classes (the manifest's agnostic_nms): a box suppresses overlapping boxes of any class.
-    agnostic_nms: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("confidence", "iou"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"expected {name} in [0, 1], got {value}")
-        if self.max_detections < 1 or self.top_k < 1:
-            raise ValueError(
-                f"expected max_detections and top_k >= 1, got {self.max_detections}, {self.top_k}"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,67 +55,6 @@ class Decoded:
 
     detections: tuple[Detection, ...] = ()
     classifications: tuple[Classification, ...] = ()
-
-
-def _listing(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_NAME_LIST_LIMIT])
-    more = len(names) - _NAME_LIST_LIMIT
-    return f"[{shown}, ... {more} more]" if more > 0 else f"[{shown}]"
-
-
-def resolve_options(options: InferOptions, manifest: ModelManifest) -> DecodeOptions:
-    """Fills the request's unset options from the model's defaults and turns class names into ids.
-
-    `class_names` and `class_ids` combine as a union; both empty means every class. Classifiers apply a
-    confidence threshold only when the request sets one: their answer is "the top_k classes", and a
-    detector-style default threshold would silently shorten it.
-
-    Raises:
-        InvalidArgumentError: reason UNKNOWN_CLASS, with a field violation on options.class_names or
-            options.class_ids, for a name the model does not know or an id outside [0, number of classes).
-    """
-    known = manifest.class_names
-    wanted: set[int] = set()
-    if options.class_names:
-        index = {name: class_id for class_id, name in enumerate(known)}
-        unknown = sorted(options.class_names - index.keys())
-        if unknown:
-            raise InvalidArgumentError.for_field(
-                "options.class_names",
-                f"expected one of the model's class names {_listing(known)}, got unknown {unknown}",
-                reason="UNKNOWN_CLASS",
-            )
-        wanted.update(index[name] for name in options.class_names)
-    if options.class_ids:
-        # A model that declares no names has an unknown class count: only negative ids are certainly wrong.
-        bad = sorted(i for i in options.class_ids if i < 0 or (known and i >= len(known)))
-        if bad:
-            expected = f"[0, {len(known)})" if known else "non-negative ids"
-            raise InvalidArgumentError.for_field(
-                "options.class_ids",
-                f"expected class ids in {expected}, got {bad}",
-                reason="UNKNOWN_CLASS",
-            )
-        wanted.update(options.class_ids)
-
-    if manifest.decoder is Decoder.CLASSIFICATION:
-        confidence = options.confidence_threshold if options.confidence_threshold is not None else 0.0
-    else:
-        confidence = (
-            options.confidence_threshold
-            if options.confidence_threshold is not None
-            else manifest.default_confidence
-        )
-    return DecodeOptions(
-        confidence=confidence,
-        iou=options.iou_threshold if options.iou_threshold is not None else manifest.default_iou,
-        max_detections=(
-            options.max_detections if options.max_detections is not None else manifest.default_max_detections
-        ),
-        class_ids=frozenset(wanted) if wanted else None,
-        top_k=options.top_k if options.top_k is not None else manifest.default_top_k,
-        agnostic_nms=manifest.agnostic_nms,
-    )
 
 
 def decode_batch(
@@ -381,7 +294,7 @@ def _decode_yolo(
             _cxcywh_to_xyxy(cx, cy, w, h), scores[selected], class_ids[selected], transform, options
         )
         if coefficients is not None and protos is not None:
-            masks = _masks(coefficients[selected][kept], protos[image], boxes, transform, manifest)
+            masks = segment_masks(coefficients[selected][kept], protos[image], boxes, transform, manifest)
             results.append(Decoded(detections=_detections(manifest, boxes, scores, class_ids, masks=masks)))
             continue
         if points is None:
@@ -423,67 +336,6 @@ def _seg_outputs(
             f"expected mask prototypes shaped [N, M, h, w] with N = {output.shape[0]}, got {protos.shape}"
         )
     return output, protos
-
-
-def _interpolation(positions: FloatArray, size: int) -> tuple[IntArray, IntArray, FloatArray, slice]:
-    """Linear interpolation at `positions` (cell i centred on i), clamped at the ends as torch's bilinear
-    interpolation with align_corners=False: for each position its two cells, relative to the window of cells
-    the positions touch, and the weight of the second; and that window."""
-    clamped = np.clip(positions, np.float32(0.0), np.float32(size - 1))
-    low = np.floor(clamped).astype(np.int64)
-    high = np.minimum(low + 1, size - 1)
-    first = int(low.min()) if len(low) else 0
-    last = int(high.max()) if len(high) else -1
-    fraction = (clamped - low).astype(np.float32)
-    return low - first, high - first, fraction, slice(first, last + 1)
-
-
-def pixel_grid(x_min: float, y_min: float, x_max: float, y_max: float) -> tuple[int, int, int, int]:
-    """The pixels whose centre (c + 0.5) lies in [min, max) on each axis, as left, top, right, bottom (right
-    and bottom exclusive): c in [ceil(min - 0.5), ceil(max - 0.5))."""
-    return (
-        math.ceil(x_min - 0.5),
-        math.ceil(y_min - 0.5),
-        math.ceil(x_max - 0.5),
-        math.ceil(y_max - 0.5),
-    )
-
-
-def _masks(
-    coefficients: FloatArray,
-    protos: FloatArray,
-    boxes: FloatArray,
-    transform: Transform,
-    manifest: ModelManifest,
-) -> list[Mask]:
-    """Each kept box's mask in original-image pixels, run-length encoded over the box.
-
-    Ultralytics computes coefficients @ prototypes, crops to the box, upsamples bilinearly to the input size,
-    removes the letterbox and resizes to the image, then thresholds at 0 (sigmoid > 0.5). Here each pixel of
-    the box is mapped through the letterbox transform to prototype coordinates and the
-    logits are sampled there bilinearly, from the prototype cells under the box only: the same function
-    without building a full-size mask per detection. The grid is the pixels whose centre lies in the box
-    (`pixel_grid`), which is Ultralytics' crop to the box.
-    """
-    _, rows, columns = protos.shape
-    per_x = np.float32(columns / manifest.input_width)
-    per_y = np.float32(rows / manifest.input_height)
-    masks = []
-    for coefficient, (x_min, y_min, x_max, y_max) in zip(coefficients, boxes.tolist(), strict=True):
-        left, top, right, bottom = pixel_grid(x_min, y_min, x_max, y_max)
-        xs = np.arange(left, right, dtype=np.float32) + np.float32(0.5)
-        ys = np.arange(top, bottom, dtype=np.float32) + np.float32(0.5)
-        x0, x1, fx, window_x = _interpolation(
-            (xs * transform.scale_x + transform.pad_x) * per_x - 0.5, columns
-        )
-        y0, y1, fy, window_y = _interpolation((ys * transform.scale_y + transform.pad_y) * per_y - 0.5, rows)
-        # Only the prototype cells under the box: a small box costs little, whatever the image size.
-        logit = np.tensordot(coefficient, protos[:, window_y, window_x], axes=1)
-        # Separable: interpolate the rows, then the columns; two gathers per axis, O(box pixels).
-        by_row = logit[y0] * (np.float32(1.0) - fy)[:, None] + logit[y1] * fy[:, None]
-        values = by_row[:, x0] * (np.float32(1.0) - fx) + by_row[:, x1] * fx
-        masks.append(Mask.encode(left, top, values > 0))
-    return masks
 
 
 def _softmax(logits: FloatArray) -> FloatArray:
