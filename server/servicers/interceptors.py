@@ -120,8 +120,14 @@ class CallInterceptor(_Interceptor):
                     await abort(context, denial)
                 result = behaviour(request, context)
                 if hasattr(result, "__aiter__"):
-                    async for message in result:
-                        yield message
+                    try:
+                        async for message in result:
+                            yield message
+                    finally:
+                        # Now, not whenever the generator is collected: the servicer's own cleanup (a
+                        # stream's subscription) must run as the call ends, or a quick resume of the same
+                        # stream still finds the old subscriber attached.
+                        await result.aclose()
                 elif inspect.isawaitable(result):
                     await result
             except BaseException as exc:

@@ -172,8 +172,12 @@ class TransportGuard:
                 error = self._admission_error(request, method, counted)
                 if error is not None:
                     await abort(context, error)
-                async for message in behaviour(request, context):
-                    yield message
+                stream = behaviour(request, context)
+                try:
+                    async for message in stream:
+                        yield message
+                finally:
+                    await stream.aclose()  # the servicer's cleanup runs as the call ends, not at collection
             finally:
                 self._active -= counted
 

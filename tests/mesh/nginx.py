@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,8 @@ class NginxProxy:
             stderr=subprocess.STDOUT,
         )
         assert wait_for(lambda: (self._dir / "nginx.pid").exists(), 10), self.error_log()
+        # The pid file can come before the listening socket accepts: wait for a connection to succeed.
+        assert wait_for(lambda: _accepts(self.port), 10), self.error_log()
 
     def calls(self, path_suffix: str = "") -> list[Call]:
         """The calls finished so far (whose path ends with `path_suffix`)."""
@@ -173,3 +176,11 @@ def _quoted_fields(text: str) -> tuple[str, str, str, str]:
     statuses, _, rest = rest.partition('" ')
     grpc_status, _, key = rest.partition(" ")
     return upstreams, statuses, grpc_status, key.strip('"')
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

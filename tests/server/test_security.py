@@ -334,6 +334,9 @@ def test_a_rotated_key_file_takes_effect_without_restart(keyed_server: RunningSe
 
             assert wait_for(lambda: accepted("rotated-key-abcdef"), timeout_s=10)
             assert not accepted(INFERENCE_KEY)
+            keys.write_text(original)
+            # The module's other tests use the original keys: wait until the server reads them back.
+            assert wait_for(lambda: accepted(INFERENCE_KEY), timeout_s=10)
     finally:
         keys.write_text(original)
 

@@ -75,7 +75,7 @@ EXPECTED = {
 def test_install_writes_a_loadable_model_and_manifest(name: str, cache: Path, tmp_path: Path) -> None:
     version_dir = install_builtin(name, tmp_path, cache)
     assert version_dir == tmp_path / name / BUILTIN_VERSION
-    assert sorted(p.name for p in version_dir.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in version_dir.iterdir()) == ["integrity.json", "manifest.json", "model.onnx"]
     assert sorted(p.name for p in (tmp_path / name).iterdir()) == [BUILTIN_VERSION]  # no staging left
 
     manifest = ModelManifest.read(version_dir)
