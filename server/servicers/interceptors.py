@@ -80,6 +80,10 @@ class CallInterceptor(_Interceptor):
                 unary_unary=self._unary(method, handler.unary_unary, denial, request_id)
             )
         if handler.unary_stream is not None:
+            if denial is None and not metrics.ON:
+                # Nothing to check or count: every message of a stream would pay for one more generator
+                # layer on the event loop (200 subscribers of a 5 fps pipeline: 1,000 a second).
+                return handler
             return handler._replace(  # type: ignore[attr-defined, no-any-return]
                 unary_stream=self._unary_stream(method, handler.unary_stream, denial, request_id)
             )
