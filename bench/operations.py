@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -36,19 +35,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from . import assets, procstat
 from .compare import Side, compare_servers
 from .modes import FULL, QUICK, Mode
-from .server_process import ServerProcess
+from .server_process import ServerProcess, free_port
 from .unary import raw_requests
 
 __all__ = ["main"]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MEASURES = ("unary_p50_c1", "unary_throughput_c4", "unary_throughput_c16", "stream_fps")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
@@ -111,7 +104,7 @@ def run(mode: Mode) -> dict[str, Any]:
             "media_root": root / "media",
             "pipeline_linger_s": 0.5,
         }
-        metrics_port, traced_metrics_port = _free_port(), _free_port()
+        metrics_port, traced_metrics_port = free_port(), free_port()
         variants = {
             "off": base,
             "metrics": base | {"metrics_port": metrics_port},

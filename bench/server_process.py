@@ -29,7 +29,14 @@ from visionrpc.server.config import ServerConfig
 
 from . import procstat
 
-__all__ = ["ServerProcess", "accepted_flags", "server_config", "server_flags", "unaccepted_settings"]
+__all__ = [
+    "ServerProcess",
+    "accepted_flags",
+    "free_port",
+    "server_config",
+    "server_flags",
+    "unaccepted_settings",
+]
 
 INFERENCE_SERVICE = "visionrpc.v1.InferenceService"
 
@@ -97,7 +104,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     return lambda: libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -120,7 +127,7 @@ class ServerProcess:
         """`python -m <command> --host 127.0.0.1 --port P <settings as flags> <extra>`: `visionrpc serve` by
         default; the transport floor's server takes the same flags. With `accepted`, settings whose flag is
         not in it are left out; `env` (default: ours) and `cwd` (default: ours) decide what it imports."""
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         argv = [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(self.port)]

@@ -7,7 +7,7 @@ A key travels as `authorization: Bearer <key>` (what gRPC's access-token call cr
 `x-api-key: <key>`. With no key file configured, calls are not checked (a mesh doing mTLS may authenticate
 for us); once any key file is configured, model control needs an admin key, so an inference key can never
 change what is loaded (point both flags at one file to give every key both rights). Health and reflection
-are exempt by default (probes carry no keys); `--auth-exempt-services` changes that.
+are exempt by default (probes carry no keys; `ServerConfig.auth_exempt_services`).
 
 Keys are compared in constant time (SHA-256 digests through `hmac.compare_digest`, every key compared),
 never logged, and read from files — Kubernetes secrets mounted as volumes — which are re-read when they
@@ -28,15 +28,10 @@ from pathlib import Path
 
 from .errors import FailedPreconditionError, PermissionDeniedError, UnauthenticatedError
 
-__all__ = ["DEFAULT_EXEMPT_SERVICES", "MODEL_CONTROL_METHODS", "AccessPolicy", "KeyFile", "presented_key"]
+__all__ = ["MODEL_CONTROL_METHODS", "AccessPolicy", "KeyFile", "presented_key"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXEMPT_SERVICES = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-)
 MODEL_CONTROL_METHODS = frozenset(
     {"/visionrpc.v1.ModelService/LoadModel", "/visionrpc.v1.ModelService/UnloadModel"}
 )
@@ -126,7 +121,7 @@ class AccessPolicy:
 
     api_keys: KeyFile | None
     admin_keys: KeyFile | None
-    exempt_services: tuple[str, ...] = DEFAULT_EXEMPT_SERVICES
+    exempt_services: tuple[str, ...]  # the config's auth_exempt_services
 
     @classmethod
     def from_files(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from conftest import RunningServer, start_server, wait_for
 from media import media
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from streaming import free_port
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.logs import configure_logging
 from visionrpc.server.tracing import PIPELINE_STEPS
@@ -27,12 +27,6 @@ from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def infer_request() -> inference_pb2.InferRequest:

@@ -38,9 +38,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertificateAuthority,
     return ca, server_pair, client_pair
 
 
-def health_status(channel: grpc.Channel) -> int:
+def health_status(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
-    return int(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
+    return int(stub.Check(health_pb2.HealthCheckRequest(service=""), metadata=metadata, timeout=5).status)
 
 
 def served_serial(port: int, ca: Path) -> int:
@@ -241,13 +241,9 @@ def _call(channel: grpc.Channel, method: str, metadata: tuple[tuple[str, str], .
             models_pb2.LoadModelRequest(model_id="yolov3-tiny-coco"), metadata=metadata, timeout=60
         )
     elif method == "Health":
-        health_status_with(channel, metadata)
+        health_status(channel, metadata)
     else:
         raise AssertionError(method)
-
-
-def health_status_with(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
-    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=5)
 
 
 ACCESS_CASES = [
