@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
-from .domain import Timings
+from .domain import Prediction
 
 __all__ = ["PIPELINE_STEPS", "enable_tracing", "record_pipeline"]
 
@@ -57,12 +57,13 @@ def enable_tracing(
     return cast("grpc.aio.ServerInterceptor[Any, Any]", interceptor), stop
 
 
-def record_pipeline(start_ns: int, timings: Sequence[Timings]) -> None:
+def record_pipeline(start_ns: int, predictions: Sequence[Prediction]) -> None:
     """Children of the current span for an Infer call's steps, laid end to end from `start_ns` (the
     call's first image; the others ran in the same batch). Does nothing when tracing is off."""
     tracer = _tracer
-    if tracer is None or not timings or not trace.get_current_span().is_recording():
+    if tracer is None or not predictions or not trace.get_current_span().is_recording():
         return
+    timings = [prediction.timings for prediction in predictions]
     first = timings[0]
     durations_ms = (
         sum(t.decode_ms for t in timings),

@@ -154,7 +154,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 metrics.INFER_DURATION.labels(lease.predictor.key, outcome.engine.engine).observe(
                     time.perf_counter() - started[1]
                 )
-            record_pipeline(started[0], [prediction.timings for prediction in outcome.predictions])
+            record_pipeline(started[0], outcome.predictions)
             # The engine reported is the one that ran the images, not the current one: a background build
             # may swap engines meanwhile.
             reply.succeed(
