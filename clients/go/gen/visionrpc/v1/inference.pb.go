@@ -182,6 +182,114 @@ func (FrameImage) EnumDescriptor() ([]byte, []int) {
 	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{2}
 }
 
+type FaceRedaction int32
+
+const (
+	// No redaction.
+	FaceRedaction_FACE_REDACTION_UNSPECIFIED FaceRedaction = 0
+	FaceRedaction_FACE_REDACTION_NONE        FaceRedaction = 1
+	// A strong Gaussian blur over each face.
+	FaceRedaction_FACE_REDACTION_BLUR FaceRedaction = 2
+	// Each face replaced by coarse blocks.
+	FaceRedaction_FACE_REDACTION_PIXELATE FaceRedaction = 3
+)
+
+// Enum value maps for FaceRedaction.
+var (
+	FaceRedaction_name = map[int32]string{
+		0: "FACE_REDACTION_UNSPECIFIED",
+		1: "FACE_REDACTION_NONE",
+		2: "FACE_REDACTION_BLUR",
+		3: "FACE_REDACTION_PIXELATE",
+	}
+	FaceRedaction_value = map[string]int32{
+		"FACE_REDACTION_UNSPECIFIED": 0,
+		"FACE_REDACTION_NONE":        1,
+		"FACE_REDACTION_BLUR":        2,
+		"FACE_REDACTION_PIXELATE":    3,
+	}
+)
+
+func (x FaceRedaction) Enum() *FaceRedaction {
+	p := new(FaceRedaction)
+	*p = x
+	return p
+}
+
+func (x FaceRedaction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FaceRedaction) Descriptor() protoreflect.EnumDescriptor {
+	return file_visionrpc_v1_inference_proto_enumTypes[3].Descriptor()
+}
+
+func (FaceRedaction) Type() protoreflect.EnumType {
+	return &file_visionrpc_v1_inference_proto_enumTypes[3]
+}
+
+func (x FaceRedaction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FaceRedaction.Descriptor instead.
+func (FaceRedaction) EnumDescriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+// What a subscription receives besides status messages.
+type StreamContent int32
+
+const (
+	// Every processed frame (FramePrediction, with its analytics).
+	StreamContent_STREAM_CONTENT_UNSPECIFIED StreamContent = 0
+	StreamContent_STREAM_CONTENT_FRAMES      StreamContent = 1
+	// Only analytics events (AnalyticsEvents), one message per frame that caused any: cheap to watch a busy
+	// camera. Cursors still count every message of the stream, so they jump between events.
+	StreamContent_STREAM_CONTENT_EVENTS StreamContent = 2
+)
+
+// Enum value maps for StreamContent.
+var (
+	StreamContent_name = map[int32]string{
+		0: "STREAM_CONTENT_UNSPECIFIED",
+		1: "STREAM_CONTENT_FRAMES",
+		2: "STREAM_CONTENT_EVENTS",
+	}
+	StreamContent_value = map[string]int32{
+		"STREAM_CONTENT_UNSPECIFIED": 0,
+		"STREAM_CONTENT_FRAMES":      1,
+		"STREAM_CONTENT_EVENTS":      2,
+	}
+)
+
+func (x StreamContent) Enum() *StreamContent {
+	p := new(StreamContent)
+	*p = x
+	return p
+}
+
+func (x StreamContent) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StreamContent) Descriptor() protoreflect.EnumDescriptor {
+	return file_visionrpc_v1_inference_proto_enumTypes[4].Descriptor()
+}
+
+func (StreamContent) Type() protoreflect.EnumType {
+	return &file_visionrpc_v1_inference_proto_enumTypes[4]
+}
+
+func (x StreamContent) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StreamContent.Descriptor instead.
+func (StreamContent) EnumDescriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{4}
+}
+
 type StreamEvent int32
 
 const (
@@ -228,11 +336,11 @@ func (x StreamEvent) String() string {
 }
 
 func (StreamEvent) Descriptor() protoreflect.EnumDescriptor {
-	return file_visionrpc_v1_inference_proto_enumTypes[3].Descriptor()
+	return file_visionrpc_v1_inference_proto_enumTypes[5].Descriptor()
 }
 
 func (StreamEvent) Type() protoreflect.EnumType {
-	return &file_visionrpc_v1_inference_proto_enumTypes[3]
+	return &file_visionrpc_v1_inference_proto_enumTypes[5]
 }
 
 func (x StreamEvent) Number() protoreflect.EnumNumber {
@@ -241,7 +349,7 @@ func (x StreamEvent) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StreamEvent.Descriptor instead.
 func (StreamEvent) EnumDescriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{5}
 }
 
 // How a resumed subscription continued.
@@ -287,11 +395,11 @@ func (x ResumeOutcome) String() string {
 }
 
 func (ResumeOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_visionrpc_v1_inference_proto_enumTypes[4].Descriptor()
+	return file_visionrpc_v1_inference_proto_enumTypes[6].Descriptor()
 }
 
 func (ResumeOutcome) Type() protoreflect.EnumType {
-	return &file_visionrpc_v1_inference_proto_enumTypes[4]
+	return &file_visionrpc_v1_inference_proto_enumTypes[6]
 }
 
 func (x ResumeOutcome) Number() protoreflect.EnumNumber {
@@ -300,7 +408,61 @@ func (x ResumeOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResumeOutcome.Descriptor instead.
 func (ResumeOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{6}
+}
+
+// What happens to a frame that arrives while max_in_flight frames are already being inferred.
+type Backpressure int32
+
+const (
+	// The server stops reading the call until a frame is answered: the client's sends wait (HTTP/2 flow
+	// control), nothing is lost. For recorded video and for clients that pace themselves.
+	Backpressure_BACKPRESSURE_UNSPECIFIED Backpressure = 0
+	Backpressure_BACKPRESSURE_WAIT        Backpressure = 1
+	// The frame is answered at once with `dropped` and not inferred, so a live camera stays live. Answers stay in
+	// order.
+	Backpressure_BACKPRESSURE_DROP Backpressure = 2
+)
+
+// Enum value maps for Backpressure.
+var (
+	Backpressure_name = map[int32]string{
+		0: "BACKPRESSURE_UNSPECIFIED",
+		1: "BACKPRESSURE_WAIT",
+		2: "BACKPRESSURE_DROP",
+	}
+	Backpressure_value = map[string]int32{
+		"BACKPRESSURE_UNSPECIFIED": 0,
+		"BACKPRESSURE_WAIT":        1,
+		"BACKPRESSURE_DROP":        2,
+	}
+)
+
+func (x Backpressure) Enum() *Backpressure {
+	p := new(Backpressure)
+	*p = x
+	return p
+}
+
+func (x Backpressure) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Backpressure) Descriptor() protoreflect.EnumDescriptor {
+	return file_visionrpc_v1_inference_proto_enumTypes[7].Descriptor()
+}
+
+func (Backpressure) Type() protoreflect.EnumType {
+	return &file_visionrpc_v1_inference_proto_enumTypes[7]
+}
+
+func (x Backpressure) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Backpressure.Descriptor instead.
+func (Backpressure) EnumDescriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 type InferRequest struct {
@@ -544,7 +706,12 @@ type StreamOptions struct {
 	Delivery    Delivery    `protobuf:"varint,3,opt,name=delivery,proto3,enum=visionrpc.v1.Delivery" json:"delivery,omitempty"`
 	FrameImage  FrameImage  `protobuf:"varint,4,opt,name=frame_image,json=frameImage,proto3,enum=visionrpc.v1.FrameImage" json:"frame_image,omitempty"`
 	// JPEG quality 1-100 for frame images; 0 means the server default.
-	JpegQuality   uint32 `protobuf:"varint,5,opt,name=jpeg_quality,json=jpegQuality,proto3" json:"jpeg_quality,omitempty"`
+	JpegQuality uint32 `protobuf:"varint,5,opt,name=jpeg_quality,json=jpegQuality,proto3" json:"jpeg_quality,omitempty"`
+	// Tracking, zones and lines; their state and events travel in FramePrediction.analytics.
+	Analytics *StreamAnalytics `protobuf:"bytes,6,opt,name=analytics,proto3" json:"analytics,omitempty"`
+	// Hides faces (found by the built-in centerface model) in the frame images this stream returns and in the
+	// video its pipeline records. Predictions are unaffected.
+	FaceRedaction FaceRedaction `protobuf:"varint,7,opt,name=face_redaction,json=faceRedaction,proto3,enum=visionrpc.v1.FaceRedaction" json:"face_redaction,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -614,6 +781,20 @@ func (x *StreamOptions) GetJpegQuality() uint32 {
 	return 0
 }
 
+func (x *StreamOptions) GetAnalytics() *StreamAnalytics {
+	if x != nil {
+		return x.Analytics
+	}
+	return nil
+}
+
+func (x *StreamOptions) GetFaceRedaction() FaceRedaction {
+	if x != nil {
+		return x.FaceRedaction
+	}
+	return FaceRedaction_FACE_REDACTION_UNSPECIFIED
+}
+
 type StreamPredictionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Join a running stream by id (every subscriber receives it first); when set, the fields below are ignored.
@@ -626,7 +807,11 @@ type StreamPredictionsRequest struct {
 	// Continues a subscription whose call broke (connection recycled, server drained or restarted). The fields
 	// above still describe the stream, so a server that no longer knows `resume.stream_id` (another replica, or
 	// the same one after a restart) starts it again. The SDKs set this when they resume on UNAVAILABLE.
-	Resume        *StreamResume `protobuf:"bytes,6,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume *StreamResume `protobuf:"bytes,6,opt,name=resume,proto3" json:"resume,omitempty"`
+	// Subscribe to a pipeline declared in the server's pipelines file (PipelineService lists them); when set,
+	// model_id, sources, options and stream_options are ignored.
+	Pipeline      string        `protobuf:"bytes,7,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
+	Content       StreamContent `protobuf:"varint,8,opt,name=content,proto3,enum=visionrpc.v1.StreamContent" json:"content,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -701,6 +886,20 @@ func (x *StreamPredictionsRequest) GetResume() *StreamResume {
 		return x.Resume
 	}
 	return nil
+}
+
+func (x *StreamPredictionsRequest) GetPipeline() string {
+	if x != nil {
+		return x.Pipeline
+	}
+	return ""
+}
+
+func (x *StreamPredictionsRequest) GetContent() StreamContent {
+	if x != nil {
+		return x.Content
+	}
+	return StreamContent_STREAM_CONTENT_UNSPECIFIED
 }
 
 // Where a resumed subscription picks up.
@@ -835,7 +1034,9 @@ type FramePrediction struct {
 	Prediction  *ImagePrediction       `protobuf:"bytes,5,opt,name=prediction,proto3" json:"prediction,omitempty"`
 	Drops       *DropCounters          `protobuf:"bytes,6,opt,name=drops,proto3" json:"drops,omitempty"`
 	// The frame as JPEG when StreamOptions.frame_image asks for it.
-	FrameJpeg     []byte `protobuf:"bytes,7,opt,name=frame_jpeg,json=frameJpeg,proto3" json:"frame_jpeg,omitempty"`
+	FrameJpeg []byte `protobuf:"bytes,7,opt,name=frame_jpeg,json=frameJpeg,proto3" json:"frame_jpeg,omitempty"`
+	// Streams with analytics: the zones and lines watching this source, and the events this frame caused.
+	Analytics     *FrameAnalytics `protobuf:"bytes,8,opt,name=analytics,proto3" json:"analytics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -915,6 +1116,13 @@ func (x *FramePrediction) GetDrops() *DropCounters {
 func (x *FramePrediction) GetFrameJpeg() []byte {
 	if x != nil {
 		return x.FrameJpeg
+	}
+	return nil
+}
+
+func (x *FramePrediction) GetAnalytics() *FrameAnalytics {
+	if x != nil {
+		return x.Analytics
 	}
 	return nil
 }
@@ -1157,6 +1365,7 @@ type StreamPredictionsResponse struct {
 	//
 	//	*StreamPredictionsResponse_Frame
 	//	*StreamPredictionsResponse_Status
+	//	*StreamPredictionsResponse_Events
 	Payload isStreamPredictionsResponse_Payload `protobuf_oneof:"payload"`
 	// Position of this message in its stream, from 1, one more for each message the stream produces; a client
 	// resumes after the last cursor it received. 0 on a RESUMED status, which belongs to the subscription rather
@@ -1242,6 +1451,15 @@ func (x *StreamPredictionsResponse) GetStatus() *StreamStatus {
 	return nil
 }
 
+func (x *StreamPredictionsResponse) GetEvents() *AnalyticsEvents {
+	if x != nil {
+		if x, ok := x.Payload.(*StreamPredictionsResponse_Events); ok {
+			return x.Events
+		}
+	}
+	return nil
+}
+
 func (x *StreamPredictionsResponse) GetCursor() uint64 {
 	if x != nil {
 		return x.Cursor
@@ -1261,15 +1479,383 @@ type StreamPredictionsResponse_Status struct {
 	Status *StreamStatus `protobuf:"bytes,5,opt,name=status,proto3,oneof"`
 }
 
+type StreamPredictionsResponse_Events struct {
+	// STREAM_CONTENT_EVENTS: a frame's events.
+	Events *AnalyticsEvents `protobuf:"bytes,7,opt,name=events,proto3,oneof"`
+}
+
 func (*StreamPredictionsResponse_Frame) isStreamPredictionsResponse_Payload() {}
 
 func (*StreamPredictionsResponse_Status) isStreamPredictionsResponse_Payload() {}
+
+func (*StreamPredictionsResponse_Events) isStreamPredictionsResponse_Payload() {}
+
+// The first message of an InferStream call.
+type InferStreamConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "name" or "name/version"; empty means the server's default model.
+	ModelId string        `protobuf:"bytes,1,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
+	Options *InferOptions `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"`
+	// Tracking, zones and lines over the frames of each source_index.
+	Analytics *StreamAnalytics `protobuf:"bytes,3,opt,name=analytics,proto3" json:"analytics,omitempty"`
+	// Frames received and not yet answered; 0: the server's default (8). At most the server's limit (64).
+	MaxInFlight   uint32       `protobuf:"varint,4,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	Backpressure  Backpressure `protobuf:"varint,5,opt,name=backpressure,proto3,enum=visionrpc.v1.Backpressure" json:"backpressure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferStreamConfig) Reset() {
+	*x = InferStreamConfig{}
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferStreamConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferStreamConfig) ProtoMessage() {}
+
+func (x *InferStreamConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferStreamConfig.ProtoReflect.Descriptor instead.
+func (*InferStreamConfig) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *InferStreamConfig) GetModelId() string {
+	if x != nil {
+		return x.ModelId
+	}
+	return ""
+}
+
+func (x *InferStreamConfig) GetOptions() *InferOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *InferStreamConfig) GetAnalytics() *StreamAnalytics {
+	if x != nil {
+		return x.Analytics
+	}
+	return nil
+}
+
+func (x *InferStreamConfig) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *InferStreamConfig) GetBackpressure() Backpressure {
+	if x != nil {
+		return x.Backpressure
+	}
+	return Backpressure_BACKPRESSURE_UNSPECIFIED
+}
+
+// A frame sent by the client.
+type InputFrame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's numbering, echoed in the answer; must increase from one frame to the next of a source.
+	SequenceNumber uint64 `protobuf:"varint,1,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	Image          *Image `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// Which of the client's cameras (tracking and analytics are per source). Default 0.
+	SourceIndex uint32 `protobuf:"varint,3,opt,name=source_index,json=sourceIndex,proto3" json:"source_index,omitempty"`
+	// Presentation time in the source, in milliseconds (dwell times use it); 0: the time the server received it.
+	TimestampMs   float64 `protobuf:"fixed64,4,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InputFrame) Reset() {
+	*x = InputFrame{}
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InputFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InputFrame) ProtoMessage() {}
+
+func (x *InputFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InputFrame.ProtoReflect.Descriptor instead.
+func (*InputFrame) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *InputFrame) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *InputFrame) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *InputFrame) GetSourceIndex() uint32 {
+	if x != nil {
+		return x.SourceIndex
+	}
+	return 0
+}
+
+func (x *InputFrame) GetTimestampMs() float64 {
+	if x != nil {
+		return x.TimestampMs
+	}
+	return 0
+}
+
+type InferStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Message:
+	//
+	//	*InferStreamRequest_Config
+	//	*InferStreamRequest_Frame
+	Message       isInferStreamRequest_Message `protobuf_oneof:"message"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferStreamRequest) Reset() {
+	*x = InferStreamRequest{}
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferStreamRequest) ProtoMessage() {}
+
+func (x *InferStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferStreamRequest.ProtoReflect.Descriptor instead.
+func (*InferStreamRequest) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *InferStreamRequest) GetMessage() isInferStreamRequest_Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *InferStreamRequest) GetConfig() *InferStreamConfig {
+	if x != nil {
+		if x, ok := x.Message.(*InferStreamRequest_Config); ok {
+			return x.Config
+		}
+	}
+	return nil
+}
+
+func (x *InferStreamRequest) GetFrame() *InputFrame {
+	if x != nil {
+		if x, ok := x.Message.(*InferStreamRequest_Frame); ok {
+			return x.Frame
+		}
+	}
+	return nil
+}
+
+type isInferStreamRequest_Message interface {
+	isInferStreamRequest_Message()
+}
+
+type InferStreamRequest_Config struct {
+	// First message, exactly once.
+	Config *InferStreamConfig `protobuf:"bytes,1,opt,name=config,proto3,oneof"`
+}
+
+type InferStreamRequest_Frame struct {
+	Frame *InputFrame `protobuf:"bytes,2,opt,name=frame,proto3,oneof"`
+}
+
+func (*InferStreamRequest_Config) isInferStreamRequest_Message() {}
+
+func (*InferStreamRequest_Frame) isInferStreamRequest_Message() {}
+
+// The answer to one frame, in the order the frames were sent.
+type InferStreamResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SequenceNumber uint64                 `protobuf:"varint,1,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	SourceIndex    uint32                 `protobuf:"varint,2,opt,name=source_index,json=sourceIndex,proto3" json:"source_index,omitempty"`
+	// The model that ran: its name and the resolved version.
+	ModelName    string `protobuf:"bytes,3,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	ModelVersion string `protobuf:"bytes,4,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*InferStreamResponse_Prediction
+	//	*InferStreamResponse_Dropped
+	Outcome isInferStreamResponse_Outcome `protobuf_oneof:"outcome"`
+	// With analytics: the zones and lines watching this source, and the events this frame caused.
+	Analytics     *FrameAnalytics `protobuf:"bytes,8,opt,name=analytics,proto3" json:"analytics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferStreamResponse) Reset() {
+	*x = InferStreamResponse{}
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferStreamResponse) ProtoMessage() {}
+
+func (x *InferStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_inference_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferStreamResponse.ProtoReflect.Descriptor instead.
+func (*InferStreamResponse) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_inference_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *InferStreamResponse) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *InferStreamResponse) GetSourceIndex() uint32 {
+	if x != nil {
+		return x.SourceIndex
+	}
+	return 0
+}
+
+func (x *InferStreamResponse) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *InferStreamResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *InferStreamResponse) GetOutcome() isInferStreamResponse_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *InferStreamResponse) GetPrediction() *ImagePrediction {
+	if x != nil {
+		if x, ok := x.Outcome.(*InferStreamResponse_Prediction); ok {
+			return x.Prediction
+		}
+	}
+	return nil
+}
+
+func (x *InferStreamResponse) GetDropped() bool {
+	if x != nil {
+		if x, ok := x.Outcome.(*InferStreamResponse_Dropped); ok {
+			return x.Dropped
+		}
+	}
+	return false
+}
+
+func (x *InferStreamResponse) GetAnalytics() *FrameAnalytics {
+	if x != nil {
+		return x.Analytics
+	}
+	return nil
+}
+
+type isInferStreamResponse_Outcome interface {
+	isInferStreamResponse_Outcome()
+}
+
+type InferStreamResponse_Prediction struct {
+	Prediction *ImagePrediction `protobuf:"bytes,5,opt,name=prediction,proto3,oneof"`
+}
+
+type InferStreamResponse_Dropped struct {
+	// BACKPRESSURE_DROP: the frame arrived while max_in_flight frames were in flight and was not inferred.
+	Dropped bool `protobuf:"varint,6,opt,name=dropped,proto3,oneof"`
+}
+
+func (*InferStreamResponse_Prediction) isInferStreamResponse_Outcome() {}
+
+func (*InferStreamResponse_Dropped) isInferStreamResponse_Outcome() {}
 
 var File_visionrpc_v1_inference_proto protoreflect.FileDescriptor
 
 const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\n" +
-	"\x1cvisionrpc/v1/inference.proto\x12\fvisionrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18visionrpc/v1/types.proto\"\x8c\x01\n" +
+	"\x1cvisionrpc/v1/inference.proto\x12\fvisionrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cvisionrpc/v1/analytics.proto\x1a\x18visionrpc/v1/types.proto\"\x8c\x01\n" +
 	"\fInferRequest\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12+\n" +
 	"\x06images\x18\x02 \x03(\v2\x13.visionrpc.v1.ImageR\x06images\x124\n" +
@@ -1284,30 +1870,34 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\x04path\x18\x01 \x01(\tH\x00R\x04path\x12\x12\n" +
 	"\x03url\x18\x02 \x01(\tH\x00R\x03url\x12\x18\n" +
 	"\x06device\x18\x03 \x01(\rH\x00R\x06deviceB\b\n" +
-	"\x06source\"\x89\x02\n" +
+	"\x06source\"\x8a\x03\n" +
 	"\rStreamOptions\x12\x1c\n" +
 	"\amax_fps\x18\x01 \x01(\x02H\x00R\x06maxFps\x88\x01\x01\x12<\n" +
 	"\fframe_policy\x18\x02 \x01(\x0e2\x19.visionrpc.v1.FramePolicyR\vframePolicy\x122\n" +
 	"\bdelivery\x18\x03 \x01(\x0e2\x16.visionrpc.v1.DeliveryR\bdelivery\x129\n" +
 	"\vframe_image\x18\x04 \x01(\x0e2\x18.visionrpc.v1.FrameImageR\n" +
 	"frameImage\x12!\n" +
-	"\fjpeg_quality\x18\x05 \x01(\rR\vjpegQualityB\n" +
+	"\fjpeg_quality\x18\x05 \x01(\rR\vjpegQuality\x12;\n" +
+	"\tanalytics\x18\x06 \x01(\v2\x1d.visionrpc.v1.StreamAnalyticsR\tanalytics\x12B\n" +
+	"\x0eface_redaction\x18\a \x01(\x0e2\x1b.visionrpc.v1.FaceRedactionR\rfaceRedactionB\n" +
 	"\n" +
-	"\b_max_fps\"\xb5\x02\n" +
+	"\b_max_fps\"\x88\x03\n" +
 	"\x18StreamPredictionsRequest\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x19\n" +
 	"\bmodel_id\x18\x02 \x01(\tR\amodelId\x123\n" +
 	"\asources\x18\x03 \x03(\v2\x19.visionrpc.v1.VideoSourceR\asources\x124\n" +
 	"\aoptions\x18\x04 \x01(\v2\x1a.visionrpc.v1.InferOptionsR\aoptions\x12B\n" +
 	"\x0estream_options\x18\x05 \x01(\v2\x1b.visionrpc.v1.StreamOptionsR\rstreamOptions\x122\n" +
-	"\x06resume\x18\x06 \x01(\v2\x1a.visionrpc.v1.StreamResumeR\x06resume\"\x82\x01\n" +
+	"\x06resume\x18\x06 \x01(\v2\x1a.visionrpc.v1.StreamResumeR\x06resume\x12\x1a\n" +
+	"\bpipeline\x18\a \x01(\tR\bpipeline\x125\n" +
+	"\acontent\x18\b \x01(\x0e2\x1b.visionrpc.v1.StreamContentR\acontent\"\x82\x01\n" +
 	"\fStreamResume\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12!\n" +
 	"\fafter_cursor\x18\x02 \x01(\x04R\vafterCursor\x122\n" +
 	"\x15next_sequence_numbers\x18\x03 \x03(\x04R\x13nextSequenceNumbers\"^\n" +
 	"\fDropCounters\x12%\n" +
 	"\x0eframes_skipped\x18\x01 \x01(\x04R\rframesSkipped\x12'\n" +
-	"\x0fresults_dropped\x18\x02 \x01(\x04R\x0eresultsDropped\"\xdc\x02\n" +
+	"\x0fresults_dropped\x18\x02 \x01(\x04R\x0eresultsDropped\"\x98\x03\n" +
 	"\x0fFramePrediction\x12!\n" +
 	"\fsource_index\x18\x01 \x01(\rR\vsourceIndex\x12'\n" +
 	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\x12.\n" +
@@ -1318,7 +1908,8 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"prediction\x120\n" +
 	"\x05drops\x18\x06 \x01(\v2\x1a.visionrpc.v1.DropCountersR\x05drops\x12\x1d\n" +
 	"\n" +
-	"frame_jpeg\x18\a \x01(\fR\tframeJpeg\"\x90\x01\n" +
+	"frame_jpeg\x18\a \x01(\fR\tframeJpeg\x12:\n" +
+	"\tanalytics\x18\b \x01(\v2\x1c.visionrpc.v1.FrameAnalyticsR\tanalytics\"\x90\x01\n" +
 	"\n" +
 	"SourceInfo\x12!\n" +
 	"\fsource_index\x18\x01 \x01(\rR\vsourceIndex\x12\x14\n" +
@@ -1337,16 +1928,45 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\asources\x18\x03 \x03(\v2\x18.visionrpc.v1.SourceInfoR\asources\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12/\n" +
-	"\x06resume\x18\x06 \x01(\v2\x17.visionrpc.v1.ResumeGapR\x06resume\"\x8c\x02\n" +
+	"\x06resume\x18\x06 \x01(\v2\x17.visionrpc.v1.ResumeGapR\x06resume\"\xc5\x02\n" +
 	"\x19StreamPredictionsResponse\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x02 \x01(\tR\tmodelName\x12#\n" +
 	"\rmodel_version\x18\x03 \x01(\tR\fmodelVersion\x125\n" +
 	"\x05frame\x18\x04 \x01(\v2\x1d.visionrpc.v1.FramePredictionH\x00R\x05frame\x124\n" +
-	"\x06status\x18\x05 \x01(\v2\x1a.visionrpc.v1.StreamStatusH\x00R\x06status\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\v2\x1a.visionrpc.v1.StreamStatusH\x00R\x06status\x127\n" +
+	"\x06events\x18\a \x01(\v2\x1d.visionrpc.v1.AnalyticsEventsH\x00R\x06events\x12\x16\n" +
 	"\x06cursor\x18\x06 \x01(\x04R\x06cursorB\t\n" +
-	"\apayload*h\n" +
+	"\apayload\"\x85\x02\n" +
+	"\x11InferStreamConfig\x12\x19\n" +
+	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x124\n" +
+	"\aoptions\x18\x02 \x01(\v2\x1a.visionrpc.v1.InferOptionsR\aoptions\x12;\n" +
+	"\tanalytics\x18\x03 \x01(\v2\x1d.visionrpc.v1.StreamAnalyticsR\tanalytics\x12\"\n" +
+	"\rmax_in_flight\x18\x04 \x01(\rR\vmaxInFlight\x12>\n" +
+	"\fbackpressure\x18\x05 \x01(\x0e2\x1a.visionrpc.v1.BackpressureR\fbackpressure\"\xa6\x01\n" +
+	"\n" +
+	"InputFrame\x12'\n" +
+	"\x0fsequence_number\x18\x01 \x01(\x04R\x0esequenceNumber\x12)\n" +
+	"\x05image\x18\x02 \x01(\v2\x13.visionrpc.v1.ImageR\x05image\x12!\n" +
+	"\fsource_index\x18\x03 \x01(\rR\vsourceIndex\x12!\n" +
+	"\ftimestamp_ms\x18\x04 \x01(\x01R\vtimestampMs\"\x8c\x01\n" +
+	"\x12InferStreamRequest\x129\n" +
+	"\x06config\x18\x01 \x01(\v2\x1f.visionrpc.v1.InferStreamConfigH\x00R\x06config\x120\n" +
+	"\x05frame\x18\x02 \x01(\v2\x18.visionrpc.v1.InputFrameH\x00R\x05frameB\t\n" +
+	"\amessage\"\xc9\x02\n" +
+	"\x13InferStreamResponse\x12'\n" +
+	"\x0fsequence_number\x18\x01 \x01(\x04R\x0esequenceNumber\x12!\n" +
+	"\fsource_index\x18\x02 \x01(\rR\vsourceIndex\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\x03 \x01(\tR\tmodelName\x12#\n" +
+	"\rmodel_version\x18\x04 \x01(\tR\fmodelVersion\x12?\n" +
+	"\n" +
+	"prediction\x18\x05 \x01(\v2\x1d.visionrpc.v1.ImagePredictionH\x00R\n" +
+	"prediction\x12\x1a\n" +
+	"\adropped\x18\x06 \x01(\bH\x00R\adropped\x12:\n" +
+	"\tanalytics\x18\b \x01(\v2\x1c.visionrpc.v1.FrameAnalyticsR\tanalyticsB\t\n" +
+	"\aoutcome*h\n" +
 	"\vFramePolicy\x12\x1c\n" +
 	"\x18FRAME_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18FRAME_POLICY_EVERY_FRAME\x10\x01\x12\x1d\n" +
@@ -1360,7 +1980,16 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\x17FRAME_IMAGE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAME_IMAGE_NONE\x10\x01\x12\x13\n" +
 	"\x0fFRAME_IMAGE_RAW\x10\x02\x12\x19\n" +
-	"\x15FRAME_IMAGE_ANNOTATED\x10\x03*\xd3\x01\n" +
+	"\x15FRAME_IMAGE_ANNOTATED\x10\x03*~\n" +
+	"\rFaceRedaction\x12\x1e\n" +
+	"\x1aFACE_REDACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13FACE_REDACTION_NONE\x10\x01\x12\x17\n" +
+	"\x13FACE_REDACTION_BLUR\x10\x02\x12\x1b\n" +
+	"\x17FACE_REDACTION_PIXELATE\x10\x03*e\n" +
+	"\rStreamContent\x12\x1e\n" +
+	"\x1aSTREAM_CONTENT_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15STREAM_CONTENT_FRAMES\x10\x01\x12\x19\n" +
+	"\x15STREAM_CONTENT_EVENTS\x10\x02*\xd3\x01\n" +
 	"\vStreamEvent\x12\x1c\n" +
 	"\x18STREAM_EVENT_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STREAM_EVENT_STARTED\x10\x01\x12\x1d\n" +
@@ -1373,10 +2002,15 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\x1aRESUME_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17RESUME_OUTCOME_REPLAYED\x10\x01\x12\x1a\n" +
 	"\x16RESUME_OUTCOME_PARTIAL\x10\x02\x12\x1c\n" +
-	"\x18RESUME_OUTCOME_RESTARTED\x10\x032\xbc\x01\n" +
+	"\x18RESUME_OUTCOME_RESTARTED\x10\x03*Z\n" +
+	"\fBackpressure\x12\x1c\n" +
+	"\x18BACKPRESSURE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11BACKPRESSURE_WAIT\x10\x01\x12\x15\n" +
+	"\x11BACKPRESSURE_DROP\x10\x022\x94\x02\n" +
 	"\x10InferenceService\x12@\n" +
 	"\x05Infer\x12\x1a.visionrpc.v1.InferRequest\x1a\x1b.visionrpc.v1.InferResponse\x12f\n" +
-	"\x11StreamPredictions\x12&.visionrpc.v1.StreamPredictionsRequest\x1a'.visionrpc.v1.StreamPredictionsResponse0\x01Bk\n" +
+	"\x11StreamPredictions\x12&.visionrpc.v1.StreamPredictionsRequest\x1a'.visionrpc.v1.StreamPredictionsResponse0\x01\x12V\n" +
+	"\vInferStream\x12 .visionrpc.v1.InferStreamRequest\x1a!.visionrpc.v1.InferStreamResponse(\x010\x01Bk\n" +
 	"\x10dev.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\fVisionRpc.V1b\x06proto3"
 
 var (
@@ -1391,62 +2025,87 @@ func file_visionrpc_v1_inference_proto_rawDescGZIP() []byte {
 	return file_visionrpc_v1_inference_proto_rawDescData
 }
 
-var file_visionrpc_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_visionrpc_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_visionrpc_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_visionrpc_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_visionrpc_v1_inference_proto_goTypes = []any{
 	(FramePolicy)(0),                  // 0: visionrpc.v1.FramePolicy
 	(Delivery)(0),                     // 1: visionrpc.v1.Delivery
 	(FrameImage)(0),                   // 2: visionrpc.v1.FrameImage
-	(StreamEvent)(0),                  // 3: visionrpc.v1.StreamEvent
-	(ResumeOutcome)(0),                // 4: visionrpc.v1.ResumeOutcome
-	(*InferRequest)(nil),              // 5: visionrpc.v1.InferRequest
-	(*InferResponse)(nil),             // 6: visionrpc.v1.InferResponse
-	(*VideoSource)(nil),               // 7: visionrpc.v1.VideoSource
-	(*StreamOptions)(nil),             // 8: visionrpc.v1.StreamOptions
-	(*StreamPredictionsRequest)(nil),  // 9: visionrpc.v1.StreamPredictionsRequest
-	(*StreamResume)(nil),              // 10: visionrpc.v1.StreamResume
-	(*DropCounters)(nil),              // 11: visionrpc.v1.DropCounters
-	(*FramePrediction)(nil),           // 12: visionrpc.v1.FramePrediction
-	(*SourceInfo)(nil),                // 13: visionrpc.v1.SourceInfo
-	(*ResumeGap)(nil),                 // 14: visionrpc.v1.ResumeGap
-	(*StreamStatus)(nil),              // 15: visionrpc.v1.StreamStatus
-	(*StreamPredictionsResponse)(nil), // 16: visionrpc.v1.StreamPredictionsResponse
-	(*Image)(nil),                     // 17: visionrpc.v1.Image
-	(*InferOptions)(nil),              // 18: visionrpc.v1.InferOptions
-	(*EngineInfo)(nil),                // 19: visionrpc.v1.EngineInfo
-	(*ImagePrediction)(nil),           // 20: visionrpc.v1.ImagePrediction
-	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
+	(FaceRedaction)(0),                // 3: visionrpc.v1.FaceRedaction
+	(StreamContent)(0),                // 4: visionrpc.v1.StreamContent
+	(StreamEvent)(0),                  // 5: visionrpc.v1.StreamEvent
+	(ResumeOutcome)(0),                // 6: visionrpc.v1.ResumeOutcome
+	(Backpressure)(0),                 // 7: visionrpc.v1.Backpressure
+	(*InferRequest)(nil),              // 8: visionrpc.v1.InferRequest
+	(*InferResponse)(nil),             // 9: visionrpc.v1.InferResponse
+	(*VideoSource)(nil),               // 10: visionrpc.v1.VideoSource
+	(*StreamOptions)(nil),             // 11: visionrpc.v1.StreamOptions
+	(*StreamPredictionsRequest)(nil),  // 12: visionrpc.v1.StreamPredictionsRequest
+	(*StreamResume)(nil),              // 13: visionrpc.v1.StreamResume
+	(*DropCounters)(nil),              // 14: visionrpc.v1.DropCounters
+	(*FramePrediction)(nil),           // 15: visionrpc.v1.FramePrediction
+	(*SourceInfo)(nil),                // 16: visionrpc.v1.SourceInfo
+	(*ResumeGap)(nil),                 // 17: visionrpc.v1.ResumeGap
+	(*StreamStatus)(nil),              // 18: visionrpc.v1.StreamStatus
+	(*StreamPredictionsResponse)(nil), // 19: visionrpc.v1.StreamPredictionsResponse
+	(*InferStreamConfig)(nil),         // 20: visionrpc.v1.InferStreamConfig
+	(*InputFrame)(nil),                // 21: visionrpc.v1.InputFrame
+	(*InferStreamRequest)(nil),        // 22: visionrpc.v1.InferStreamRequest
+	(*InferStreamResponse)(nil),       // 23: visionrpc.v1.InferStreamResponse
+	(*Image)(nil),                     // 24: visionrpc.v1.Image
+	(*InferOptions)(nil),              // 25: visionrpc.v1.InferOptions
+	(*EngineInfo)(nil),                // 26: visionrpc.v1.EngineInfo
+	(*ImagePrediction)(nil),           // 27: visionrpc.v1.ImagePrediction
+	(*StreamAnalytics)(nil),           // 28: visionrpc.v1.StreamAnalytics
+	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
+	(*FrameAnalytics)(nil),            // 30: visionrpc.v1.FrameAnalytics
+	(*AnalyticsEvents)(nil),           // 31: visionrpc.v1.AnalyticsEvents
 }
 var file_visionrpc_v1_inference_proto_depIdxs = []int32{
-	17, // 0: visionrpc.v1.InferRequest.images:type_name -> visionrpc.v1.Image
-	18, // 1: visionrpc.v1.InferRequest.options:type_name -> visionrpc.v1.InferOptions
-	19, // 2: visionrpc.v1.InferResponse.engine:type_name -> visionrpc.v1.EngineInfo
-	20, // 3: visionrpc.v1.InferResponse.predictions:type_name -> visionrpc.v1.ImagePrediction
+	24, // 0: visionrpc.v1.InferRequest.images:type_name -> visionrpc.v1.Image
+	25, // 1: visionrpc.v1.InferRequest.options:type_name -> visionrpc.v1.InferOptions
+	26, // 2: visionrpc.v1.InferResponse.engine:type_name -> visionrpc.v1.EngineInfo
+	27, // 3: visionrpc.v1.InferResponse.predictions:type_name -> visionrpc.v1.ImagePrediction
 	0,  // 4: visionrpc.v1.StreamOptions.frame_policy:type_name -> visionrpc.v1.FramePolicy
 	1,  // 5: visionrpc.v1.StreamOptions.delivery:type_name -> visionrpc.v1.Delivery
 	2,  // 6: visionrpc.v1.StreamOptions.frame_image:type_name -> visionrpc.v1.FrameImage
-	7,  // 7: visionrpc.v1.StreamPredictionsRequest.sources:type_name -> visionrpc.v1.VideoSource
-	18, // 8: visionrpc.v1.StreamPredictionsRequest.options:type_name -> visionrpc.v1.InferOptions
-	8,  // 9: visionrpc.v1.StreamPredictionsRequest.stream_options:type_name -> visionrpc.v1.StreamOptions
-	10, // 10: visionrpc.v1.StreamPredictionsRequest.resume:type_name -> visionrpc.v1.StreamResume
-	21, // 11: visionrpc.v1.FramePrediction.capture_time:type_name -> google.protobuf.Timestamp
-	20, // 12: visionrpc.v1.FramePrediction.prediction:type_name -> visionrpc.v1.ImagePrediction
-	11, // 13: visionrpc.v1.FramePrediction.drops:type_name -> visionrpc.v1.DropCounters
-	4,  // 14: visionrpc.v1.ResumeGap.outcome:type_name -> visionrpc.v1.ResumeOutcome
-	3,  // 15: visionrpc.v1.StreamStatus.event:type_name -> visionrpc.v1.StreamEvent
-	13, // 16: visionrpc.v1.StreamStatus.sources:type_name -> visionrpc.v1.SourceInfo
-	14, // 17: visionrpc.v1.StreamStatus.resume:type_name -> visionrpc.v1.ResumeGap
-	12, // 18: visionrpc.v1.StreamPredictionsResponse.frame:type_name -> visionrpc.v1.FramePrediction
-	15, // 19: visionrpc.v1.StreamPredictionsResponse.status:type_name -> visionrpc.v1.StreamStatus
-	5,  // 20: visionrpc.v1.InferenceService.Infer:input_type -> visionrpc.v1.InferRequest
-	9,  // 21: visionrpc.v1.InferenceService.StreamPredictions:input_type -> visionrpc.v1.StreamPredictionsRequest
-	6,  // 22: visionrpc.v1.InferenceService.Infer:output_type -> visionrpc.v1.InferResponse
-	16, // 23: visionrpc.v1.InferenceService.StreamPredictions:output_type -> visionrpc.v1.StreamPredictionsResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	28, // 7: visionrpc.v1.StreamOptions.analytics:type_name -> visionrpc.v1.StreamAnalytics
+	3,  // 8: visionrpc.v1.StreamOptions.face_redaction:type_name -> visionrpc.v1.FaceRedaction
+	10, // 9: visionrpc.v1.StreamPredictionsRequest.sources:type_name -> visionrpc.v1.VideoSource
+	25, // 10: visionrpc.v1.StreamPredictionsRequest.options:type_name -> visionrpc.v1.InferOptions
+	11, // 11: visionrpc.v1.StreamPredictionsRequest.stream_options:type_name -> visionrpc.v1.StreamOptions
+	13, // 12: visionrpc.v1.StreamPredictionsRequest.resume:type_name -> visionrpc.v1.StreamResume
+	4,  // 13: visionrpc.v1.StreamPredictionsRequest.content:type_name -> visionrpc.v1.StreamContent
+	29, // 14: visionrpc.v1.FramePrediction.capture_time:type_name -> google.protobuf.Timestamp
+	27, // 15: visionrpc.v1.FramePrediction.prediction:type_name -> visionrpc.v1.ImagePrediction
+	14, // 16: visionrpc.v1.FramePrediction.drops:type_name -> visionrpc.v1.DropCounters
+	30, // 17: visionrpc.v1.FramePrediction.analytics:type_name -> visionrpc.v1.FrameAnalytics
+	6,  // 18: visionrpc.v1.ResumeGap.outcome:type_name -> visionrpc.v1.ResumeOutcome
+	5,  // 19: visionrpc.v1.StreamStatus.event:type_name -> visionrpc.v1.StreamEvent
+	16, // 20: visionrpc.v1.StreamStatus.sources:type_name -> visionrpc.v1.SourceInfo
+	17, // 21: visionrpc.v1.StreamStatus.resume:type_name -> visionrpc.v1.ResumeGap
+	15, // 22: visionrpc.v1.StreamPredictionsResponse.frame:type_name -> visionrpc.v1.FramePrediction
+	18, // 23: visionrpc.v1.StreamPredictionsResponse.status:type_name -> visionrpc.v1.StreamStatus
+	31, // 24: visionrpc.v1.StreamPredictionsResponse.events:type_name -> visionrpc.v1.AnalyticsEvents
+	25, // 25: visionrpc.v1.InferStreamConfig.options:type_name -> visionrpc.v1.InferOptions
+	28, // 26: visionrpc.v1.InferStreamConfig.analytics:type_name -> visionrpc.v1.StreamAnalytics
+	7,  // 27: visionrpc.v1.InferStreamConfig.backpressure:type_name -> visionrpc.v1.Backpressure
+	24, // 28: visionrpc.v1.InputFrame.image:type_name -> visionrpc.v1.Image
+	20, // 29: visionrpc.v1.InferStreamRequest.config:type_name -> visionrpc.v1.InferStreamConfig
+	21, // 30: visionrpc.v1.InferStreamRequest.frame:type_name -> visionrpc.v1.InputFrame
+	27, // 31: visionrpc.v1.InferStreamResponse.prediction:type_name -> visionrpc.v1.ImagePrediction
+	30, // 32: visionrpc.v1.InferStreamResponse.analytics:type_name -> visionrpc.v1.FrameAnalytics
+	8,  // 33: visionrpc.v1.InferenceService.Infer:input_type -> visionrpc.v1.InferRequest
+	12, // 34: visionrpc.v1.InferenceService.StreamPredictions:input_type -> visionrpc.v1.StreamPredictionsRequest
+	22, // 35: visionrpc.v1.InferenceService.InferStream:input_type -> visionrpc.v1.InferStreamRequest
+	9,  // 36: visionrpc.v1.InferenceService.Infer:output_type -> visionrpc.v1.InferResponse
+	19, // 37: visionrpc.v1.InferenceService.StreamPredictions:output_type -> visionrpc.v1.StreamPredictionsResponse
+	23, // 38: visionrpc.v1.InferenceService.InferStream:output_type -> visionrpc.v1.InferStreamResponse
+	36, // [36:39] is the sub-list for method output_type
+	33, // [33:36] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_visionrpc_v1_inference_proto_init() }
@@ -1454,6 +2113,7 @@ func file_visionrpc_v1_inference_proto_init() {
 	if File_visionrpc_v1_inference_proto != nil {
 		return
 	}
+	file_visionrpc_v1_analytics_proto_init()
 	file_visionrpc_v1_types_proto_init()
 	file_visionrpc_v1_inference_proto_msgTypes[2].OneofWrappers = []any{
 		(*VideoSource_Path)(nil),
@@ -1464,14 +2124,23 @@ func file_visionrpc_v1_inference_proto_init() {
 	file_visionrpc_v1_inference_proto_msgTypes[11].OneofWrappers = []any{
 		(*StreamPredictionsResponse_Frame)(nil),
 		(*StreamPredictionsResponse_Status)(nil),
+		(*StreamPredictionsResponse_Events)(nil),
+	}
+	file_visionrpc_v1_inference_proto_msgTypes[14].OneofWrappers = []any{
+		(*InferStreamRequest_Config)(nil),
+		(*InferStreamRequest_Frame)(nil),
+	}
+	file_visionrpc_v1_inference_proto_msgTypes[15].OneofWrappers = []any{
+		(*InferStreamResponse_Prediction)(nil),
+		(*InferStreamResponse_Dropped)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_visionrpc_v1_inference_proto_rawDesc), len(file_visionrpc_v1_inference_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   12,
+			NumEnums:      8,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

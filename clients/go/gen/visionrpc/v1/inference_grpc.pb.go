@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	InferenceService_Infer_FullMethodName             = "/visionrpc.v1.InferenceService/Infer"
 	InferenceService_StreamPredictions_FullMethodName = "/visionrpc.v1.InferenceService/StreamPredictions"
+	InferenceService_InferStream_FullMethodName       = "/visionrpc.v1.InferenceService/InferStream"
 )
 
 // InferenceServiceClient is the client API for InferenceService service.
@@ -37,6 +38,10 @@ type InferenceServiceClient interface {
 	Infer(ctx context.Context, in *InferRequest, opts ...grpc.CallOption) (*InferResponse, error)
 	// Subscribes to the predictions of a video pipeline, pushed as frames are processed.
 	StreamPredictions(ctx context.Context, in *StreamPredictionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamPredictionsResponse], error)
+	// Infers frames the client sends (a camera it owns), one answer per frame in the order sent, with the
+	// batching, tracking and analytics of a server-side stream. The first message is the config, every later
+	// one a frame. Back-pressure is explicit: see InferStreamConfig.max_in_flight and Backpressure.
+	InferStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InferStreamRequest, InferStreamResponse], error)
 }
 
 type inferenceServiceClient struct {
@@ -76,6 +81,19 @@ func (c *inferenceServiceClient) StreamPredictions(ctx context.Context, in *Stre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type InferenceService_StreamPredictionsClient = grpc.ServerStreamingClient[StreamPredictionsResponse]
 
+func (c *inferenceServiceClient) InferStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InferStreamRequest, InferStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &InferenceService_ServiceDesc.Streams[1], InferenceService_InferStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[InferStreamRequest, InferStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InferenceService_InferStreamClient = grpc.BidiStreamingClient[InferStreamRequest, InferStreamResponse]
+
 // InferenceServiceServer is the server API for InferenceService service.
 // All implementations must embed UnimplementedInferenceServiceServer
 // for forward compatibility.
@@ -90,6 +108,10 @@ type InferenceServiceServer interface {
 	Infer(context.Context, *InferRequest) (*InferResponse, error)
 	// Subscribes to the predictions of a video pipeline, pushed as frames are processed.
 	StreamPredictions(*StreamPredictionsRequest, grpc.ServerStreamingServer[StreamPredictionsResponse]) error
+	// Infers frames the client sends (a camera it owns), one answer per frame in the order sent, with the
+	// batching, tracking and analytics of a server-side stream. The first message is the config, every later
+	// one a frame. Back-pressure is explicit: see InferStreamConfig.max_in_flight and Backpressure.
+	InferStream(grpc.BidiStreamingServer[InferStreamRequest, InferStreamResponse]) error
 	mustEmbedUnimplementedInferenceServiceServer()
 }
 
@@ -105,6 +127,9 @@ func (UnimplementedInferenceServiceServer) Infer(context.Context, *InferRequest)
 }
 func (UnimplementedInferenceServiceServer) StreamPredictions(*StreamPredictionsRequest, grpc.ServerStreamingServer[StreamPredictionsResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamPredictions not implemented")
+}
+func (UnimplementedInferenceServiceServer) InferStream(grpc.BidiStreamingServer[InferStreamRequest, InferStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method InferStream not implemented")
 }
 func (UnimplementedInferenceServiceServer) mustEmbedUnimplementedInferenceServiceServer() {}
 func (UnimplementedInferenceServiceServer) testEmbeddedByValue()                          {}
@@ -156,6 +181,13 @@ func _InferenceService_StreamPredictions_Handler(srv interface{}, stream grpc.Se
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type InferenceService_StreamPredictionsServer = grpc.ServerStreamingServer[StreamPredictionsResponse]
 
+func _InferenceService_InferStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(InferenceServiceServer).InferStream(&grpc.GenericServerStream[InferStreamRequest, InferStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InferenceService_InferStreamServer = grpc.BidiStreamingServer[InferStreamRequest, InferStreamResponse]
+
 // InferenceService_ServiceDesc is the grpc.ServiceDesc for InferenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -173,6 +205,12 @@ var InferenceService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "StreamPredictions",
 			Handler:       _InferenceService_StreamPredictions_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "InferStream",
+			Handler:       _InferenceService_InferStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "visionrpc/v1/inference.proto",

@@ -157,6 +157,7 @@ type Image struct {
 	//
 	//	*Image_Encoded
 	//	*Image_Raw
+	//	*Image_SharedMemory
 	Source        isImage_Source `protobuf_oneof:"source"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -217,6 +218,15 @@ func (x *Image) GetRaw() *RawImage {
 	return nil
 }
 
+func (x *Image) GetSharedMemory() *SharedMemoryImage {
+	if x != nil {
+		if x, ok := x.Source.(*Image_SharedMemory); ok {
+			return x.SharedMemory
+		}
+	}
+	return nil
+}
+
 type isImage_Source interface {
 	isImage_Source()
 }
@@ -232,9 +242,96 @@ type Image_Raw struct {
 	Raw *RawImage `protobuf:"bytes,2,opt,name=raw,proto3,oneof"`
 }
 
+type Image_SharedMemory struct {
+	// Raw pixels in a shared-memory region registered with SharedMemoryService (clients on the server's host).
+	SharedMemory *SharedMemoryImage `protobuf:"bytes,3,opt,name=shared_memory,json=sharedMemory,proto3,oneof"`
+}
+
 func (*Image_Encoded) isImage_Source() {}
 
 func (*Image_Raw) isImage_Source() {}
+
+func (*Image_SharedMemory) isImage_Source() {}
+
+// Uncompressed pixels in a registered shared-memory region, laid out as RawImage.data: rows top to bottom,
+// channels interleaved, no row padding. The server reads width * height * channels(channel_order) bytes from
+// `offset`; they must lie inside the region.
+type SharedMemoryImage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region's name, as registered (SharedMemoryService.RegisterSharedMemory).
+	Region        string       `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Offset        uint64       `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Width         uint32       `protobuf:"varint,3,opt,name=width,proto3" json:"width,omitempty"`
+	Height        uint32       `protobuf:"varint,4,opt,name=height,proto3" json:"height,omitempty"`
+	ChannelOrder  ChannelOrder `protobuf:"varint,5,opt,name=channel_order,json=channelOrder,proto3,enum=visionrpc.v1.ChannelOrder" json:"channel_order,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedMemoryImage) Reset() {
+	*x = SharedMemoryImage{}
+	mi := &file_visionrpc_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedMemoryImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedMemoryImage) ProtoMessage() {}
+
+func (x *SharedMemoryImage) ProtoReflect() protoreflect.Message {
+	mi := &file_visionrpc_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedMemoryImage.ProtoReflect.Descriptor instead.
+func (*SharedMemoryImage) Descriptor() ([]byte, []int) {
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SharedMemoryImage) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *SharedMemoryImage) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *SharedMemoryImage) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *SharedMemoryImage) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *SharedMemoryImage) GetChannelOrder() ChannelOrder {
+	if x != nil {
+		return x.ChannelOrder
+	}
+	return ChannelOrder_CHANNEL_ORDER_UNSPECIFIED
+}
 
 // Post-processing options. Unset fields take the model's defaults (see ModelService.GetModel).
 type InferOptions struct {
@@ -256,7 +353,7 @@ type InferOptions struct {
 
 func (x *InferOptions) Reset() {
 	*x = InferOptions{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[2]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +365,7 @@ func (x *InferOptions) String() string {
 func (*InferOptions) ProtoMessage() {}
 
 func (x *InferOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[2]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +378,7 @@ func (x *InferOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferOptions.ProtoReflect.Descriptor instead.
 func (*InferOptions) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InferOptions) GetConfidenceThreshold() float32 {
@@ -339,7 +436,7 @@ type BoundingBox struct {
 
 func (x *BoundingBox) Reset() {
 	*x = BoundingBox{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[3]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +448,7 @@ func (x *BoundingBox) String() string {
 func (*BoundingBox) ProtoMessage() {}
 
 func (x *BoundingBox) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[3]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +461,7 @@ func (x *BoundingBox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BoundingBox.ProtoReflect.Descriptor instead.
 func (*BoundingBox) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BoundingBox) GetXMin() float32 {
@@ -409,7 +506,7 @@ type Keypoint struct {
 
 func (x *Keypoint) Reset() {
 	*x = Keypoint{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[4]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +518,7 @@ func (x *Keypoint) String() string {
 func (*Keypoint) ProtoMessage() {}
 
 func (x *Keypoint) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[4]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +531,7 @@ func (x *Keypoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keypoint.ProtoReflect.Descriptor instead.
 func (*Keypoint) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Keypoint) GetX() float32 {
@@ -473,14 +570,18 @@ type Detection struct {
 	Confidence float32                `protobuf:"fixed32,4,opt,name=confidence,proto3" json:"confidence,omitempty"`
 	Keypoints  []*Keypoint            `protobuf:"bytes,5,rep,name=keypoints,proto3" json:"keypoints,omitempty"`
 	// Instance segmentation models (decoder yolov8-seg): the object's pixels inside its box. Unset otherwise.
-	Mask          *Mask `protobuf:"bytes,6,opt,name=mask,proto3" json:"mask,omitempty"`
+	Mask *Mask `protobuf:"bytes,6,opt,name=mask,proto3" json:"mask,omitempty"`
+	// Streams that track (StreamAnalytics.tracking, or zones and lines): the object's id, the same on every
+	// frame of its source while it is followed, from 1. 0 when the detection is not tracked (unary Infer, a
+	// stream without tracking, or a detection too weak to start or continue a track).
+	TrackId       uint64 `protobuf:"varint,7,opt,name=track_id,json=trackId,proto3" json:"track_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Detection) Reset() {
 	*x = Detection{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[5]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +593,7 @@ func (x *Detection) String() string {
 func (*Detection) ProtoMessage() {}
 
 func (x *Detection) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[5]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +606,7 @@ func (x *Detection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Detection.ProtoReflect.Descriptor instead.
 func (*Detection) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Detection) GetBox() *BoundingBox {
@@ -550,6 +651,13 @@ func (x *Detection) GetMask() *Mask {
 	return nil
 }
 
+func (x *Detection) GetTrackId() uint64 {
+	if x != nil {
+		return x.TrackId
+	}
+	return 0
+}
+
 // A binary instance mask, run-length encoded over a grid of whole pixels of the original image.
 //
 // The grid is the pixels whose centre lies in the detection's box (pixel c covers [c, c + 1), so its
@@ -575,7 +683,7 @@ type Mask struct {
 
 func (x *Mask) Reset() {
 	*x = Mask{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[6]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +695,7 @@ func (x *Mask) String() string {
 func (*Mask) ProtoMessage() {}
 
 func (x *Mask) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[6]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +708,7 @@ func (x *Mask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mask.ProtoReflect.Descriptor instead.
 func (*Mask) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Mask) GetLeft() uint32 {
@@ -649,7 +757,7 @@ type Classification struct {
 
 func (x *Classification) Reset() {
 	*x = Classification{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[7]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +769,7 @@ func (x *Classification) String() string {
 func (*Classification) ProtoMessage() {}
 
 func (x *Classification) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[7]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +782,7 @@ func (x *Classification) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Classification.ProtoReflect.Descriptor instead.
 func (*Classification) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Classification) GetClassId() uint32 {
@@ -708,7 +816,7 @@ type ImageSize struct {
 
 func (x *ImageSize) Reset() {
 	*x = ImageSize{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[8]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +828,7 @@ func (x *ImageSize) String() string {
 func (*ImageSize) ProtoMessage() {}
 
 func (x *ImageSize) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[8]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +841,7 @@ func (x *ImageSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageSize.ProtoReflect.Descriptor instead.
 func (*ImageSize) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ImageSize) GetWidth() uint32 {
@@ -766,7 +874,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[9]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +886,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[9]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +899,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Timings) GetDecodeMs() float64 {
@@ -853,7 +961,7 @@ type EngineInfo struct {
 
 func (x *EngineInfo) Reset() {
 	*x = EngineInfo{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[10]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +973,7 @@ func (x *EngineInfo) String() string {
 func (*EngineInfo) ProtoMessage() {}
 
 func (x *EngineInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[10]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +986,7 @@ func (x *EngineInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EngineInfo.ProtoReflect.Descriptor instead.
 func (*EngineInfo) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EngineInfo) GetEngine() string {
@@ -923,7 +1031,7 @@ type ImagePrediction struct {
 
 func (x *ImagePrediction) Reset() {
 	*x = ImagePrediction{}
-	mi := &file_visionrpc_v1_types_proto_msgTypes[11]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1043,7 @@ func (x *ImagePrediction) String() string {
 func (*ImagePrediction) ProtoMessage() {}
 
 func (x *ImagePrediction) ProtoReflect() protoreflect.Message {
-	mi := &file_visionrpc_v1_types_proto_msgTypes[11]
+	mi := &file_visionrpc_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1056,7 @@ func (x *ImagePrediction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagePrediction.ProtoReflect.Descriptor instead.
 func (*ImagePrediction) Descriptor() ([]byte, []int) {
-	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_visionrpc_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ImagePrediction) GetImageSize() *ImageSize {
@@ -988,11 +1096,18 @@ const file_visionrpc_v1_types_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x14\n" +
 	"\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n" +
 	"\x06height\x18\x03 \x01(\rR\x06height\x12?\n" +
-	"\rchannel_order\x18\x04 \x01(\x0e2\x1a.visionrpc.v1.ChannelOrderR\fchannelOrder\"Y\n" +
+	"\rchannel_order\x18\x04 \x01(\x0e2\x1a.visionrpc.v1.ChannelOrderR\fchannelOrder\"\xa1\x01\n" +
 	"\x05Image\x12\x1a\n" +
 	"\aencoded\x18\x01 \x01(\fH\x00R\aencoded\x12*\n" +
-	"\x03raw\x18\x02 \x01(\v2\x16.visionrpc.v1.RawImageH\x00R\x03rawB\b\n" +
-	"\x06source\"\xbc\x02\n" +
+	"\x03raw\x18\x02 \x01(\v2\x16.visionrpc.v1.RawImageH\x00R\x03raw\x12F\n" +
+	"\rshared_memory\x18\x03 \x01(\v2\x1f.visionrpc.v1.SharedMemoryImageH\x00R\fsharedMemoryB\b\n" +
+	"\x06source\"\xb2\x01\n" +
+	"\x11SharedMemoryImage\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n" +
+	"\x05width\x18\x03 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x04 \x01(\rR\x06height\x12?\n" +
+	"\rchannel_order\x18\x05 \x01(\x0e2\x1a.visionrpc.v1.ChannelOrderR\fchannelOrder\"\xbc\x02\n" +
 	"\fInferOptions\x126\n" +
 	"\x14confidence_threshold\x18\x01 \x01(\x02H\x00R\x13confidenceThreshold\x88\x01\x01\x12(\n" +
 	"\riou_threshold\x18\x02 \x01(\x02H\x01R\fiouThreshold\x88\x01\x01\x12*\n" +
@@ -1016,7 +1131,7 @@ const file_visionrpc_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"confidence\x18\x03 \x01(\x02R\n" +
 	"confidence\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\tR\x04name\"\xf0\x01\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\"\x8b\x02\n" +
 	"\tDetection\x12+\n" +
 	"\x03box\x18\x01 \x01(\v2\x19.visionrpc.v1.BoundingBoxR\x03box\x12\x19\n" +
 	"\bclass_id\x18\x02 \x01(\rR\aclassId\x12\x1d\n" +
@@ -1026,7 +1141,8 @@ const file_visionrpc_v1_types_proto_rawDesc = "" +
 	"confidence\x18\x04 \x01(\x02R\n" +
 	"confidence\x124\n" +
 	"\tkeypoints\x18\x05 \x03(\v2\x16.visionrpc.v1.KeypointR\tkeypoints\x12&\n" +
-	"\x04mask\x18\x06 \x01(\v2\x12.visionrpc.v1.MaskR\x04mask\"r\n" +
+	"\x04mask\x18\x06 \x01(\v2\x12.visionrpc.v1.MaskR\x04mask\x12\x19\n" +
+	"\btrack_id\x18\a \x01(\x04R\atrackId\"r\n" +
 	"\x04Mask\x12\x12\n" +
 	"\x04left\x18\x01 \x01(\rR\x04left\x12\x10\n" +
 	"\x03top\x18\x02 \x01(\rR\x03top\x12\x14\n" +
@@ -1086,37 +1202,40 @@ func file_visionrpc_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_visionrpc_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_visionrpc_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_visionrpc_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_visionrpc_v1_types_proto_goTypes = []any{
-	(ChannelOrder)(0),       // 0: visionrpc.v1.ChannelOrder
-	(*RawImage)(nil),        // 1: visionrpc.v1.RawImage
-	(*Image)(nil),           // 2: visionrpc.v1.Image
-	(*InferOptions)(nil),    // 3: visionrpc.v1.InferOptions
-	(*BoundingBox)(nil),     // 4: visionrpc.v1.BoundingBox
-	(*Keypoint)(nil),        // 5: visionrpc.v1.Keypoint
-	(*Detection)(nil),       // 6: visionrpc.v1.Detection
-	(*Mask)(nil),            // 7: visionrpc.v1.Mask
-	(*Classification)(nil),  // 8: visionrpc.v1.Classification
-	(*ImageSize)(nil),       // 9: visionrpc.v1.ImageSize
-	(*Timings)(nil),         // 10: visionrpc.v1.Timings
-	(*EngineInfo)(nil),      // 11: visionrpc.v1.EngineInfo
-	(*ImagePrediction)(nil), // 12: visionrpc.v1.ImagePrediction
+	(ChannelOrder)(0),         // 0: visionrpc.v1.ChannelOrder
+	(*RawImage)(nil),          // 1: visionrpc.v1.RawImage
+	(*Image)(nil),             // 2: visionrpc.v1.Image
+	(*SharedMemoryImage)(nil), // 3: visionrpc.v1.SharedMemoryImage
+	(*InferOptions)(nil),      // 4: visionrpc.v1.InferOptions
+	(*BoundingBox)(nil),       // 5: visionrpc.v1.BoundingBox
+	(*Keypoint)(nil),          // 6: visionrpc.v1.Keypoint
+	(*Detection)(nil),         // 7: visionrpc.v1.Detection
+	(*Mask)(nil),              // 8: visionrpc.v1.Mask
+	(*Classification)(nil),    // 9: visionrpc.v1.Classification
+	(*ImageSize)(nil),         // 10: visionrpc.v1.ImageSize
+	(*Timings)(nil),           // 11: visionrpc.v1.Timings
+	(*EngineInfo)(nil),        // 12: visionrpc.v1.EngineInfo
+	(*ImagePrediction)(nil),   // 13: visionrpc.v1.ImagePrediction
 }
 var file_visionrpc_v1_types_proto_depIdxs = []int32{
 	0,  // 0: visionrpc.v1.RawImage.channel_order:type_name -> visionrpc.v1.ChannelOrder
 	1,  // 1: visionrpc.v1.Image.raw:type_name -> visionrpc.v1.RawImage
-	4,  // 2: visionrpc.v1.Detection.box:type_name -> visionrpc.v1.BoundingBox
-	5,  // 3: visionrpc.v1.Detection.keypoints:type_name -> visionrpc.v1.Keypoint
-	7,  // 4: visionrpc.v1.Detection.mask:type_name -> visionrpc.v1.Mask
-	9,  // 5: visionrpc.v1.ImagePrediction.image_size:type_name -> visionrpc.v1.ImageSize
-	6,  // 6: visionrpc.v1.ImagePrediction.detections:type_name -> visionrpc.v1.Detection
-	8,  // 7: visionrpc.v1.ImagePrediction.classifications:type_name -> visionrpc.v1.Classification
-	10, // 8: visionrpc.v1.ImagePrediction.timings:type_name -> visionrpc.v1.Timings
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	3,  // 2: visionrpc.v1.Image.shared_memory:type_name -> visionrpc.v1.SharedMemoryImage
+	0,  // 3: visionrpc.v1.SharedMemoryImage.channel_order:type_name -> visionrpc.v1.ChannelOrder
+	5,  // 4: visionrpc.v1.Detection.box:type_name -> visionrpc.v1.BoundingBox
+	6,  // 5: visionrpc.v1.Detection.keypoints:type_name -> visionrpc.v1.Keypoint
+	8,  // 6: visionrpc.v1.Detection.mask:type_name -> visionrpc.v1.Mask
+	10, // 7: visionrpc.v1.ImagePrediction.image_size:type_name -> visionrpc.v1.ImageSize
+	7,  // 8: visionrpc.v1.ImagePrediction.detections:type_name -> visionrpc.v1.Detection
+	9,  // 9: visionrpc.v1.ImagePrediction.classifications:type_name -> visionrpc.v1.Classification
+	11, // 10: visionrpc.v1.ImagePrediction.timings:type_name -> visionrpc.v1.Timings
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_visionrpc_v1_types_proto_init() }
@@ -1127,15 +1246,16 @@ func file_visionrpc_v1_types_proto_init() {
 	file_visionrpc_v1_types_proto_msgTypes[1].OneofWrappers = []any{
 		(*Image_Encoded)(nil),
 		(*Image_Raw)(nil),
+		(*Image_SharedMemory)(nil),
 	}
-	file_visionrpc_v1_types_proto_msgTypes[2].OneofWrappers = []any{}
+	file_visionrpc_v1_types_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_visionrpc_v1_types_proto_rawDesc), len(file_visionrpc_v1_types_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -23,10 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from visionrpc.v1 import analytics_pb2 as visionrpc_dot_v1_dot_analytics__pb2
 from visionrpc.v1 import types_pb2 as visionrpc_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvisionrpc/v1/inference.proto\x12\x0cvisionrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18visionrpc/v1/types.proto\"\x8c\x01\n\x0cInferRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12+\n\x06images\x18\x02 \x03(\x0b\x32\x13.visionrpc.v1.ImageR\x06images\x12\x34\n\x07options\x18\x03 \x01(\x0b\x32\x1a.visionrpc.v1.InferOptionsR\x07options\"\xc6\x01\n\rInferResponse\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\x12\x30\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x18.visionrpc.v1.EngineInfoR\x06\x65ngine\x12?\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x1d.visionrpc.v1.ImagePredictionR\x0bpredictions\"[\n\x0bVideoSource\x12\x14\n\x04path\x18\x01 \x01(\tH\x00R\x04path\x12\x12\n\x03url\x18\x02 \x01(\tH\x00R\x03url\x12\x18\n\x06\x64\x65vice\x18\x03 \x01(\rH\x00R\x06\x64\x65viceB\x08\n\x06source\"\x89\x02\n\rStreamOptions\x12\x1c\n\x07max_fps\x18\x01 \x01(\x02H\x00R\x06maxFps\x88\x01\x01\x12<\n\x0c\x66rame_policy\x18\x02 \x01(\x0e\x32\x19.visionrpc.v1.FramePolicyR\x0b\x66ramePolicy\x12\x32\n\x08\x64\x65livery\x18\x03 \x01(\x0e\x32\x16.visionrpc.v1.DeliveryR\x08\x64\x65livery\x12\x39\n\x0b\x66rame_image\x18\x04 \x01(\x0e\x32\x18.visionrpc.v1.FrameImageR\nframeImage\x12!\n\x0cjpeg_quality\x18\x05 \x01(\rR\x0bjpegQualityB\n\n\x08_max_fps\"\xb5\x02\n\x18StreamPredictionsRequest\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12\x19\n\x08model_id\x18\x02 \x01(\tR\x07modelId\x12\x33\n\x07sources\x18\x03 \x03(\x0b\x32\x19.visionrpc.v1.VideoSourceR\x07sources\x12\x34\n\x07options\x18\x04 \x01(\x0b\x32\x1a.visionrpc.v1.InferOptionsR\x07options\x12\x42\n\x0estream_options\x18\x05 \x01(\x0b\x32\x1b.visionrpc.v1.StreamOptionsR\rstreamOptions\x12\x32\n\x06resume\x18\x06 \x01(\x0b\x32\x1a.visionrpc.v1.StreamResumeR\x06resume\"\x82\x01\n\x0cStreamResume\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12!\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04R\x0b\x61\x66terCursor\x12\x32\n\x15next_sequence_numbers\x18\x03 \x03(\x04R\x13nextSequenceNumbers\"^\n\x0c\x44ropCounters\x12%\n\x0e\x66rames_skipped\x18\x01 \x01(\x04R\rframesSkipped\x12\'\n\x0fresults_dropped\x18\x02 \x01(\x04R\x0eresultsDropped\"\xdc\x02\n\x0f\x46ramePrediction\x12!\n\x0csource_index\x18\x01 \x01(\rR\x0bsourceIndex\x12\'\n\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\x12.\n\x13source_timestamp_ms\x18\x03 \x01(\x01R\x11sourceTimestampMs\x12=\n\x0c\x63\x61pture_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x63\x61ptureTime\x12=\n\nprediction\x18\x05 \x01(\x0b\x32\x1d.visionrpc.v1.ImagePredictionR\nprediction\x12\x30\n\x05\x64rops\x18\x06 \x01(\x0b\x32\x1a.visionrpc.v1.DropCountersR\x05\x64rops\x12\x1d\n\nframe_jpeg\x18\x07 \x01(\x0cR\tframeJpeg\"\x90\x01\n\nSourceInfo\x12!\n\x0csource_index\x18\x01 \x01(\rR\x0bsourceIndex\x12\x14\n\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n\x06height\x18\x03 \x01(\rR\x06height\x12\x10\n\x03\x66ps\x18\x04 \x01(\x01R\x03\x66ps\x12\x1f\n\x0b\x66rame_count\x18\x05 \x01(\x04R\nframeCount\"\x95\x01\n\tResumeGap\x12\x35\n\x07outcome\x18\x01 \x01(\x0e\x32\x1b.visionrpc.v1.ResumeOutcomeR\x07outcome\x12,\n\x12previous_stream_id\x18\x02 \x01(\tR\x10previousStreamId\x12#\n\rmessages_lost\x18\x03 \x01(\x04R\x0cmessagesLost\"\xf9\x01\n\x0cStreamStatus\x12/\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x19.visionrpc.v1.StreamEventR\x05\x65vent\x12!\n\x0csource_index\x18\x02 \x01(\rR\x0bsourceIndex\x12\x32\n\x07sources\x18\x03 \x03(\x0b\x32\x18.visionrpc.v1.SourceInfoR\x07sources\x12\x18\n\x07\x61ttempt\x18\x04 \x01(\rR\x07\x61ttempt\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12/\n\x06resume\x18\x06 \x01(\x0b\x32\x17.visionrpc.v1.ResumeGapR\x06resume\"\x8c\x02\n\x19StreamPredictionsResponse\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12\x1d\n\nmodel_name\x18\x02 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x03 \x01(\tR\x0cmodelVersion\x12\x35\n\x05\x66rame\x18\x04 \x01(\x0b\x32\x1d.visionrpc.v1.FramePredictionH\x00R\x05\x66rame\x12\x34\n\x06status\x18\x05 \x01(\x0b\x32\x1a.visionrpc.v1.StreamStatusH\x00R\x06status\x12\x16\n\x06\x63ursor\x18\x06 \x01(\x04R\x06\x63ursorB\t\n\x07payload*h\n\x0b\x46ramePolicy\x12\x1c\n\x18\x46RAME_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46RAME_POLICY_EVERY_FRAME\x10\x01\x12\x1d\n\x19\x46RAME_POLICY_NEWEST_FRAME\x10\x02*R\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45LIVERY_LOSSY\x10\x01\x12\x18\n\x14\x44\x45LIVERY_EVERY_FRAME\x10\x02*o\n\nFrameImage\x12\x1b\n\x17\x46RAME_IMAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_IMAGE_NONE\x10\x01\x12\x13\n\x0f\x46RAME_IMAGE_RAW\x10\x02\x12\x19\n\x15\x46RAME_IMAGE_ANNOTATED\x10\x03*\xd3\x01\n\x0bStreamEvent\x12\x1c\n\x18STREAM_EVENT_UNSPECIFIED\x10\x00\x12\x18\n\x14STREAM_EVENT_STARTED\x10\x01\x12\x1d\n\x19STREAM_EVENT_RECONNECTING\x10\x02\x12\x1c\n\x18STREAM_EVENT_RECONNECTED\x10\x03\x12\x1d\n\x19STREAM_EVENT_SOURCE_ENDED\x10\x04\x12\x16\n\x12STREAM_EVENT_ERROR\x10\x05\x12\x18\n\x14STREAM_EVENT_RESUMED\x10\x06*\x86\x01\n\rResumeOutcome\x12\x1e\n\x1aRESUME_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESUME_OUTCOME_REPLAYED\x10\x01\x12\x1a\n\x16RESUME_OUTCOME_PARTIAL\x10\x02\x12\x1c\n\x18RESUME_OUTCOME_RESTARTED\x10\x03\x32\xbc\x01\n\x10InferenceService\x12@\n\x05Infer\x12\x1a.visionrpc.v1.InferRequest\x1a\x1b.visionrpc.v1.InferResponse\x12\x66\n\x11StreamPredictions\x12&.visionrpc.v1.StreamPredictionsRequest\x1a\'.visionrpc.v1.StreamPredictionsResponse0\x01\x42k\n\x10\x64\x65v.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\x0cVisionRpc.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvisionrpc/v1/inference.proto\x12\x0cvisionrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1cvisionrpc/v1/analytics.proto\x1a\x18visionrpc/v1/types.proto\"\x8c\x01\n\x0cInferRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12+\n\x06images\x18\x02 \x03(\x0b\x32\x13.visionrpc.v1.ImageR\x06images\x12\x34\n\x07options\x18\x03 \x01(\x0b\x32\x1a.visionrpc.v1.InferOptionsR\x07options\"\xc6\x01\n\rInferResponse\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\x12\x30\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x18.visionrpc.v1.EngineInfoR\x06\x65ngine\x12?\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x1d.visionrpc.v1.ImagePredictionR\x0bpredictions\"[\n\x0bVideoSource\x12\x14\n\x04path\x18\x01 \x01(\tH\x00R\x04path\x12\x12\n\x03url\x18\x02 \x01(\tH\x00R\x03url\x12\x18\n\x06\x64\x65vice\x18\x03 \x01(\rH\x00R\x06\x64\x65viceB\x08\n\x06source\"\x8a\x03\n\rStreamOptions\x12\x1c\n\x07max_fps\x18\x01 \x01(\x02H\x00R\x06maxFps\x88\x01\x01\x12<\n\x0c\x66rame_policy\x18\x02 \x01(\x0e\x32\x19.visionrpc.v1.FramePolicyR\x0b\x66ramePolicy\x12\x32\n\x08\x64\x65livery\x18\x03 \x01(\x0e\x32\x16.visionrpc.v1.DeliveryR\x08\x64\x65livery\x12\x39\n\x0b\x66rame_image\x18\x04 \x01(\x0e\x32\x18.visionrpc.v1.FrameImageR\nframeImage\x12!\n\x0cjpeg_quality\x18\x05 \x01(\rR\x0bjpegQuality\x12;\n\tanalytics\x18\x06 \x01(\x0b\x32\x1d.visionrpc.v1.StreamAnalyticsR\tanalytics\x12\x42\n\x0e\x66\x61\x63\x65_redaction\x18\x07 \x01(\x0e\x32\x1b.visionrpc.v1.FaceRedactionR\rfaceRedactionB\n\n\x08_max_fps\"\x88\x03\n\x18StreamPredictionsRequest\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12\x19\n\x08model_id\x18\x02 \x01(\tR\x07modelId\x12\x33\n\x07sources\x18\x03 \x03(\x0b\x32\x19.visionrpc.v1.VideoSourceR\x07sources\x12\x34\n\x07options\x18\x04 \x01(\x0b\x32\x1a.visionrpc.v1.InferOptionsR\x07options\x12\x42\n\x0estream_options\x18\x05 \x01(\x0b\x32\x1b.visionrpc.v1.StreamOptionsR\rstreamOptions\x12\x32\n\x06resume\x18\x06 \x01(\x0b\x32\x1a.visionrpc.v1.StreamResumeR\x06resume\x12\x1a\n\x08pipeline\x18\x07 \x01(\tR\x08pipeline\x12\x35\n\x07\x63ontent\x18\x08 \x01(\x0e\x32\x1b.visionrpc.v1.StreamContentR\x07\x63ontent\"\x82\x01\n\x0cStreamResume\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12!\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04R\x0b\x61\x66terCursor\x12\x32\n\x15next_sequence_numbers\x18\x03 \x03(\x04R\x13nextSequenceNumbers\"^\n\x0c\x44ropCounters\x12%\n\x0e\x66rames_skipped\x18\x01 \x01(\x04R\rframesSkipped\x12\'\n\x0fresults_dropped\x18\x02 \x01(\x04R\x0eresultsDropped\"\x98\x03\n\x0f\x46ramePrediction\x12!\n\x0csource_index\x18\x01 \x01(\rR\x0bsourceIndex\x12\'\n\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\x12.\n\x13source_timestamp_ms\x18\x03 \x01(\x01R\x11sourceTimestampMs\x12=\n\x0c\x63\x61pture_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x63\x61ptureTime\x12=\n\nprediction\x18\x05 \x01(\x0b\x32\x1d.visionrpc.v1.ImagePredictionR\nprediction\x12\x30\n\x05\x64rops\x18\x06 \x01(\x0b\x32\x1a.visionrpc.v1.DropCountersR\x05\x64rops\x12\x1d\n\nframe_jpeg\x18\x07 \x01(\x0cR\tframeJpeg\x12:\n\tanalytics\x18\x08 \x01(\x0b\x32\x1c.visionrpc.v1.FrameAnalyticsR\tanalytics\"\x90\x01\n\nSourceInfo\x12!\n\x0csource_index\x18\x01 \x01(\rR\x0bsourceIndex\x12\x14\n\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n\x06height\x18\x03 \x01(\rR\x06height\x12\x10\n\x03\x66ps\x18\x04 \x01(\x01R\x03\x66ps\x12\x1f\n\x0b\x66rame_count\x18\x05 \x01(\x04R\nframeCount\"\x95\x01\n\tResumeGap\x12\x35\n\x07outcome\x18\x01 \x01(\x0e\x32\x1b.visionrpc.v1.ResumeOutcomeR\x07outcome\x12,\n\x12previous_stream_id\x18\x02 \x01(\tR\x10previousStreamId\x12#\n\rmessages_lost\x18\x03 \x01(\x04R\x0cmessagesLost\"\xf9\x01\n\x0cStreamStatus\x12/\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x19.visionrpc.v1.StreamEventR\x05\x65vent\x12!\n\x0csource_index\x18\x02 \x01(\rR\x0bsourceIndex\x12\x32\n\x07sources\x18\x03 \x03(\x0b\x32\x18.visionrpc.v1.SourceInfoR\x07sources\x12\x18\n\x07\x61ttempt\x18\x04 \x01(\rR\x07\x61ttempt\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12/\n\x06resume\x18\x06 \x01(\x0b\x32\x17.visionrpc.v1.ResumeGapR\x06resume\"\xc5\x02\n\x19StreamPredictionsResponse\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12\x1d\n\nmodel_name\x18\x02 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x03 \x01(\tR\x0cmodelVersion\x12\x35\n\x05\x66rame\x18\x04 \x01(\x0b\x32\x1d.visionrpc.v1.FramePredictionH\x00R\x05\x66rame\x12\x34\n\x06status\x18\x05 \x01(\x0b\x32\x1a.visionrpc.v1.StreamStatusH\x00R\x06status\x12\x37\n\x06\x65vents\x18\x07 \x01(\x0b\x32\x1d.visionrpc.v1.AnalyticsEventsH\x00R\x06\x65vents\x12\x16\n\x06\x63ursor\x18\x06 \x01(\x04R\x06\x63ursorB\t\n\x07payload\"\x85\x02\n\x11InferStreamConfig\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x34\n\x07options\x18\x02 \x01(\x0b\x32\x1a.visionrpc.v1.InferOptionsR\x07options\x12;\n\tanalytics\x18\x03 \x01(\x0b\x32\x1d.visionrpc.v1.StreamAnalyticsR\tanalytics\x12\"\n\rmax_in_flight\x18\x04 \x01(\rR\x0bmaxInFlight\x12>\n\x0c\x62\x61\x63kpressure\x18\x05 \x01(\x0e\x32\x1a.visionrpc.v1.BackpressureR\x0c\x62\x61\x63kpressure\"\xa6\x01\n\nInputFrame\x12\'\n\x0fsequence_number\x18\x01 \x01(\x04R\x0esequenceNumber\x12)\n\x05image\x18\x02 \x01(\x0b\x32\x13.visionrpc.v1.ImageR\x05image\x12!\n\x0csource_index\x18\x03 \x01(\rR\x0bsourceIndex\x12!\n\x0ctimestamp_ms\x18\x04 \x01(\x01R\x0btimestampMs\"\x8c\x01\n\x12InferStreamRequest\x12\x39\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.visionrpc.v1.InferStreamConfigH\x00R\x06\x63onfig\x12\x30\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x18.visionrpc.v1.InputFrameH\x00R\x05\x66rameB\t\n\x07message\"\xf5\x02\n\x13InferStreamResponse\x12\'\n\x0fsequence_number\x18\x01 \x01(\x04R\x0esequenceNumber\x12!\n\x0csource_index\x18\x02 \x01(\rR\x0bsourceIndex\x12\x1d\n\nmodel_name\x18\x03 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x04 \x01(\tR\x0cmodelVersion\x12?\n\nprediction\x18\x05 \x01(\x0b\x32\x1d.visionrpc.v1.ImagePredictionH\x00R\nprediction\x12\x1a\n\x07\x64ropped\x18\x06 \x01(\x08H\x00R\x07\x64ropped\x12*\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusH\x00R\x05\x65rror\x12:\n\tanalytics\x18\x08 \x01(\x0b\x32\x1c.visionrpc.v1.FrameAnalyticsR\tanalyticsB\t\n\x07outcome*h\n\x0b\x46ramePolicy\x12\x1c\n\x18\x46RAME_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46RAME_POLICY_EVERY_FRAME\x10\x01\x12\x1d\n\x19\x46RAME_POLICY_NEWEST_FRAME\x10\x02*R\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45LIVERY_LOSSY\x10\x01\x12\x18\n\x14\x44\x45LIVERY_EVERY_FRAME\x10\x02*o\n\nFrameImage\x12\x1b\n\x17\x46RAME_IMAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_IMAGE_NONE\x10\x01\x12\x13\n\x0f\x46RAME_IMAGE_RAW\x10\x02\x12\x19\n\x15\x46RAME_IMAGE_ANNOTATED\x10\x03*~\n\rFaceRedaction\x12\x1e\n\x1a\x46\x41\x43\x45_REDACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41\x43\x45_REDACTION_NONE\x10\x01\x12\x17\n\x13\x46\x41\x43\x45_REDACTION_BLUR\x10\x02\x12\x1b\n\x17\x46\x41\x43\x45_REDACTION_PIXELATE\x10\x03*e\n\rStreamContent\x12\x1e\n\x1aSTREAM_CONTENT_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAM_CONTENT_FRAMES\x10\x01\x12\x19\n\x15STREAM_CONTENT_EVENTS\x10\x02*\xd3\x01\n\x0bStreamEvent\x12\x1c\n\x18STREAM_EVENT_UNSPECIFIED\x10\x00\x12\x18\n\x14STREAM_EVENT_STARTED\x10\x01\x12\x1d\n\x19STREAM_EVENT_RECONNECTING\x10\x02\x12\x1c\n\x18STREAM_EVENT_RECONNECTED\x10\x03\x12\x1d\n\x19STREAM_EVENT_SOURCE_ENDED\x10\x04\x12\x16\n\x12STREAM_EVENT_ERROR\x10\x05\x12\x18\n\x14STREAM_EVENT_RESUMED\x10\x06*\x86\x01\n\rResumeOutcome\x12\x1e\n\x1aRESUME_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESUME_OUTCOME_REPLAYED\x10\x01\x12\x1a\n\x16RESUME_OUTCOME_PARTIAL\x10\x02\x12\x1c\n\x18RESUME_OUTCOME_RESTARTED\x10\x03*Z\n\x0c\x42\x61\x63kpressure\x12\x1c\n\x18\x42\x41\x43KPRESSURE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x41\x43KPRESSURE_WAIT\x10\x01\x12\x15\n\x11\x42\x41\x43KPRESSURE_DROP\x10\x02\x32\x94\x02\n\x10InferenceService\x12@\n\x05Infer\x12\x1a.visionrpc.v1.InferRequest\x1a\x1b.visionrpc.v1.InferResponse\x12\x66\n\x11StreamPredictions\x12&.visionrpc.v1.StreamPredictionsRequest\x1a\'.visionrpc.v1.StreamPredictionsResponse0\x01\x12V\n\x0bInferStream\x12 .visionrpc.v1.InferStreamRequest\x1a!.visionrpc.v1.InferStreamResponse(\x01\x30\x01\x42k\n\x10\x64\x65v.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\x0cVisionRpc.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,40 +36,54 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'visionrpc.v1.inference_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.visionrpc.v1P\001ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\252\002\014VisionRpc.V1'
-  _globals['_FRAMEPOLICY']._serialized_start=2524
-  _globals['_FRAMEPOLICY']._serialized_end=2628
-  _globals['_DELIVERY']._serialized_start=2630
-  _globals['_DELIVERY']._serialized_end=2712
-  _globals['_FRAMEIMAGE']._serialized_start=2714
-  _globals['_FRAMEIMAGE']._serialized_end=2825
-  _globals['_STREAMEVENT']._serialized_start=2828
-  _globals['_STREAMEVENT']._serialized_end=3039
-  _globals['_RESUMEOUTCOME']._serialized_start=3042
-  _globals['_RESUMEOUTCOME']._serialized_end=3176
-  _globals['_INFERREQUEST']._serialized_start=106
-  _globals['_INFERREQUEST']._serialized_end=246
-  _globals['_INFERRESPONSE']._serialized_start=249
-  _globals['_INFERRESPONSE']._serialized_end=447
-  _globals['_VIDEOSOURCE']._serialized_start=449
-  _globals['_VIDEOSOURCE']._serialized_end=540
-  _globals['_STREAMOPTIONS']._serialized_start=543
-  _globals['_STREAMOPTIONS']._serialized_end=808
-  _globals['_STREAMPREDICTIONSREQUEST']._serialized_start=811
-  _globals['_STREAMPREDICTIONSREQUEST']._serialized_end=1120
-  _globals['_STREAMRESUME']._serialized_start=1123
-  _globals['_STREAMRESUME']._serialized_end=1253
-  _globals['_DROPCOUNTERS']._serialized_start=1255
-  _globals['_DROPCOUNTERS']._serialized_end=1349
-  _globals['_FRAMEPREDICTION']._serialized_start=1352
-  _globals['_FRAMEPREDICTION']._serialized_end=1700
-  _globals['_SOURCEINFO']._serialized_start=1703
-  _globals['_SOURCEINFO']._serialized_end=1847
-  _globals['_RESUMEGAP']._serialized_start=1850
-  _globals['_RESUMEGAP']._serialized_end=1999
-  _globals['_STREAMSTATUS']._serialized_start=2002
-  _globals['_STREAMSTATUS']._serialized_end=2251
-  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_start=2254
-  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_end=2522
-  _globals['_INFERENCESERVICE']._serialized_start=3179
-  _globals['_INFERENCESERVICE']._serialized_end=3367
+  _globals['_FRAMEPOLICY']._serialized_start=3860
+  _globals['_FRAMEPOLICY']._serialized_end=3964
+  _globals['_DELIVERY']._serialized_start=3966
+  _globals['_DELIVERY']._serialized_end=4048
+  _globals['_FRAMEIMAGE']._serialized_start=4050
+  _globals['_FRAMEIMAGE']._serialized_end=4161
+  _globals['_FACEREDACTION']._serialized_start=4163
+  _globals['_FACEREDACTION']._serialized_end=4289
+  _globals['_STREAMCONTENT']._serialized_start=4291
+  _globals['_STREAMCONTENT']._serialized_end=4392
+  _globals['_STREAMEVENT']._serialized_start=4395
+  _globals['_STREAMEVENT']._serialized_end=4606
+  _globals['_RESUMEOUTCOME']._serialized_start=4609
+  _globals['_RESUMEOUTCOME']._serialized_end=4743
+  _globals['_BACKPRESSURE']._serialized_start=4745
+  _globals['_BACKPRESSURE']._serialized_end=4835
+  _globals['_INFERREQUEST']._serialized_start=161
+  _globals['_INFERREQUEST']._serialized_end=301
+  _globals['_INFERRESPONSE']._serialized_start=304
+  _globals['_INFERRESPONSE']._serialized_end=502
+  _globals['_VIDEOSOURCE']._serialized_start=504
+  _globals['_VIDEOSOURCE']._serialized_end=595
+  _globals['_STREAMOPTIONS']._serialized_start=598
+  _globals['_STREAMOPTIONS']._serialized_end=992
+  _globals['_STREAMPREDICTIONSREQUEST']._serialized_start=995
+  _globals['_STREAMPREDICTIONSREQUEST']._serialized_end=1387
+  _globals['_STREAMRESUME']._serialized_start=1390
+  _globals['_STREAMRESUME']._serialized_end=1520
+  _globals['_DROPCOUNTERS']._serialized_start=1522
+  _globals['_DROPCOUNTERS']._serialized_end=1616
+  _globals['_FRAMEPREDICTION']._serialized_start=1619
+  _globals['_FRAMEPREDICTION']._serialized_end=2027
+  _globals['_SOURCEINFO']._serialized_start=2030
+  _globals['_SOURCEINFO']._serialized_end=2174
+  _globals['_RESUMEGAP']._serialized_start=2177
+  _globals['_RESUMEGAP']._serialized_end=2326
+  _globals['_STREAMSTATUS']._serialized_start=2329
+  _globals['_STREAMSTATUS']._serialized_end=2578
+  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_start=2581
+  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_end=2906
+  _globals['_INFERSTREAMCONFIG']._serialized_start=2909
+  _globals['_INFERSTREAMCONFIG']._serialized_end=3170
+  _globals['_INPUTFRAME']._serialized_start=3173
+  _globals['_INPUTFRAME']._serialized_end=3339
+  _globals['_INFERSTREAMREQUEST']._serialized_start=3342
+  _globals['_INFERSTREAMREQUEST']._serialized_end=3482
+  _globals['_INFERSTREAMRESPONSE']._serialized_start=3485
+  _globals['_INFERSTREAMRESPONSE']._serialized_end=3858
+  _globals['_INFERENCESERVICE']._serialized_start=4838
+  _globals['_INFERENCESERVICE']._serialized_end=5114
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class InferenceServiceStub:
                 request_serializer=visionrpc_dot_v1_dot_inference__pb2.StreamPredictionsRequest.SerializeToString,
                 response_deserializer=visionrpc_dot_v1_dot_inference__pb2.StreamPredictionsResponse.FromString,
                 _registered_method=True)
+        self.InferStream = channel.stream_stream(
+                '/visionrpc.v1.InferenceService/InferStream',
+                request_serializer=visionrpc_dot_v1_dot_inference__pb2.InferStreamRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_inference__pb2.InferStreamResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -73,6 +78,15 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InferStream(self, request_iterator, context):
+        """Infers frames the client sends (a camera it owns), one answer per frame in the order sent, with the
+        batching, tracking and analytics of a server-side stream. The first message is the config, every later
+        one a frame. Back-pressure is explicit: see InferStreamConfig.max_in_flight and Backpressure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +99,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.StreamPredictions,
                     request_deserializer=visionrpc_dot_v1_dot_inference__pb2.StreamPredictionsRequest.FromString,
                     response_serializer=visionrpc_dot_v1_dot_inference__pb2.StreamPredictionsResponse.SerializeToString,
+            ),
+            'InferStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InferStream,
+                    request_deserializer=visionrpc_dot_v1_dot_inference__pb2.InferStreamRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_inference__pb2.InferStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,6 +165,33 @@ class InferenceService:
             '/visionrpc.v1.InferenceService/StreamPredictions',
             visionrpc_dot_v1_dot_inference__pb2.StreamPredictionsRequest.SerializeToString,
             visionrpc_dot_v1_dot_inference__pb2.StreamPredictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/visionrpc.v1.InferenceService/InferStream',
+            visionrpc_dot_v1_dot_inference__pb2.InferStreamRequest.SerializeToString,
+            visionrpc_dot_v1_dot_inference__pb2.InferStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

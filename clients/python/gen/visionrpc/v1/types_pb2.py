@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18visionrpc/v1/types.proto\x12\x0cvisionrpc.v1\"\x8d\x01\n\x08RawImage\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x14\n\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n\x06height\x18\x03 \x01(\rR\x06height\x12?\n\rchannel_order\x18\x04 \x01(\x0e\x32\x1a.visionrpc.v1.ChannelOrderR\x0c\x63hannelOrder\"Y\n\x05Image\x12\x1a\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00R\x07\x65ncoded\x12*\n\x03raw\x18\x02 \x01(\x0b\x32\x16.visionrpc.v1.RawImageH\x00R\x03rawB\x08\n\x06source\"\xbc\x02\n\x0cInferOptions\x12\x36\n\x14\x63onfidence_threshold\x18\x01 \x01(\x02H\x00R\x13\x63onfidenceThreshold\x88\x01\x01\x12(\n\riou_threshold\x18\x02 \x01(\x02H\x01R\x0ciouThreshold\x88\x01\x01\x12*\n\x0emax_detections\x18\x03 \x01(\rH\x02R\rmaxDetections\x88\x01\x01\x12\x1b\n\tclass_ids\x18\x04 \x03(\rR\x08\x63lassIds\x12\x1f\n\x0b\x63lass_names\x18\x05 \x03(\tR\nclassNames\x12\x18\n\x05top_k\x18\x06 \x01(\rH\x03R\x04topK\x88\x01\x01\x42\x17\n\x15_confidence_thresholdB\x10\n\x0e_iou_thresholdB\x11\n\x0f_max_detectionsB\x08\n\x06_top_k\"a\n\x0b\x42oundingBox\x12\x13\n\x05x_min\x18\x01 \x01(\x02R\x04xMin\x12\x13\n\x05y_min\x18\x02 \x01(\x02R\x04yMin\x12\x13\n\x05x_max\x18\x03 \x01(\x02R\x04xMax\x12\x13\n\x05y_max\x18\x04 \x01(\x02R\x04yMax\"Z\n\x08Keypoint\x12\x0c\n\x01x\x18\x01 \x01(\x02R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x02R\x01y\x12\x1e\n\nconfidence\x18\x03 \x01(\x02R\nconfidence\x12\x12\n\x04name\x18\x04 \x01(\tR\x04name\"\xf0\x01\n\tDetection\x12+\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x19.visionrpc.v1.BoundingBoxR\x03\x62ox\x12\x19\n\x08\x63lass_id\x18\x02 \x01(\rR\x07\x63lassId\x12\x1d\n\nclass_name\x18\x03 \x01(\tR\tclassName\x12\x1e\n\nconfidence\x18\x04 \x01(\x02R\nconfidence\x12\x34\n\tkeypoints\x18\x05 \x03(\x0b\x32\x16.visionrpc.v1.KeypointR\tkeypoints\x12&\n\x04mask\x18\x06 \x01(\x0b\x32\x12.visionrpc.v1.MaskR\x04mask\"r\n\x04Mask\x12\x12\n\x04left\x18\x01 \x01(\rR\x04left\x12\x10\n\x03top\x18\x02 \x01(\rR\x03top\x12\x14\n\x05width\x18\x03 \x01(\rR\x05width\x12\x16\n\x06height\x18\x04 \x01(\rR\x06height\x12\x16\n\x06\x63ounts\x18\x05 \x03(\rR\x06\x63ounts\"j\n\x0e\x43lassification\x12\x19\n\x08\x63lass_id\x18\x01 \x01(\rR\x07\x63lassId\x12\x1d\n\nclass_name\x18\x02 \x01(\tR\tclassName\x12\x1e\n\nconfidence\x18\x03 \x01(\x02R\nconfidence\"9\n\tImageSize\x12\x14\n\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n\x06height\x18\x02 \x01(\rR\x06height\"\xcb\x01\n\x07Timings\x12\x1b\n\tdecode_ms\x18\x01 \x01(\x01R\x08\x64\x65\x63odeMs\x12\x19\n\x08queue_ms\x18\x02 \x01(\x01R\x07queueMs\x12#\n\rpreprocess_ms\x18\x03 \x01(\x01R\x0cpreprocessMs\x12!\n\x0cinference_ms\x18\x04 \x01(\x01R\x0binferenceMs\x12%\n\x0epostprocess_ms\x18\x05 \x01(\x01R\rpostprocessMs\x12\x19\n\x08total_ms\x18\x06 \x01(\x01R\x07totalMs\"v\n\nEngineInfo\x12\x16\n\x06\x65ngine\x18\x01 \x01(\tR\x06\x65ngine\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\x12\x1c\n\tprecision\x18\x04 \x01(\tR\tprecision\"\xfb\x01\n\x0fImagePrediction\x12\x36\n\nimage_size\x18\x01 \x01(\x0b\x32\x17.visionrpc.v1.ImageSizeR\timageSize\x12\x37\n\ndetections\x18\x02 \x03(\x0b\x32\x17.visionrpc.v1.DetectionR\ndetections\x12\x46\n\x0f\x63lassifications\x18\x03 \x03(\x0b\x32\x1c.visionrpc.v1.ClassificationR\x0f\x63lassifications\x12/\n\x07timings\x18\x04 \x01(\x0b\x32\x15.visionrpc.v1.TimingsR\x07timings*\xa3\x01\n\x0c\x43hannelOrder\x12\x1d\n\x19\x43HANNEL_ORDER_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANNEL_ORDER_RGB\x10\x01\x12\x15\n\x11\x43HANNEL_ORDER_BGR\x10\x02\x12\x16\n\x12\x43HANNEL_ORDER_GRAY\x10\x03\x12\x16\n\x12\x43HANNEL_ORDER_RGBA\x10\x04\x12\x16\n\x12\x43HANNEL_ORDER_BGRA\x10\x05\x42k\n\x10\x64\x65v.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\x0cVisionRpc.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18visionrpc/v1/types.proto\x12\x0cvisionrpc.v1\"\x8d\x01\n\x08RawImage\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x14\n\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n\x06height\x18\x03 \x01(\rR\x06height\x12?\n\rchannel_order\x18\x04 \x01(\x0e\x32\x1a.visionrpc.v1.ChannelOrderR\x0c\x63hannelOrder\"\xa1\x01\n\x05Image\x12\x1a\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00R\x07\x65ncoded\x12*\n\x03raw\x18\x02 \x01(\x0b\x32\x16.visionrpc.v1.RawImageH\x00R\x03raw\x12\x46\n\rshared_memory\x18\x03 \x01(\x0b\x32\x1f.visionrpc.v1.SharedMemoryImageH\x00R\x0csharedMemoryB\x08\n\x06source\"\xb2\x01\n\x11SharedMemoryImage\x12\x16\n\x06region\x18\x01 \x01(\tR\x06region\x12\x16\n\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n\x05width\x18\x03 \x01(\rR\x05width\x12\x16\n\x06height\x18\x04 \x01(\rR\x06height\x12?\n\rchannel_order\x18\x05 \x01(\x0e\x32\x1a.visionrpc.v1.ChannelOrderR\x0c\x63hannelOrder\"\xbc\x02\n\x0cInferOptions\x12\x36\n\x14\x63onfidence_threshold\x18\x01 \x01(\x02H\x00R\x13\x63onfidenceThreshold\x88\x01\x01\x12(\n\riou_threshold\x18\x02 \x01(\x02H\x01R\x0ciouThreshold\x88\x01\x01\x12*\n\x0emax_detections\x18\x03 \x01(\rH\x02R\rmaxDetections\x88\x01\x01\x12\x1b\n\tclass_ids\x18\x04 \x03(\rR\x08\x63lassIds\x12\x1f\n\x0b\x63lass_names\x18\x05 \x03(\tR\nclassNames\x12\x18\n\x05top_k\x18\x06 \x01(\rH\x03R\x04topK\x88\x01\x01\x42\x17\n\x15_confidence_thresholdB\x10\n\x0e_iou_thresholdB\x11\n\x0f_max_detectionsB\x08\n\x06_top_k\"a\n\x0b\x42oundingBox\x12\x13\n\x05x_min\x18\x01 \x01(\x02R\x04xMin\x12\x13\n\x05y_min\x18\x02 \x01(\x02R\x04yMin\x12\x13\n\x05x_max\x18\x03 \x01(\x02R\x04xMax\x12\x13\n\x05y_max\x18\x04 \x01(\x02R\x04yMax\"Z\n\x08Keypoint\x12\x0c\n\x01x\x18\x01 \x01(\x02R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x02R\x01y\x12\x1e\n\nconfidence\x18\x03 \x01(\x02R\nconfidence\x12\x12\n\x04name\x18\x04 \x01(\tR\x04name\"\x8b\x02\n\tDetection\x12+\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x19.visionrpc.v1.BoundingBoxR\x03\x62ox\x12\x19\n\x08\x63lass_id\x18\x02 \x01(\rR\x07\x63lassId\x12\x1d\n\nclass_name\x18\x03 \x01(\tR\tclassName\x12\x1e\n\nconfidence\x18\x04 \x01(\x02R\nconfidence\x12\x34\n\tkeypoints\x18\x05 \x03(\x0b\x32\x16.visionrpc.v1.KeypointR\tkeypoints\x12&\n\x04mask\x18\x06 \x01(\x0b\x32\x12.visionrpc.v1.MaskR\x04mask\x12\x19\n\x08track_id\x18\x07 \x01(\x04R\x07trackId\"r\n\x04Mask\x12\x12\n\x04left\x18\x01 \x01(\rR\x04left\x12\x10\n\x03top\x18\x02 \x01(\rR\x03top\x12\x14\n\x05width\x18\x03 \x01(\rR\x05width\x12\x16\n\x06height\x18\x04 \x01(\rR\x06height\x12\x16\n\x06\x63ounts\x18\x05 \x03(\rR\x06\x63ounts\"j\n\x0e\x43lassification\x12\x19\n\x08\x63lass_id\x18\x01 \x01(\rR\x07\x63lassId\x12\x1d\n\nclass_name\x18\x02 \x01(\tR\tclassName\x12\x1e\n\nconfidence\x18\x03 \x01(\x02R\nconfidence\"9\n\tImageSize\x12\x14\n\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n\x06height\x18\x02 \x01(\rR\x06height\"\xcb\x01\n\x07Timings\x12\x1b\n\tdecode_ms\x18\x01 \x01(\x01R\x08\x64\x65\x63odeMs\x12\x19\n\x08queue_ms\x18\x02 \x01(\x01R\x07queueMs\x12#\n\rpreprocess_ms\x18\x03 \x01(\x01R\x0cpreprocessMs\x12!\n\x0cinference_ms\x18\x04 \x01(\x01R\x0binferenceMs\x12%\n\x0epostprocess_ms\x18\x05 \x01(\x01R\rpostprocessMs\x12\x19\n\x08total_ms\x18\x06 \x01(\x01R\x07totalMs\"v\n\nEngineInfo\x12\x16\n\x06\x65ngine\x18\x01 \x01(\tR\x06\x65ngine\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12\x16\n\x06\x64\x65vice\x18\x03 \x01(\tR\x06\x64\x65vice\x12\x1c\n\tprecision\x18\x04 \x01(\tR\tprecision\"\xfb\x01\n\x0fImagePrediction\x12\x36\n\nimage_size\x18\x01 \x01(\x0b\x32\x17.visionrpc.v1.ImageSizeR\timageSize\x12\x37\n\ndetections\x18\x02 \x03(\x0b\x32\x17.visionrpc.v1.DetectionR\ndetections\x12\x46\n\x0f\x63lassifications\x18\x03 \x03(\x0b\x32\x1c.visionrpc.v1.ClassificationR\x0f\x63lassifications\x12/\n\x07timings\x18\x04 \x01(\x0b\x32\x15.visionrpc.v1.TimingsR\x07timings*\xa3\x01\n\x0c\x43hannelOrder\x12\x1d\n\x19\x43HANNEL_ORDER_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANNEL_ORDER_RGB\x10\x01\x12\x15\n\x11\x43HANNEL_ORDER_BGR\x10\x02\x12\x16\n\x12\x43HANNEL_ORDER_GRAY\x10\x03\x12\x16\n\x12\x43HANNEL_ORDER_RGBA\x10\x04\x12\x16\n\x12\x43HANNEL_ORDER_BGRA\x10\x05\x42k\n\x10\x64\x65v.visionrpc.v1P\x01ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\xaa\x02\x0cVisionRpc.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,30 +32,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'visionrpc.v1.types_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.visionrpc.v1P\001ZFgithub.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1;visionrpcv1\252\002\014VisionRpc.V1'
-  _globals['_CHANNELORDER']._serialized_start=1894
-  _globals['_CHANNELORDER']._serialized_end=2057
+  _globals['_CHANNELORDER']._serialized_start=2175
+  _globals['_CHANNELORDER']._serialized_end=2338
   _globals['_RAWIMAGE']._serialized_start=43
   _globals['_RAWIMAGE']._serialized_end=184
-  _globals['_IMAGE']._serialized_start=186
-  _globals['_IMAGE']._serialized_end=275
-  _globals['_INFEROPTIONS']._serialized_start=278
-  _globals['_INFEROPTIONS']._serialized_end=594
-  _globals['_BOUNDINGBOX']._serialized_start=596
-  _globals['_BOUNDINGBOX']._serialized_end=693
-  _globals['_KEYPOINT']._serialized_start=695
-  _globals['_KEYPOINT']._serialized_end=785
-  _globals['_DETECTION']._serialized_start=788
-  _globals['_DETECTION']._serialized_end=1028
-  _globals['_MASK']._serialized_start=1030
-  _globals['_MASK']._serialized_end=1144
-  _globals['_CLASSIFICATION']._serialized_start=1146
-  _globals['_CLASSIFICATION']._serialized_end=1252
-  _globals['_IMAGESIZE']._serialized_start=1254
-  _globals['_IMAGESIZE']._serialized_end=1311
-  _globals['_TIMINGS']._serialized_start=1314
-  _globals['_TIMINGS']._serialized_end=1517
-  _globals['_ENGINEINFO']._serialized_start=1519
-  _globals['_ENGINEINFO']._serialized_end=1637
-  _globals['_IMAGEPREDICTION']._serialized_start=1640
-  _globals['_IMAGEPREDICTION']._serialized_end=1891
+  _globals['_IMAGE']._serialized_start=187
+  _globals['_IMAGE']._serialized_end=348
+  _globals['_SHAREDMEMORYIMAGE']._serialized_start=351
+  _globals['_SHAREDMEMORYIMAGE']._serialized_end=529
+  _globals['_INFEROPTIONS']._serialized_start=532
+  _globals['_INFEROPTIONS']._serialized_end=848
+  _globals['_BOUNDINGBOX']._serialized_start=850
+  _globals['_BOUNDINGBOX']._serialized_end=947
+  _globals['_KEYPOINT']._serialized_start=949
+  _globals['_KEYPOINT']._serialized_end=1039
+  _globals['_DETECTION']._serialized_start=1042
+  _globals['_DETECTION']._serialized_end=1309
+  _globals['_MASK']._serialized_start=1311
+  _globals['_MASK']._serialized_end=1425
+  _globals['_CLASSIFICATION']._serialized_start=1427
+  _globals['_CLASSIFICATION']._serialized_end=1533
+  _globals['_IMAGESIZE']._serialized_start=1535
+  _globals['_IMAGESIZE']._serialized_end=1592
+  _globals['_TIMINGS']._serialized_start=1595
+  _globals['_TIMINGS']._serialized_end=1798
+  _globals['_ENGINEINFO']._serialized_start=1800
+  _globals['_ENGINEINFO']._serialized_end=1918
+  _globals['_IMAGEPREDICTION']._serialized_start=1921
+  _globals['_IMAGEPREDICTION']._serialized_end=2172
 # @@protoc_insertion_point(module_scope)

@@ -35,12 +35,28 @@ class RawImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channel_order: _Optional[_Union[ChannelOrder, str]] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("encoded", "raw")
+    __slots__ = ("encoded", "raw", "shared_memory")
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     raw: RawImage
-    def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryImage
+    def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryImage, _Mapping]] = ...) -> None: ...
+
+class SharedMemoryImage(_message.Message):
+    __slots__ = ("region", "offset", "width", "height", "channel_order")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ORDER_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offset: int
+    width: int
+    height: int
+    channel_order: ChannelOrder
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channel_order: _Optional[_Union[ChannelOrder, str]] = ...) -> None: ...
 
 class InferOptions(_message.Message):
     __slots__ = ("confidence_threshold", "iou_threshold", "max_detections", "class_ids", "class_names", "top_k")
@@ -83,20 +99,22 @@ class Keypoint(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., confidence: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("box", "class_id", "class_name", "confidence", "keypoints", "mask")
+    __slots__ = ("box", "class_id", "class_name", "confidence", "keypoints", "mask", "track_id")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CLASS_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     box: BoundingBox
     class_id: int
     class_name: str
     confidence: float
     keypoints: _containers.RepeatedCompositeFieldContainer[Keypoint]
     mask: Mask
-    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., confidence: _Optional[float] = ..., keypoints: _Optional[_Iterable[_Union[Keypoint, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ...) -> None: ...
+    track_id: int
+    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., confidence: _Optional[float] = ..., keypoints: _Optional[_Iterable[_Union[Keypoint, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., track_id: _Optional[int] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("left", "top", "width", "height", "counts")

@@ -6,6 +6,10 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../google/rpc/status_pb.js";
+import type { AnalyticsEvents, FrameAnalytics, StreamAnalytics } from "./analytics_pb.js";
+import { file_visionrpc_v1_analytics } from "./analytics_pb.js";
 import type { EngineInfo, Image, ImagePrediction, InferOptions } from "./types_pb.js";
 import { file_visionrpc_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file visionrpc/v1/inference.proto.
  */
 export const file_visionrpc_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("Chx2aXNpb25ycGMvdjEvaW5mZXJlbmNlLnByb3RvEgx2aXNpb25ycGMudjEicgoMSW5mZXJSZXF1ZXN0EhAKCG1vZGVsX2lkGAEgASgJEiMKBmltYWdlcxgCIAMoCzITLnZpc2lvbnJwYy52MS5JbWFnZRIrCgdvcHRpb25zGAMgASgLMhoudmlzaW9ucnBjLnYxLkluZmVyT3B0aW9ucyKYAQoNSW5mZXJSZXNwb25zZRISCgptb2RlbF9uYW1lGAEgASgJEhUKDW1vZGVsX3ZlcnNpb24YAiABKAkSKAoGZW5naW5lGAMgASgLMhgudmlzaW9ucnBjLnYxLkVuZ2luZUluZm8SMgoLcHJlZGljdGlvbnMYBCADKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uIkgKC1ZpZGVvU291cmNlEg4KBHBhdGgYASABKAlIABINCgN1cmwYAiABKAlIABIQCgZkZXZpY2UYAyABKA1IAEIICgZzb3VyY2Ui0QEKDVN0cmVhbU9wdGlvbnMSFAoHbWF4X2ZwcxgBIAEoAkgAiAEBEi8KDGZyYW1lX3BvbGljeRgCIAEoDjIZLnZpc2lvbnJwYy52MS5GcmFtZVBvbGljeRIoCghkZWxpdmVyeRgDIAEoDjIWLnZpc2lvbnJwYy52MS5EZWxpdmVyeRItCgtmcmFtZV9pbWFnZRgEIAEoDjIYLnZpc2lvbnJwYy52MS5GcmFtZUltYWdlEhQKDGpwZWdfcXVhbGl0eRgFIAEoDUIKCghfbWF4X2ZwcyL5AQoYU3RyZWFtUHJlZGljdGlvbnNSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIqCgdzb3VyY2VzGAMgAygLMhkudmlzaW9ucnBjLnYxLlZpZGVvU291cmNlEisKB29wdGlvbnMYBCABKAsyGi52aXNpb25ycGMudjEuSW5mZXJPcHRpb25zEjMKDnN0cmVhbV9vcHRpb25zGAUgASgLMhsudmlzaW9ucnBjLnYxLlN0cmVhbU9wdGlvbnMSKgoGcmVzdW1lGAYgASgLMhoudmlzaW9ucnBjLnYxLlN0cmVhbVJlc3VtZSJWCgxTdHJlYW1SZXN1bWUSEQoJc3RyZWFtX2lkGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoBBIdChVuZXh0X3NlcXVlbmNlX251bWJlcnMYAyADKAQiPwoMRHJvcENvdW50ZXJzEhYKDmZyYW1lc19za2lwcGVkGAEgASgEEhcKD3Jlc3VsdHNfZHJvcHBlZBgCIAEoBCKBAgoPRnJhbWVQcmVkaWN0aW9uEhQKDHNvdXJjZV9pbmRleBgBIAEoDRIXCg9zZXF1ZW5jZV9udW1iZXIYAiABKAQSGwoTc291cmNlX3RpbWVzdGFtcF9tcxgDIAEoARIwCgxjYXB0dXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKCnByZWRpY3Rpb24YBSABKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uEikKBWRyb3BzGAYgASgLMhoudmlzaW9ucnBjLnYxLkRyb3BDb3VudGVycxISCgpmcmFtZV9qcGVnGAcgASgMImMKClNvdXJjZUluZm8SFAoMc291cmNlX2luZGV4GAEgASgNEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRILCgNmcHMYBCABKAESEwoLZnJhbWVfY291bnQYBSABKAQibAoJUmVzdW1lR2FwEiwKB291dGNvbWUYASABKA4yGy52aXNpb25ycGMudjEuUmVzdW1lT3V0Y29tZRIaChJwcmV2aW91c19zdHJlYW1faWQYAiABKAkSFQoNbWVzc2FnZXNfbG9zdBgDIAEoBCLDAQoMU3RyZWFtU3RhdHVzEigKBWV2ZW50GAEgASgOMhkudmlzaW9ucnBjLnYxLlN0cmVhbUV2ZW50EhQKDHNvdXJjZV9pbmRleBgCIAEoDRIpCgdzb3VyY2VzGAMgAygLMhgudmlzaW9ucnBjLnYxLlNvdXJjZUluZm8SDwoHYXR0ZW1wdBgEIAEoDRIOCgZyZWFzb24YBSABKAkSJwoGcmVzdW1lGAYgASgLMhcudmlzaW9ucnBjLnYxLlJlc3VtZUdhcCLSAQoZU3RyZWFtUHJlZGljdGlvbnNSZXNwb25zZRIRCglzdHJlYW1faWQYASABKAkSEgoKbW9kZWxfbmFtZRgCIAEoCRIVCg1tb2RlbF92ZXJzaW9uGAMgASgJEi4KBWZyYW1lGAQgASgLMh0udmlzaW9ucnBjLnYxLkZyYW1lUHJlZGljdGlvbkgAEiwKBnN0YXR1cxgFIAEoCzIaLnZpc2lvbnJwYy52MS5TdHJlYW1TdGF0dXNIABIOCgZjdXJzb3IYBiABKARCCQoHcGF5bG9hZCpoCgtGcmFtZVBvbGljeRIcChhGUkFNRV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIcChhGUkFNRV9QT0xJQ1lfRVZFUllfRlJBTUUQARIdChlGUkFNRV9QT0xJQ1lfTkVXRVNUX0ZSQU1FEAIqUgoIRGVsaXZlcnkSGAoUREVMSVZFUllfVU5TUEVDSUZJRUQQABISCg5ERUxJVkVSWV9MT1NTWRABEhgKFERFTElWRVJZX0VWRVJZX0ZSQU1FEAIqbwoKRnJhbWVJbWFnZRIbChdGUkFNRV9JTUFHRV9VTlNQRUNJRklFRBAAEhQKEEZSQU1FX0lNQUdFX05PTkUQARITCg9GUkFNRV9JTUFHRV9SQVcQAhIZChVGUkFNRV9JTUFHRV9BTk5PVEFURUQQAyrTAQoLU3RyZWFtRXZlbnQSHAoYU1RSRUFNX0VWRU5UX1VOU1BFQ0lGSUVEEAASGAoUU1RSRUFNX0VWRU5UX1NUQVJURUQQARIdChlTVFJFQU1fRVZFTlRfUkVDT05ORUNUSU5HEAISHAoYU1RSRUFNX0VWRU5UX1JFQ09OTkVDVEVEEAMSHQoZU1RSRUFNX0VWRU5UX1NPVVJDRV9FTkRFRBAEEhYKElNUUkVBTV9FVkVOVF9FUlJPUhAFEhgKFFNUUkVBTV9FVkVOVF9SRVNVTUVEEAYqhgEKDVJlc3VtZU91dGNvbWUSHgoaUkVTVU1FX09VVENPTUVfVU5TUEVDSUZJRUQQABIbChdSRVNVTUVfT1VUQ09NRV9SRVBMQVlFRBABEhoKFlJFU1VNRV9PVVRDT01FX1BBUlRJQUwQAhIcChhSRVNVTUVfT1VUQ09NRV9SRVNUQVJURUQQAzK8AQoQSW5mZXJlbmNlU2VydmljZRJACgVJbmZlchIaLnZpc2lvbnJwYy52MS5JbmZlclJlcXVlc3QaGy52aXNpb25ycGMudjEuSW5mZXJSZXNwb25zZRJmChFTdHJlYW1QcmVkaWN0aW9ucxImLnZpc2lvbnJwYy52MS5TdHJlYW1QcmVkaWN0aW9uc1JlcXVlc3QaJy52aXNpb25ycGMudjEuU3RyZWFtUHJlZGljdGlvbnNSZXNwb25zZTABQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z", [file_google_protobuf_timestamp, file_visionrpc_v1_types]);
+  fileDesc("Chx2aXNpb25ycGMvdjEvaW5mZXJlbmNlLnByb3RvEgx2aXNpb25ycGMudjEicgoMSW5mZXJSZXF1ZXN0EhAKCG1vZGVsX2lkGAEgASgJEiMKBmltYWdlcxgCIAMoCzITLnZpc2lvbnJwYy52MS5JbWFnZRIrCgdvcHRpb25zGAMgASgLMhoudmlzaW9ucnBjLnYxLkluZmVyT3B0aW9ucyKYAQoNSW5mZXJSZXNwb25zZRISCgptb2RlbF9uYW1lGAEgASgJEhUKDW1vZGVsX3ZlcnNpb24YAiABKAkSKAoGZW5naW5lGAMgASgLMhgudmlzaW9ucnBjLnYxLkVuZ2luZUluZm8SMgoLcHJlZGljdGlvbnMYBCADKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uIkgKC1ZpZGVvU291cmNlEg4KBHBhdGgYASABKAlIABINCgN1cmwYAiABKAlIABIQCgZkZXZpY2UYAyABKA1IAEIICgZzb3VyY2UiuAIKDVN0cmVhbU9wdGlvbnMSFAoHbWF4X2ZwcxgBIAEoAkgAiAEBEi8KDGZyYW1lX3BvbGljeRgCIAEoDjIZLnZpc2lvbnJwYy52MS5GcmFtZVBvbGljeRIoCghkZWxpdmVyeRgDIAEoDjIWLnZpc2lvbnJwYy52MS5EZWxpdmVyeRItCgtmcmFtZV9pbWFnZRgEIAEoDjIYLnZpc2lvbnJwYy52MS5GcmFtZUltYWdlEhQKDGpwZWdfcXVhbGl0eRgFIAEoDRIwCglhbmFseXRpY3MYBiABKAsyHS52aXNpb25ycGMudjEuU3RyZWFtQW5hbHl0aWNzEjMKDmZhY2VfcmVkYWN0aW9uGAcgASgOMhsudmlzaW9ucnBjLnYxLkZhY2VSZWRhY3Rpb25CCgoIX21heF9mcHMiuQIKGFN0cmVhbVByZWRpY3Rpb25zUmVxdWVzdBIRCglzdHJlYW1faWQYASABKAkSEAoIbW9kZWxfaWQYAiABKAkSKgoHc291cmNlcxgDIAMoCzIZLnZpc2lvbnJwYy52MS5WaWRlb1NvdXJjZRIrCgdvcHRpb25zGAQgASgLMhoudmlzaW9ucnBjLnYxLkluZmVyT3B0aW9ucxIzCg5zdHJlYW1fb3B0aW9ucxgFIAEoCzIbLnZpc2lvbnJwYy52MS5TdHJlYW1PcHRpb25zEioKBnJlc3VtZRgGIAEoCzIaLnZpc2lvbnJwYy52MS5TdHJlYW1SZXN1bWUSEAoIcGlwZWxpbmUYByABKAkSLAoHY29udGVudBgIIAEoDjIbLnZpc2lvbnJwYy52MS5TdHJlYW1Db250ZW50IlYKDFN0cmVhbVJlc3VtZRIRCglzdHJlYW1faWQYASABKAkSFAoMYWZ0ZXJfY3Vyc29yGAIgASgEEh0KFW5leHRfc2VxdWVuY2VfbnVtYmVycxgDIAMoBCI/CgxEcm9wQ291bnRlcnMSFgoOZnJhbWVzX3NraXBwZWQYASABKAQSFwoPcmVzdWx0c19kcm9wcGVkGAIgASgEIrICCg9GcmFtZVByZWRpY3Rpb24SFAoMc291cmNlX2luZGV4GAEgASgNEhcKD3NlcXVlbmNlX251bWJlchgCIAEoBBIbChNzb3VyY2VfdGltZXN0YW1wX21zGAMgASgBEjAKDGNhcHR1cmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoKcHJlZGljdGlvbhgFIAEoCzIdLnZpc2lvbnJwYy52MS5JbWFnZVByZWRpY3Rpb24SKQoFZHJvcHMYBiABKAsyGi52aXNpb25ycGMudjEuRHJvcENvdW50ZXJzEhIKCmZyYW1lX2pwZWcYByABKAwSLwoJYW5hbHl0aWNzGAggASgLMhwudmlzaW9ucnBjLnYxLkZyYW1lQW5hbHl0aWNzImMKClNvdXJjZUluZm8SFAoMc291cmNlX2luZGV4GAEgASgNEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRILCgNmcHMYBCABKAESEwoLZnJhbWVfY291bnQYBSABKAQibAoJUmVzdW1lR2FwEiwKB291dGNvbWUYASABKA4yGy52aXNpb25ycGMudjEuUmVzdW1lT3V0Y29tZRIaChJwcmV2aW91c19zdHJlYW1faWQYAiABKAkSFQoNbWVzc2FnZXNfbG9zdBgDIAEoBCLDAQoMU3RyZWFtU3RhdHVzEigKBWV2ZW50GAEgASgOMhkudmlzaW9ucnBjLnYxLlN0cmVhbUV2ZW50EhQKDHNvdXJjZV9pbmRleBgCIAEoDRIpCgdzb3VyY2VzGAMgAygLMhgudmlzaW9ucnBjLnYxLlNvdXJjZUluZm8SDwoHYXR0ZW1wdBgEIAEoDRIOCgZyZWFzb24YBSABKAkSJwoGcmVzdW1lGAYgASgLMhcudmlzaW9ucnBjLnYxLlJlc3VtZUdhcCKDAgoZU3RyZWFtUHJlZGljdGlvbnNSZXNwb25zZRIRCglzdHJlYW1faWQYASABKAkSEgoKbW9kZWxfbmFtZRgCIAEoCRIVCg1tb2RlbF92ZXJzaW9uGAMgASgJEi4KBWZyYW1lGAQgASgLMh0udmlzaW9ucnBjLnYxLkZyYW1lUHJlZGljdGlvbkgAEiwKBnN0YXR1cxgFIAEoCzIaLnZpc2lvbnJwYy52MS5TdHJlYW1TdGF0dXNIABIvCgZldmVudHMYByABKAsyHS52aXNpb25ycGMudjEuQW5hbHl0aWNzRXZlbnRzSAASDgoGY3Vyc29yGAYgASgEQgkKB3BheWxvYWQizQEKEUluZmVyU3RyZWFtQ29uZmlnEhAKCG1vZGVsX2lkGAEgASgJEisKB29wdGlvbnMYAiABKAsyGi52aXNpb25ycGMudjEuSW5mZXJPcHRpb25zEjAKCWFuYWx5dGljcxgDIAEoCzIdLnZpc2lvbnJwYy52MS5TdHJlYW1BbmFseXRpY3MSFQoNbWF4X2luX2ZsaWdodBgEIAEoDRIwCgxiYWNrcHJlc3N1cmUYBSABKA4yGi52aXNpb25ycGMudjEuQmFja3ByZXNzdXJlInUKCklucHV0RnJhbWUSFwoPc2VxdWVuY2VfbnVtYmVyGAEgASgEEiIKBWltYWdlGAIgASgLMhMudmlzaW9ucnBjLnYxLkltYWdlEhQKDHNvdXJjZV9pbmRleBgDIAEoDRIUCgx0aW1lc3RhbXBfbXMYBCABKAEifQoSSW5mZXJTdHJlYW1SZXF1ZXN0EjEKBmNvbmZpZxgBIAEoCzIfLnZpc2lvbnJwYy52MS5JbmZlclN0cmVhbUNvbmZpZ0gAEikKBWZyYW1lGAIgASgLMhgudmlzaW9ucnBjLnYxLklucHV0RnJhbWVIAEIJCgdtZXNzYWdlIpgCChNJbmZlclN0cmVhbVJlc3BvbnNlEhcKD3NlcXVlbmNlX251bWJlchgBIAEoBBIUCgxzb3VyY2VfaW5kZXgYAiABKA0SEgoKbW9kZWxfbmFtZRgDIAEoCRIVCg1tb2RlbF92ZXJzaW9uGAQgASgJEjMKCnByZWRpY3Rpb24YBSABKAsyHS52aXNpb25ycGMudjEuSW1hZ2VQcmVkaWN0aW9uSAASEQoHZHJvcHBlZBgGIAEoCEgAEiMKBWVycm9yGAcgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIABIvCglhbmFseXRpY3MYCCABKAsyHC52aXNpb25ycGMudjEuRnJhbWVBbmFseXRpY3NCCQoHb3V0Y29tZSpoCgtGcmFtZVBvbGljeRIcChhGUkFNRV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIcChhGUkFNRV9QT0xJQ1lfRVZFUllfRlJBTUUQARIdChlGUkFNRV9QT0xJQ1lfTkVXRVNUX0ZSQU1FEAIqUgoIRGVsaXZlcnkSGAoUREVMSVZFUllfVU5TUEVDSUZJRUQQABISCg5ERUxJVkVSWV9MT1NTWRABEhgKFERFTElWRVJZX0VWRVJZX0ZSQU1FEAIqbwoKRnJhbWVJbWFnZRIbChdGUkFNRV9JTUFHRV9VTlNQRUNJRklFRBAAEhQKEEZSQU1FX0lNQUdFX05PTkUQARITCg9GUkFNRV9JTUFHRV9SQVcQAhIZChVGUkFNRV9JTUFHRV9BTk5PVEFURUQQAyp+Cg1GYWNlUmVkYWN0aW9uEh4KGkZBQ0VfUkVEQUNUSU9OX1VOU1BFQ0lGSUVEEAASFwoTRkFDRV9SRURBQ1RJT05fTk9ORRABEhcKE0ZBQ0VfUkVEQUNUSU9OX0JMVVIQAhIbChdGQUNFX1JFREFDVElPTl9QSVhFTEFURRADKmUKDVN0cmVhbUNvbnRlbnQSHgoaU1RSRUFNX0NPTlRFTlRfVU5TUEVDSUZJRUQQABIZChVTVFJFQU1fQ09OVEVOVF9GUkFNRVMQARIZChVTVFJFQU1fQ09OVEVOVF9FVkVOVFMQAirTAQoLU3RyZWFtRXZlbnQSHAoYU1RSRUFNX0VWRU5UX1VOU1BFQ0lGSUVEEAASGAoUU1RSRUFNX0VWRU5UX1NUQVJURUQQARIdChlTVFJFQU1fRVZFTlRfUkVDT05ORUNUSU5HEAISHAoYU1RSRUFNX0VWRU5UX1JFQ09OTkVDVEVEEAMSHQoZU1RSRUFNX0VWRU5UX1NPVVJDRV9FTkRFRBAEEhYKElNUUkVBTV9FVkVOVF9FUlJPUhAFEhgKFFNUUkVBTV9FVkVOVF9SRVNVTUVEEAYqhgEKDVJlc3VtZU91dGNvbWUSHgoaUkVTVU1FX09VVENPTUVfVU5TUEVDSUZJRUQQABIbChdSRVNVTUVfT1VUQ09NRV9SRVBMQVlFRBABEhoKFlJFU1VNRV9PVVRDT01FX1BBUlRJQUwQAhIcChhSRVNVTUVfT1VUQ09NRV9SRVNUQVJURUQQAypaCgxCYWNrcHJlc3N1cmUSHAoYQkFDS1BSRVNTVVJFX1VOU1BFQ0lGSUVEEAASFQoRQkFDS1BSRVNTVVJFX1dBSVQQARIVChFCQUNLUFJFU1NVUkVfRFJPUBACMpQCChBJbmZlcmVuY2VTZXJ2aWNlEkAKBUluZmVyEhoudmlzaW9ucnBjLnYxLkluZmVyUmVxdWVzdBobLnZpc2lvbnJwYy52MS5JbmZlclJlc3BvbnNlEmYKEVN0cmVhbVByZWRpY3Rpb25zEiYudmlzaW9ucnBjLnYxLlN0cmVhbVByZWRpY3Rpb25zUmVxdWVzdBonLnZpc2lvbnJwYy52MS5TdHJlYW1QcmVkaWN0aW9uc1Jlc3BvbnNlMAESVgoLSW5mZXJTdHJlYW0SIC52aXNpb25ycGMudjEuSW5mZXJTdHJlYW1SZXF1ZXN0GiEudmlzaW9ucnBjLnYxLkluZmVyU3RyZWFtUmVzcG9uc2UoATABQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z", [file_google_protobuf_timestamp, file_google_rpc_status, file_visionrpc_v1_analytics, file_visionrpc_v1_types]);
 
 /**
  * @generated from message visionrpc.v1.InferRequest
@@ -156,6 +160,21 @@ export type StreamOptions = Message<"visionrpc.v1.StreamOptions"> & {
    * @generated from field: uint32 jpeg_quality = 5;
    */
   jpegQuality: number;
+
+  /**
+   * Tracking, zones and lines; their state and events travel in FramePrediction.analytics.
+   *
+   * @generated from field: visionrpc.v1.StreamAnalytics analytics = 6;
+   */
+  analytics?: StreamAnalytics | undefined;
+
+  /**
+   * Hides faces (found by the built-in centerface model) in the frame images this stream returns and in the
+   * video its pipeline records. Predictions are unaffected.
+   *
+   * @generated from field: visionrpc.v1.FaceRedaction face_redaction = 7;
+   */
+  faceRedaction: FaceRedaction;
 };
 
 /**
@@ -206,6 +225,19 @@ export type StreamPredictionsRequest = Message<"visionrpc.v1.StreamPredictionsRe
    * @generated from field: visionrpc.v1.StreamResume resume = 6;
    */
   resume?: StreamResume | undefined;
+
+  /**
+   * Subscribe to a pipeline declared in the server's pipelines file (PipelineService lists them); when set,
+   * model_id, sources, options and stream_options are ignored.
+   *
+   * @generated from field: string pipeline = 7;
+   */
+  pipeline: string;
+
+  /**
+   * @generated from field: visionrpc.v1.StreamContent content = 8;
+   */
+  content: StreamContent;
 };
 
 /**
@@ -325,6 +357,13 @@ export type FramePrediction = Message<"visionrpc.v1.FramePrediction"> & {
    * @generated from field: bytes frame_jpeg = 7;
    */
   frameJpeg: Uint8Array;
+
+  /**
+   * Streams with analytics: the zones and lines watching this source, and the events this frame caused.
+   *
+   * @generated from field: visionrpc.v1.FrameAnalytics analytics = 8;
+   */
+  analytics?: FrameAnalytics | undefined;
 };
 
 /**
@@ -492,6 +531,14 @@ export type StreamPredictionsResponse = Message<"visionrpc.v1.StreamPredictionsR
      */
     value: StreamStatus;
     case: "status";
+  } | {
+    /**
+     * STREAM_CONTENT_EVENTS: a frame's events.
+     *
+     * @generated from field: visionrpc.v1.AnalyticsEvents events = 7;
+     */
+    value: AnalyticsEvents;
+    case: "events";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -510,6 +557,194 @@ export type StreamPredictionsResponse = Message<"visionrpc.v1.StreamPredictionsR
  */
 export const StreamPredictionsResponseSchema: GenMessage<StreamPredictionsResponse> = /*@__PURE__*/
   messageDesc(file_visionrpc_v1_inference, 11);
+
+/**
+ * The first message of an InferStream call.
+ *
+ * @generated from message visionrpc.v1.InferStreamConfig
+ */
+export type InferStreamConfig = Message<"visionrpc.v1.InferStreamConfig"> & {
+  /**
+   * "name" or "name/version"; empty means the server's default model.
+   *
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: visionrpc.v1.InferOptions options = 2;
+   */
+  options?: InferOptions | undefined;
+
+  /**
+   * Tracking, zones and lines over the frames of each source_index.
+   *
+   * @generated from field: visionrpc.v1.StreamAnalytics analytics = 3;
+   */
+  analytics?: StreamAnalytics | undefined;
+
+  /**
+   * Frames received and not yet answered; 0: the server's default (8). At most the server's limit (64).
+   *
+   * @generated from field: uint32 max_in_flight = 4;
+   */
+  maxInFlight: number;
+
+  /**
+   * @generated from field: visionrpc.v1.Backpressure backpressure = 5;
+   */
+  backpressure: Backpressure;
+};
+
+/**
+ * Describes the message visionrpc.v1.InferStreamConfig.
+ * Use `create(InferStreamConfigSchema)` to create a new message.
+ */
+export const InferStreamConfigSchema: GenMessage<InferStreamConfig> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_inference, 12);
+
+/**
+ * A frame sent by the client.
+ *
+ * @generated from message visionrpc.v1.InputFrame
+ */
+export type InputFrame = Message<"visionrpc.v1.InputFrame"> & {
+  /**
+   * The client's numbering, echoed in the answer; must increase from one frame to the next of a source.
+   *
+   * @generated from field: uint64 sequence_number = 1;
+   */
+  sequenceNumber: bigint;
+
+  /**
+   * @generated from field: visionrpc.v1.Image image = 2;
+   */
+  image?: Image | undefined;
+
+  /**
+   * Which of the client's cameras (tracking and analytics are per source). Default 0.
+   *
+   * @generated from field: uint32 source_index = 3;
+   */
+  sourceIndex: number;
+
+  /**
+   * Presentation time in the source, in milliseconds (dwell times use it); 0: the time the server received it.
+   *
+   * @generated from field: double timestamp_ms = 4;
+   */
+  timestampMs: number;
+};
+
+/**
+ * Describes the message visionrpc.v1.InputFrame.
+ * Use `create(InputFrameSchema)` to create a new message.
+ */
+export const InputFrameSchema: GenMessage<InputFrame> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_inference, 13);
+
+/**
+ * @generated from message visionrpc.v1.InferStreamRequest
+ */
+export type InferStreamRequest = Message<"visionrpc.v1.InferStreamRequest"> & {
+  /**
+   * @generated from oneof visionrpc.v1.InferStreamRequest.message
+   */
+  message: {
+    /**
+     * First message, exactly once.
+     *
+     * @generated from field: visionrpc.v1.InferStreamConfig config = 1;
+     */
+    value: InferStreamConfig;
+    case: "config";
+  } | {
+    /**
+     * @generated from field: visionrpc.v1.InputFrame frame = 2;
+     */
+    value: InputFrame;
+    case: "frame";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message visionrpc.v1.InferStreamRequest.
+ * Use `create(InferStreamRequestSchema)` to create a new message.
+ */
+export const InferStreamRequestSchema: GenMessage<InferStreamRequest> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_inference, 14);
+
+/**
+ * The answer to one frame, in the order the frames were sent.
+ *
+ * @generated from message visionrpc.v1.InferStreamResponse
+ */
+export type InferStreamResponse = Message<"visionrpc.v1.InferStreamResponse"> & {
+  /**
+   * @generated from field: uint64 sequence_number = 1;
+   */
+  sequenceNumber: bigint;
+
+  /**
+   * @generated from field: uint32 source_index = 2;
+   */
+  sourceIndex: number;
+
+  /**
+   * The model that ran: its name and the resolved version.
+   *
+   * @generated from field: string model_name = 3;
+   */
+  modelName: string;
+
+  /**
+   * @generated from field: string model_version = 4;
+   */
+  modelVersion: string;
+
+  /**
+   * @generated from oneof visionrpc.v1.InferStreamResponse.outcome
+   */
+  outcome: {
+    /**
+     * @generated from field: visionrpc.v1.ImagePrediction prediction = 5;
+     */
+    value: ImagePrediction;
+    case: "prediction";
+  } | {
+    /**
+     * BACKPRESSURE_DROP: the frame arrived while max_in_flight frames were in flight and was not inferred.
+     *
+     * @generated from field: bool dropped = 6;
+     */
+    value: boolean;
+    case: "dropped";
+  } | {
+    /**
+     * This frame was refused (an undecodable image, a sequence number that did not increase); the call goes
+     * on. Same codes and details as Infer's errors. Errors of the call itself (a bad config, an unknown model)
+     * end the call instead.
+     *
+     * @generated from field: google.rpc.Status error = 7;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * With analytics: the zones and lines watching this source, and the events this frame caused.
+   *
+   * @generated from field: visionrpc.v1.FrameAnalytics analytics = 8;
+   */
+  analytics?: FrameAnalytics | undefined;
+};
+
+/**
+ * Describes the message visionrpc.v1.InferStreamResponse.
+ * Use `create(InferStreamResponseSchema)` to create a new message.
+ */
+export const InferStreamResponseSchema: GenMessage<InferStreamResponse> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_inference, 15);
 
 /**
  * Which frames a pipeline processes.
@@ -615,6 +850,76 @@ export const FrameImageSchema: GenEnum<FrameImage> = /*@__PURE__*/
   enumDesc(file_visionrpc_v1_inference, 2);
 
 /**
+ * @generated from enum visionrpc.v1.FaceRedaction
+ */
+export enum FaceRedaction {
+  /**
+   * No redaction.
+   *
+   * @generated from enum value: FACE_REDACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: FACE_REDACTION_NONE = 1;
+   */
+  NONE = 1,
+
+  /**
+   * A strong Gaussian blur over each face.
+   *
+   * @generated from enum value: FACE_REDACTION_BLUR = 2;
+   */
+  BLUR = 2,
+
+  /**
+   * Each face replaced by coarse blocks.
+   *
+   * @generated from enum value: FACE_REDACTION_PIXELATE = 3;
+   */
+  PIXELATE = 3,
+}
+
+/**
+ * Describes the enum visionrpc.v1.FaceRedaction.
+ */
+export const FaceRedactionSchema: GenEnum<FaceRedaction> = /*@__PURE__*/
+  enumDesc(file_visionrpc_v1_inference, 3);
+
+/**
+ * What a subscription receives besides status messages.
+ *
+ * @generated from enum visionrpc.v1.StreamContent
+ */
+export enum StreamContent {
+  /**
+   * Every processed frame (FramePrediction, with its analytics).
+   *
+   * @generated from enum value: STREAM_CONTENT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: STREAM_CONTENT_FRAMES = 1;
+   */
+  FRAMES = 1,
+
+  /**
+   * Only analytics events (AnalyticsEvents), one message per frame that caused any: cheap to watch a busy
+   * camera. Cursors still count every message of the stream, so they jump between events.
+   *
+   * @generated from enum value: STREAM_CONTENT_EVENTS = 2;
+   */
+  EVENTS = 2,
+}
+
+/**
+ * Describes the enum visionrpc.v1.StreamContent.
+ */
+export const StreamContentSchema: GenEnum<StreamContent> = /*@__PURE__*/
+  enumDesc(file_visionrpc_v1_inference, 4);
+
+/**
  * @generated from enum visionrpc.v1.StreamEvent
  */
 export enum StreamEvent {
@@ -660,7 +965,7 @@ export enum StreamEvent {
  * Describes the enum visionrpc.v1.StreamEvent.
  */
 export const StreamEventSchema: GenEnum<StreamEvent> = /*@__PURE__*/
-  enumDesc(file_visionrpc_v1_inference, 3);
+  enumDesc(file_visionrpc_v1_inference, 5);
 
 /**
  * How a resumed subscription continued.
@@ -702,7 +1007,41 @@ export enum ResumeOutcome {
  * Describes the enum visionrpc.v1.ResumeOutcome.
  */
 export const ResumeOutcomeSchema: GenEnum<ResumeOutcome> = /*@__PURE__*/
-  enumDesc(file_visionrpc_v1_inference, 4);
+  enumDesc(file_visionrpc_v1_inference, 6);
+
+/**
+ * What happens to a frame that arrives while max_in_flight frames are already being inferred.
+ *
+ * @generated from enum visionrpc.v1.Backpressure
+ */
+export enum Backpressure {
+  /**
+   * The server stops reading the call until a frame is answered: the client's sends wait (HTTP/2 flow
+   * control), nothing is lost. For recorded video and for clients that pace themselves.
+   *
+   * @generated from enum value: BACKPRESSURE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: BACKPRESSURE_WAIT = 1;
+   */
+  WAIT = 1,
+
+  /**
+   * The frame is answered at once with `dropped` and not inferred, so a live camera stays live. Answers stay in
+   * order.
+   *
+   * @generated from enum value: BACKPRESSURE_DROP = 2;
+   */
+  DROP = 2,
+}
+
+/**
+ * Describes the enum visionrpc.v1.Backpressure.
+ */
+export const BackpressureSchema: GenEnum<Backpressure> = /*@__PURE__*/
+  enumDesc(file_visionrpc_v1_inference, 7);
 
 /**
  * Inference on images (unary) and on server-side video sources (server streaming).
@@ -733,6 +1072,18 @@ export const InferenceService: GenService<{
     methodKind: "server_streaming";
     input: typeof StreamPredictionsRequestSchema;
     output: typeof StreamPredictionsResponseSchema;
+  },
+  /**
+   * Infers frames the client sends (a camera it owns), one answer per frame in the order sent, with the
+   * batching, tracking and analytics of a server-side stream. The first message is the config, every later
+   * one a frame. Back-pressure is explicit: see InferStreamConfig.max_in_flight and Backpressure.
+   *
+   * @generated from rpc visionrpc.v1.InferenceService.InferStream
+   */
+  inferStream: {
+    methodKind: "bidi_streaming";
+    input: typeof InferStreamRequestSchema;
+    output: typeof InferStreamResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_visionrpc_v1_inference, 0);

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file visionrpc/v1/types.proto.
  */
 export const file_visionrpc_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("Chh2aXNpb25ycGMvdjEvdHlwZXMucHJvdG8SDHZpc2lvbnJwYy52MSJqCghSYXdJbWFnZRIMCgRkYXRhGAEgASgMEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRIxCg1jaGFubmVsX29yZGVyGAQgASgOMhoudmlzaW9ucnBjLnYxLkNoYW5uZWxPcmRlciJLCgVJbWFnZRIRCgdlbmNvZGVkGAEgASgMSAASJQoDcmF3GAIgASgLMhYudmlzaW9ucnBjLnYxLlJhd0ltYWdlSABCCAoGc291cmNlIu4BCgxJbmZlck9wdGlvbnMSIQoUY29uZmlkZW5jZV90aHJlc2hvbGQYASABKAJIAIgBARIaCg1pb3VfdGhyZXNob2xkGAIgASgCSAGIAQESGwoObWF4X2RldGVjdGlvbnMYAyABKA1IAogBARIRCgljbGFzc19pZHMYBCADKA0SEwoLY2xhc3NfbmFtZXMYBSADKAkSEgoFdG9wX2sYBiABKA1IA4gBAUIXChVfY29uZmlkZW5jZV90aHJlc2hvbGRCEAoOX2lvdV90aHJlc2hvbGRCEQoPX21heF9kZXRlY3Rpb25zQggKBl90b3BfayJJCgtCb3VuZGluZ0JveBINCgV4X21pbhgBIAEoAhINCgV5X21pbhgCIAEoAhINCgV4X21heBgDIAEoAhINCgV5X21heBgEIAEoAiJCCghLZXlwb2ludBIJCgF4GAEgASgCEgkKAXkYAiABKAISEgoKY29uZmlkZW5jZRgDIAEoAhIMCgRuYW1lGAQgASgJIroBCglEZXRlY3Rpb24SJgoDYm94GAEgASgLMhkudmlzaW9ucnBjLnYxLkJvdW5kaW5nQm94EhAKCGNsYXNzX2lkGAIgASgNEhIKCmNsYXNzX25hbWUYAyABKAkSEgoKY29uZmlkZW5jZRgEIAEoAhIpCglrZXlwb2ludHMYBSADKAsyFi52aXNpb25ycGMudjEuS2V5cG9pbnQSIAoEbWFzaxgGIAEoCzISLnZpc2lvbnJwYy52MS5NYXNrIlAKBE1hc2sSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEg4KBmNvdW50cxgFIAMoDSJKCg5DbGFzc2lmaWNhdGlvbhIQCghjbGFzc19pZBgBIAEoDRISCgpjbGFzc19uYW1lGAIgASgJEhIKCmNvbmZpZGVuY2UYAyABKAIiKgoJSW1hZ2VTaXplEg0KBXdpZHRoGAEgASgNEg4KBmhlaWdodBgCIAEoDSKFAQoHVGltaW5ncxIRCglkZWNvZGVfbXMYASABKAESEAoIcXVldWVfbXMYAiABKAESFQoNcHJlcHJvY2Vzc19tcxgDIAEoARIUCgxpbmZlcmVuY2VfbXMYBCABKAESFgoOcG9zdHByb2Nlc3NfbXMYBSABKAESEAoIdG90YWxfbXMYBiABKAEiUQoKRW5naW5lSW5mbxIOCgZlbmdpbmUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDgoGZGV2aWNlGAMgASgJEhEKCXByZWNpc2lvbhgEIAEoCSLKAQoPSW1hZ2VQcmVkaWN0aW9uEisKCmltYWdlX3NpemUYASABKAsyFy52aXNpb25ycGMudjEuSW1hZ2VTaXplEisKCmRldGVjdGlvbnMYAiADKAsyFy52aXNpb25ycGMudjEuRGV0ZWN0aW9uEjUKD2NsYXNzaWZpY2F0aW9ucxgDIAMoCzIcLnZpc2lvbnJwYy52MS5DbGFzc2lmaWNhdGlvbhImCgd0aW1pbmdzGAQgASgLMhUudmlzaW9ucnBjLnYxLlRpbWluZ3MqowEKDENoYW5uZWxPcmRlchIdChlDSEFOTkVMX09SREVSX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTk5FTF9PUkRFUl9SR0IQARIVChFDSEFOTkVMX09SREVSX0JHUhACEhYKEkNIQU5ORUxfT1JERVJfR1JBWRADEhYKEkNIQU5ORUxfT1JERVJfUkdCQRAEEhYKEkNIQU5ORUxfT1JERVJfQkdSQRAFQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z");
+  fileDesc("Chh2aXNpb25ycGMvdjEvdHlwZXMucHJvdG8SDHZpc2lvbnJwYy52MSJqCghSYXdJbWFnZRIMCgRkYXRhGAEgASgMEg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDRIxCg1jaGFubmVsX29yZGVyGAQgASgOMhoudmlzaW9ucnBjLnYxLkNoYW5uZWxPcmRlciKFAQoFSW1hZ2USEQoHZW5jb2RlZBgBIAEoDEgAEiUKA3JhdxgCIAEoCzIWLnZpc2lvbnJwYy52MS5SYXdJbWFnZUgAEjgKDXNoYXJlZF9tZW1vcnkYAyABKAsyHy52aXNpb25ycGMudjEuU2hhcmVkTWVtb3J5SW1hZ2VIAEIICgZzb3VyY2UihQEKEVNoYXJlZE1lbW9yeUltYWdlEg4KBnJlZ2lvbhgBIAEoCRIOCgZvZmZzZXQYAiABKAQSDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEjEKDWNoYW5uZWxfb3JkZXIYBSABKA4yGi52aXNpb25ycGMudjEuQ2hhbm5lbE9yZGVyIu4BCgxJbmZlck9wdGlvbnMSIQoUY29uZmlkZW5jZV90aHJlc2hvbGQYASABKAJIAIgBARIaCg1pb3VfdGhyZXNob2xkGAIgASgCSAGIAQESGwoObWF4X2RldGVjdGlvbnMYAyABKA1IAogBARIRCgljbGFzc19pZHMYBCADKA0SEwoLY2xhc3NfbmFtZXMYBSADKAkSEgoFdG9wX2sYBiABKA1IA4gBAUIXChVfY29uZmlkZW5jZV90aHJlc2hvbGRCEAoOX2lvdV90aHJlc2hvbGRCEQoPX21heF9kZXRlY3Rpb25zQggKBl90b3BfayJJCgtCb3VuZGluZ0JveBINCgV4X21pbhgBIAEoAhINCgV5X21pbhgCIAEoAhINCgV4X21heBgDIAEoAhINCgV5X21heBgEIAEoAiJCCghLZXlwb2ludBIJCgF4GAEgASgCEgkKAXkYAiABKAISEgoKY29uZmlkZW5jZRgDIAEoAhIMCgRuYW1lGAQgASgJIswBCglEZXRlY3Rpb24SJgoDYm94GAEgASgLMhkudmlzaW9ucnBjLnYxLkJvdW5kaW5nQm94EhAKCGNsYXNzX2lkGAIgASgNEhIKCmNsYXNzX25hbWUYAyABKAkSEgoKY29uZmlkZW5jZRgEIAEoAhIpCglrZXlwb2ludHMYBSADKAsyFi52aXNpb25ycGMudjEuS2V5cG9pbnQSIAoEbWFzaxgGIAEoCzISLnZpc2lvbnJwYy52MS5NYXNrEhAKCHRyYWNrX2lkGAcgASgEIlAKBE1hc2sSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEg4KBmNvdW50cxgFIAMoDSJKCg5DbGFzc2lmaWNhdGlvbhIQCghjbGFzc19pZBgBIAEoDRISCgpjbGFzc19uYW1lGAIgASgJEhIKCmNvbmZpZGVuY2UYAyABKAIiKgoJSW1hZ2VTaXplEg0KBXdpZHRoGAEgASgNEg4KBmhlaWdodBgCIAEoDSKFAQoHVGltaW5ncxIRCglkZWNvZGVfbXMYASABKAESEAoIcXVldWVfbXMYAiABKAESFQoNcHJlcHJvY2Vzc19tcxgDIAEoARIUCgxpbmZlcmVuY2VfbXMYBCABKAESFgoOcG9zdHByb2Nlc3NfbXMYBSABKAESEAoIdG90YWxfbXMYBiABKAEiUQoKRW5naW5lSW5mbxIOCgZlbmdpbmUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDgoGZGV2aWNlGAMgASgJEhEKCXByZWNpc2lvbhgEIAEoCSLKAQoPSW1hZ2VQcmVkaWN0aW9uEisKCmltYWdlX3NpemUYASABKAsyFy52aXNpb25ycGMudjEuSW1hZ2VTaXplEisKCmRldGVjdGlvbnMYAiADKAsyFy52aXNpb25ycGMudjEuRGV0ZWN0aW9uEjUKD2NsYXNzaWZpY2F0aW9ucxgDIAMoCzIcLnZpc2lvbnJwYy52MS5DbGFzc2lmaWNhdGlvbhImCgd0aW1pbmdzGAQgASgLMhUudmlzaW9ucnBjLnYxLlRpbWluZ3MqowEKDENoYW5uZWxPcmRlchIdChlDSEFOTkVMX09SREVSX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTk5FTF9PUkRFUl9SR0IQARIVChFDSEFOTkVMX09SREVSX0JHUhACEhYKEkNIQU5ORUxfT1JERVJfR1JBWRADEhYKEkNIQU5ORUxfT1JERVJfUkdCQRAEEhYKEkNIQU5ORUxfT1JERVJfQkdSQRAFQmsKEGRldi52aXNpb25ycGMudjFQAVpGZ2l0aHViLmNvbS92aXNpb25ycGMvdmlzaW9ucnBjL2NsaWVudHMvZ28vZ2VuL3Zpc2lvbnJwYy92MTt2aXNpb25ycGN2MaoCDFZpc2lvblJwYy5WMWIGcHJvdG8z");
 
 /**
  * Uncompressed pixels: rows top to bottom, pixels left to right, channels interleaved, no row padding.
@@ -73,6 +73,14 @@ export type Image = Message<"visionrpc.v1.Image"> & {
      */
     value: RawImage;
     case: "raw";
+  } | {
+    /**
+     * Raw pixels in a shared-memory region registered with SharedMemoryService (clients on the server's host).
+     *
+     * @generated from field: visionrpc.v1.SharedMemoryImage shared_memory = 3;
+     */
+    value: SharedMemoryImage;
+    case: "sharedMemory";
   } | { case: undefined; value?: undefined };
 };
 
@@ -82,6 +90,49 @@ export type Image = Message<"visionrpc.v1.Image"> & {
  */
 export const ImageSchema: GenMessage<Image> = /*@__PURE__*/
   messageDesc(file_visionrpc_v1_types, 1);
+
+/**
+ * Uncompressed pixels in a registered shared-memory region, laid out as RawImage.data: rows top to bottom,
+ * channels interleaved, no row padding. The server reads width * height * channels(channel_order) bytes from
+ * `offset`; they must lie inside the region.
+ *
+ * @generated from message visionrpc.v1.SharedMemoryImage
+ */
+export type SharedMemoryImage = Message<"visionrpc.v1.SharedMemoryImage"> & {
+  /**
+   * The region's name, as registered (SharedMemoryService.RegisterSharedMemory).
+   *
+   * @generated from field: string region = 1;
+   */
+  region: string;
+
+  /**
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: uint32 width = 3;
+   */
+  width: number;
+
+  /**
+   * @generated from field: uint32 height = 4;
+   */
+  height: number;
+
+  /**
+   * @generated from field: visionrpc.v1.ChannelOrder channel_order = 5;
+   */
+  channelOrder: ChannelOrder;
+};
+
+/**
+ * Describes the message visionrpc.v1.SharedMemoryImage.
+ * Use `create(SharedMemoryImageSchema)` to create a new message.
+ */
+export const SharedMemoryImageSchema: GenMessage<SharedMemoryImage> = /*@__PURE__*/
+  messageDesc(file_visionrpc_v1_types, 2);
 
 /**
  * Post-processing options. Unset fields take the model's defaults (see ModelService.GetModel).
@@ -135,7 +186,7 @@ export type InferOptions = Message<"visionrpc.v1.InferOptions"> & {
  * Use `create(InferOptionsSchema)` to create a new message.
  */
 export const InferOptionsSchema: GenMessage<InferOptions> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 2);
+  messageDesc(file_visionrpc_v1_types, 3);
 
 /**
  * An axis-aligned box in pixels of the original image.
@@ -169,7 +220,7 @@ export type BoundingBox = Message<"visionrpc.v1.BoundingBox"> & {
  * Use `create(BoundingBoxSchema)` to create a new message.
  */
 export const BoundingBoxSchema: GenMessage<BoundingBox> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 3);
+  messageDesc(file_visionrpc_v1_types, 4);
 
 /**
  * A landmark or keypoint in pixels of the original image.
@@ -205,7 +256,7 @@ export type Keypoint = Message<"visionrpc.v1.Keypoint"> & {
  * Use `create(KeypointSchema)` to create a new message.
  */
 export const KeypointSchema: GenMessage<Keypoint> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 4);
+  messageDesc(file_visionrpc_v1_types, 5);
 
 /**
  * @generated from message visionrpc.v1.Detection
@@ -242,6 +293,15 @@ export type Detection = Message<"visionrpc.v1.Detection"> & {
    * @generated from field: visionrpc.v1.Mask mask = 6;
    */
   mask?: Mask | undefined;
+
+  /**
+   * Streams that track (StreamAnalytics.tracking, or zones and lines): the object's id, the same on every
+   * frame of its source while it is followed, from 1. 0 when the detection is not tracked (unary Infer, a
+   * stream without tracking, or a detection too weak to start or continue a track).
+   *
+   * @generated from field: uint64 track_id = 7;
+   */
+  trackId: bigint;
 };
 
 /**
@@ -249,7 +309,7 @@ export type Detection = Message<"visionrpc.v1.Detection"> & {
  * Use `create(DetectionSchema)` to create a new message.
  */
 export const DetectionSchema: GenMessage<Detection> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 5);
+  messageDesc(file_visionrpc_v1_types, 6);
 
 /**
  * A binary instance mask, run-length encoded over a grid of whole pixels of the original image.
@@ -299,7 +359,7 @@ export type Mask = Message<"visionrpc.v1.Mask"> & {
  * Use `create(MaskSchema)` to create a new message.
  */
 export const MaskSchema: GenMessage<Mask> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 6);
+  messageDesc(file_visionrpc_v1_types, 7);
 
 /**
  * @generated from message visionrpc.v1.Classification
@@ -326,7 +386,7 @@ export type Classification = Message<"visionrpc.v1.Classification"> & {
  * Use `create(ClassificationSchema)` to create a new message.
  */
 export const ClassificationSchema: GenMessage<Classification> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 7);
+  messageDesc(file_visionrpc_v1_types, 8);
 
 /**
  * @generated from message visionrpc.v1.ImageSize
@@ -348,7 +408,7 @@ export type ImageSize = Message<"visionrpc.v1.ImageSize"> & {
  * Use `create(ImageSizeSchema)` to create a new message.
  */
 export const ImageSizeSchema: GenMessage<ImageSize> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 8);
+  messageDesc(file_visionrpc_v1_types, 9);
 
 /**
  * Where the time of one image went, in milliseconds. For a batched engine call, inference_ms is the whole
@@ -393,7 +453,7 @@ export type Timings = Message<"visionrpc.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 9);
+  messageDesc(file_visionrpc_v1_types, 10);
 
 /**
  * What ran the model.
@@ -435,7 +495,7 @@ export type EngineInfo = Message<"visionrpc.v1.EngineInfo"> & {
  * Use `create(EngineInfoSchema)` to create a new message.
  */
 export const EngineInfoSchema: GenMessage<EngineInfo> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 10);
+  messageDesc(file_visionrpc_v1_types, 11);
 
 /**
  * The predictions for one image.
@@ -471,7 +531,7 @@ export type ImagePrediction = Message<"visionrpc.v1.ImagePrediction"> & {
  * Use `create(ImagePredictionSchema)` to create a new message.
  */
 export const ImagePredictionSchema: GenMessage<ImagePrediction> = /*@__PURE__*/
-  messageDesc(file_visionrpc_v1_types, 11);
+  messageDesc(file_visionrpc_v1_types, 12);
 
 /**
  * Channel order of raw 8-bit pixels.
