@@ -148,6 +148,7 @@ class Detection:
     confidence: float
     keypoints: tuple[Keypoint, ...] = ()
     mask: Mask | None = None
+    track_id: int = 0  # streams that track: the object's id on its source, from 1; 0 when untracked
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0:

@@ -13,11 +13,13 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..analytics.types import FrameAnalytics, StreamAnalytics
 from ..domain import ImageArray, Prediction
 from .url_policy import UrlPolicy
 
 __all__ = [
     "Delivery",
+    "FaceRedaction",
     "Frame",
     "FrameImage",
     "FramePolicy",
@@ -32,6 +34,7 @@ __all__ = [
     "SourceInfo",
     "SourceKind",
     "SourceSpec",
+    "StreamContent",
     "StreamEnd",
     "StreamMessage",
     "StreamOptions",
@@ -97,12 +100,25 @@ class FrameImage(enum.Enum):
     ANNOTATED = "annotated"
 
 
+class FaceRedaction(enum.Enum):
+    NONE = "none"
+    BLUR = "blur"
+    PIXELATE = "pixelate"
+
+
+class StreamContent(enum.Enum):
+    FRAMES = "frames"  # every processed frame, with its analytics
+    EVENTS = "events"  # only frames' analytics events (AnalyticsEvents), for watching a busy camera cheaply
+
+
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
     max_fps: float | None = None  # live sources skip frames to stay under it; files are paced to it
     frame_policy: FramePolicy = FramePolicy.AUTO
     frame_image: FrameImage = FrameImage.NONE
     jpeg_quality: int = 80
+    analytics: StreamAnalytics = field(default_factory=StreamAnalytics)
+    face_redaction: FaceRedaction = FaceRedaction.NONE
 
     def __post_init__(self) -> None:
         if self.max_fps is not None and not self.max_fps > 0:
@@ -188,6 +204,10 @@ class FrameResult:
     results_dropped: int  # cumulative, this subscriber
     frame_jpeg: bytes = b""
     cursor: int = 0  # the message's position in its stream, from 1 (stamped when the pipeline publishes it)
+    analytics: FrameAnalytics | None = None  # streams that declare analytics
+    # The frame itself (redacted where asked), for in-process consumers that need pixels (a declared
+    # pipeline's video sink); never sent, and not kept in the replay ring.
+    pixels: ImageArray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
