@@ -197,6 +197,7 @@ def prediction_to_proto(prediction: Prediction) -> types_pb2.ImagePrediction:
                     for k in det.keypoints
                 ],
                 mask=_mask_to_proto(det.mask) if det.mask is not None else None,
+                track_id=det.track_id,
             )
         )
     for cls in prediction.classifications:
