@@ -79,13 +79,16 @@ class CallInterceptor(_Interceptor):
             return handler._replace(  # type: ignore[attr-defined, no-any-return]
                 unary_unary=self._unary(method, handler.unary_unary, denial, request_id)
             )
-        if handler.unary_stream is not None:
+        streaming = "unary_stream" if handler.unary_stream is not None else "stream_stream"
+        behaviour = getattr(handler, streaming)
+        if behaviour is not None:
             if denial is None and not metrics.ON:
                 # Nothing to check or count: every message of a stream would pay for one more generator
                 # layer on the event loop (200 subscribers of a 5 fps pipeline: 1,000 a second).
                 return handler
+            # A bidirectional call's first argument is its request iterator, passed through the same way.
             return handler._replace(  # type: ignore[attr-defined, no-any-return]
-                unary_stream=self._unary_stream(method, handler.unary_stream, denial, request_id)
+                **{streaming: self._unary_stream(method, behaviour, denial, request_id)}
             )
         return handler  # client streaming: none of ours
 

@@ -146,6 +146,8 @@ class TransportGuard:
             changes["unary_unary"] = self._unary(method, handler.unary_unary, counted)
         elif handler.unary_stream is not None:
             changes["unary_stream"] = self._unary_stream(method, handler.unary_stream, counted)
+        elif handler.stream_stream is not None:
+            changes["stream_stream"] = self._stream_stream(method, handler.stream_stream, counted)
         else:  # client-streaming methods: none of ours; only the deserializer is made safe
             return handler._replace(**changes)  # type: ignore[attr-defined, no-any-return]
         return handler._replace(**changes)  # type: ignore[attr-defined, no-any-return]
@@ -182,6 +184,22 @@ class TransportGuard:
                 self._active -= counted
 
         return guarded
+
+    def _stream_stream(self, method: str, behaviour: Callable[..., Any], counted: bool) -> Callable[..., Any]:
+        """Bidirectional: the call is counted like a server stream; each message is checked as it is read,
+        and a bad one raises its error from the servicer's read (which ends the call with it)."""
+
+        def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return behaviour(self._checked_messages(method, requests), context)
+
+        return self._unary_stream(method, checked, counted)
+
+    async def _checked_messages(self, method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            error = self._admission_error(request, method, counted=False)
+            if error is not None:
+                raise error
+            yield request
 
 
 class _GuardedRegistrar:

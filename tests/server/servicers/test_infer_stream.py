@@ -1,0 +1,277 @@
+"""InferStream through a real server and real stubs: order, parity with Infer, frame and call errors,
+back-pressure (WAIT and DROP, seen from the server's side), cancellation."""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Iterator
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from conftest import RunningServer, wait_for
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
+from media import media
+from visionrpc.server.streams import pushed
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
+
+wait_for = functools.partial(wait_for, timeout_s=30.0)
+FRAME_STEP = 6  # every 6th frame of bikes.mp4: 42 frames, people and cars, a few seconds of CPU
+
+
+@functools.cache
+def bikes_jpegs() -> tuple[bytes, ...]:
+    capture = cv2.VideoCapture(str(media("bikes.mp4")))
+    frames = []
+    index = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index % FRAME_STEP == 0:
+            frames.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        index += 1
+    capture.release()
+    return tuple(frames)
+
+
+@pytest.fixture(scope="module")
+def stub(server: RunningServer) -> Iterator[inference_pb2_grpc.InferenceServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield inference_pb2_grpc.InferenceServiceStub(channel)
+
+
+def config(**fields: object) -> inference_pb2.InferStreamRequest:
+    return inference_pb2.InferStreamRequest(config=inference_pb2.InferStreamConfig(**fields))  # type: ignore[arg-type]
+
+
+def frame(
+    sequence_number: int, image: types_pb2.Image, source_index: int = 0
+) -> inference_pb2.InferStreamRequest:
+    return inference_pb2.InferStreamRequest(
+        frame=inference_pb2.InputFrame(
+            sequence_number=sequence_number, image=image, source_index=source_index
+        )
+    )
+
+
+def jpeg_frames(jpegs: tuple[bytes, ...]) -> list[inference_pb2.InferStreamRequest]:
+    return [frame(i, types_pb2.Image(encoded=data)) for i, data in enumerate(jpegs)]
+
+
+def reason_of(status: object) -> str:
+    for detail in status.details:  # type: ignore[attr-defined]
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def test_every_frame_is_answered_in_order_with_infers_detections(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
+    jpegs = bikes_jpegs()
+    answers = list(stub.InferStream(iter([config(), *jpeg_frames(jpegs)]), timeout=300))
+    assert [a.sequence_number for a in answers] == list(range(len(jpegs)))
+    assert all(a.WhichOneof("outcome") == "prediction" for a in answers)
+    assert {a.model_name for a in answers} == {"yolov3-tiny-coco"}
+    seen = set()
+    for answer, data in zip(answers, jpegs, strict=True):
+        (unary,) = stub.Infer(
+            inference_pb2.InferRequest(images=[types_pb2.Image(encoded=data)]), timeout=60
+        ).predictions
+        streamed = answer.prediction
+        assert [d.class_name for d in streamed.detections] == [d.class_name for d in unary.detections]
+        for mine, theirs in zip(streamed.detections, unary.detections, strict=True):
+            assert mine.confidence == pytest.approx(theirs.confidence, abs=1e-3)
+            for side in ("x_min", "y_min", "x_max", "y_max"):
+                assert getattr(mine.box, side) == pytest.approx(getattr(theirs.box, side), abs=1.0)
+        seen |= {d.class_name for d in streamed.detections}
+    assert {"person", "car"} <= seen
+
+
+def _raw(width: int, height: int, size: int) -> types_pb2.Image:
+    return types_pb2.Image(
+        raw=types_pb2.RawImage(
+            data=bytes(size), width=width, height=height, channel_order=types_pb2.CHANNEL_ORDER_BGR
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason", "field"),
+    [
+        (frame(3, types_pb2.Image(encoded=b"not an image")), "UNSUPPORTED_IMAGE_FORMAT", "frame.image"),
+        (frame(3, types_pb2.Image()), "EMPTY_IMAGE", "frame.image"),
+        (frame(3, _raw(64, 48, 100)), "RAW_SIZE_MISMATCH", "frame.image"),
+        (frame(1, types_pb2.Image(encoded=b"")), "SEQUENCE_NOT_INCREASING", "frame.sequence_number"),
+    ],
+    ids=["undecodable", "empty", "raw-size-mismatch", "sequence-not-increasing"],
+)
+def test_a_bad_frame_gets_an_error_answer_and_the_call_goes_on(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+    bad: inference_pb2.InferStreamRequest,
+    reason: str,
+    field: str,
+) -> None:
+    jpegs = bikes_jpegs()[:5]
+    good = jpeg_frames(jpegs)
+    # Frames 0, 1, 2, the bad one (numbered 3, or a repeated 1), then 4 and 5.
+    requests = [config(), *good[:3], bad, frame(4, good[3].frame.image), frame(5, good[4].frame.image)]
+    answers = list(stub.InferStream(iter(requests), timeout=120))
+    assert [a.WhichOneof("outcome") for a in answers] == ["prediction"] * 3 + ["error"] + ["prediction"] * 2
+    error = answers[3].error
+    assert error.code == code_pb2.INVALID_ARGUMENT
+    assert reason_of(error) == reason, error.message
+    violations = error_details_pb2.BadRequest()
+    assert any(d.Unpack(violations) for d in error.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
+    assert violations.field_violations[0].field.startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("requests", "code", "reason"),
+    [
+        ([frame(0, types_pb2.Image())], grpc.StatusCode.INVALID_ARGUMENT, "CONFIG_EXPECTED"),
+        ([config(), config()], grpc.StatusCode.INVALID_ARGUMENT, "CONFIG_REPEATED"),
+        ([config(), inference_pb2.InferStreamRequest()], grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_MESSAGE"),
+        ([config(model_id="no-such-model")], grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
+        ([config(model_id="../etc")], grpc.StatusCode.INVALID_ARGUMENT, "INVALID_MODEL_ID"),
+        (
+            [config(options=types_pb2.InferOptions(confidence_threshold=2.0))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_OPTION",
+        ),
+        (
+            [config(options=types_pb2.InferOptions(class_names=["unicorn"]))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UNKNOWN_CLASS",
+        ),
+        ([config(backpressure=99)], grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OPTION"),
+    ],
+    ids=[
+        "frame-first",
+        "config-twice",
+        "empty-message",
+        "unknown-model",
+        "bad-model-id",
+        "bad-option",
+        "unknown-class",
+        "bad-backpressure",
+    ],
+)
+def test_call_errors_end_the_call_with_their_status(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+    requests: list[inference_pb2.InferStreamRequest],
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.InferStream(iter(requests), timeout=60))
+    error = caught.value
+    assert error.code() == code, error.details()  # type: ignore[attr-defined]
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None and reason_of(status) == reason
+
+
+def test_a_call_that_sends_nothing_ends_ok(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+    assert list(stub.InferStream(iter([]), timeout=30)) == []
+    assert list(stub.InferStream(iter([config()]), timeout=30)) == []
+
+
+class LoadRecorder:
+    """Records the server's sessions' loads (the public observation hook) while installed."""
+
+    def __init__(self) -> None:
+        self.loads: list[pushed.SessionLoad] = []
+
+    def __enter__(self) -> LoadRecorder:
+        pushed.LOAD_OBSERVERS.append(self.loads.append)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pushed.LOAD_OBSERVERS.remove(self.loads.append)
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 3])
+def test_wait_never_holds_more_than_max_in_flight_frames(
+    stub: inference_pb2_grpc.InferenceServiceStub, max_in_flight: int
+) -> None:
+    jpegs = bikes_jpegs()[:24]
+    requests = [config(max_in_flight=max_in_flight, backpressure=inference_pb2.BACKPRESSURE_WAIT)]
+    with LoadRecorder() as recorder:
+        # The client's iterator is drained by grpc as fast as the transport lets it: it never waits itself.
+        answers = list(stub.InferStream(iter(requests + jpeg_frames(jpegs)), timeout=300))
+    assert [a.sequence_number for a in answers] == list(range(len(jpegs)))
+    assert all(a.WhichOneof("outcome") == "prediction" for a in answers)
+    mine = [load for load in recorder.loads if load.settings.max_in_flight == max_in_flight]
+    assert len(mine) == len(jpegs)
+    assert max(load.unanswered for load in mine) == max_in_flight  # full, and never past it
+
+
+def test_drop_answers_frames_past_the_bound_dropped_in_order(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
+    jpegs = bikes_jpegs()
+    requests = [config(max_in_flight=1, backpressure=inference_pb2.BACKPRESSURE_DROP), *jpeg_frames(jpegs)]
+    with LoadRecorder() as recorder:
+        answers = list(stub.InferStream(iter(requests), timeout=300))
+    assert [a.sequence_number for a in answers] == list(range(len(jpegs)))
+    outcomes = [a.WhichOneof("outcome") for a in answers]
+    assert set(outcomes) == {"prediction", "dropped"}, outcomes
+    assert answers[0].WhichOneof("outcome") == "prediction"  # nothing was in flight yet
+    mine = [load for load in recorder.loads if load.settings.drop]
+    assert max(load.inferring for load in mine) == 1
+
+
+def test_raw_frames_and_sources_are_answered_per_source(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
+    pixels = cv2.imdecode(np.frombuffer(bikes_jpegs()[0], np.uint8), cv2.IMREAD_COLOR)
+    height, width = pixels.shape[:2]
+    raw = types_pb2.Image(
+        raw=types_pb2.RawImage(
+            data=pixels.tobytes(), width=width, height=height, channel_order=types_pb2.CHANNEL_ORDER_BGR
+        )
+    )
+    # Each source numbers its own frames: 5 after 7 is fine on another source.
+    requests = [config(), frame(7, raw, source_index=0), frame(5, raw, source_index=1), frame(8, raw, 0)]
+    answers = list(stub.InferStream(iter(requests), timeout=120))
+    assert [(a.source_index, a.sequence_number) for a in answers] == [(0, 7), (1, 5), (0, 8)]
+    assert all(a.prediction.image_size.width == width for a in answers)
+
+
+def test_cancelling_mid_stream_frees_the_session(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+    jpegs = bikes_jpegs()
+    outgoing: queue.Queue[inference_pb2.InferStreamRequest | None] = queue.Queue()
+    outgoing.put(config(max_in_flight=4))
+
+    def requests() -> Iterator[inference_pb2.InferStreamRequest]:
+        index = 0
+        while (request := outgoing.get()) is not None:
+            yield request
+            outgoing.put(frame(index, types_pb2.Image(encoded=jpegs[index % len(jpegs)])))
+            index += 1
+
+    call = stub.InferStream(requests(), timeout=300)
+    answered = threading.Event()
+
+    def read() -> None:
+        try:
+            for _ in call:
+                answered.set()
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert answered.wait(60)
+    assert pushed.open_sessions() >= 1
+    call.cancel()
+    outgoing.put(None)
+    reader.join(30)
+    assert wait_for(lambda: pushed.open_sessions() == 0)
