@@ -27,33 +27,24 @@ from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 from .. import metrics
 from ..budget import PixelBudget, Reservation
 from ..config import ServerConfig
-from ..declared.supervisor import Supervisor
 from ..domain import InferOptions
-from ..errors import (
-    DeadlineExceededError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
-)
+from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
 from ..predictor import InputImage, Pending
 from ..processing import DecodeOptions
 from ..scheduler import Origin
-from ..shared_memory import SharedMemoryRegistry
-from ..streams.manager import STOPPED_REASON, StreamManager, StreamRequest
+from ..streams.manager import StreamManager, StreamRequest
 from ..streams.pipeline import SHUTDOWN_REASON
 from ..streams.source_policy import SourcePolicy, resolve_source
 from ..streams.subscription import Subscription
-from ..streams.types import Delivery, ResumeGap, ResumeOutcome, ResumePoint, SourceSpec, StreamEnd
+from ..streams.types import SourceSpec, StreamEnd
 from ..tracing import record_pipeline
 from .convert import decode_request_image, infer_options_from_proto, infer_response, request_pixels
 from .infer_stream import InferStreamHandler
 from .status import map_errors, map_stream_errors
 from .stream_convert import (
     ResponseCache,
-    content_from_proto,
     delivery_from_proto,
     resume_point_from_proto,
     resumed_status_to_proto,
@@ -70,20 +61,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(
-        self,
-        models: ModelManager,
-        streams: StreamManager,
-        config: ServerConfig,
-        workers: Executor,
-        shared_memory: SharedMemoryRegistry | None = None,
-        pipelines: Supervisor | None = None,
+        self, models: ModelManager, streams: StreamManager, config: ServerConfig, workers: Executor
     ) -> None:
-        """`workers`: the bounded pool for requests' CPU work (decode, preprocess, NMS). `shared_memory`:
-        the registry that images in shared memory are read from (None: such images are refused).
-        `pipelines`: the declared pipelines that StreamPredictions(pipeline=NAME) joins (None: none)."""
-        self._pipelines = pipelines
+        """`workers`: the bounded pool for requests' CPU work (decode, preprocess, NMS)."""
         self._models = models
-        self._shared_memory = shared_memory
         self._streams = streams
         self._config = config
         self._workers = workers
@@ -139,9 +120,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         started = (time.time_ns(), time.perf_counter())
         images = []
         for index, image in enumerate(request.images):
-            decoded = decode_request_image(
-                image, index, max_pixels=self._config.max_image_pixels, shared_memory=self._shared_memory
-            )
+            decoded = decode_request_image(image, index, max_pixels=self._config.max_image_pixels)
             images.append(InputImage(decoded.pixels, decoded.order, decode_ms=decoded.decode_ms))
         lease = self._models.lease(model_id)
         try:
@@ -207,7 +186,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamPredictions(  # noqa: N802
         self, request: inference_pb2.StreamPredictionsRequest, context: Context
     ) -> AsyncIterator[inference_pb2.StreamPredictionsResponse]:
-        content = content_from_proto(request)
         subscription = await self._open(request)
         try:
             if subscription.gap is not None:
@@ -217,11 +195,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if isinstance(message, StreamEnd):
                     _raise_for_end(message, subscription.stream_id)
                     return
-                response = self._responses.content_response(
-                    message, subscription.stream_id, subscription.model, content
-                )
-                if response is not None:  # None: an events-only subscriber and a frame without events
-                    yield response
+                yield self._responses.response(message, subscription.stream_id, subscription.model)
         finally:
             # Cancellation and deadlines arrive here as CancelledError: the subscription is freed at once.
             subscription.close()
@@ -238,9 +212,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         delivery = delivery_from_proto(request.stream_options)
         resume = resume_point_from_proto(request)
         opener: Callable[[], Subscription]
-        if request.pipeline:
-            opener = functools.partial(self._join_pipeline, request.pipeline, delivery, resume)
-        elif request.stream_id and resume is None:
+        if request.stream_id and resume is None:
             opener = functools.partial(self._streams.join, request.stream_id, delivery)
         elif resume is None:
             opener = functools.partial(self._streams.subscribe, self._stream_request(request), delivery)
@@ -253,23 +225,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except asyncio.CancelledError:
             job.add_done_callback(_close_subscription_of)
             raise
-
-    def _join_pipeline(self, name: str, delivery: Delivery, resume: ResumePoint | None) -> Subscription:
-        """A declared pipeline's running stream (NOT_FOUND: no such pipeline; FAILED_PRECONDITION
-        PIPELINE_NOT_RUNNING: not running now). A resumer continues on the stream it watched if it still runs
-        here, else on the pipeline's present stream (RESTARTED)."""
-        if self._pipelines is None:
-            raise NotFoundError(
-                f"no pipeline named {name!r} is declared on this server", reason="PIPELINE_NOT_FOUND"
-            )
-        if resume is not None:
-            try:
-                return self._streams.join(resume.stream_id, delivery, resume_after=resume.after_cursor)
-            except NotFoundError:
-                subscription = self._pipelines.subscribe(name, delivery)
-                subscription.gap = ResumeGap(ResumeOutcome.RESTARTED, resume.stream_id)
-                return subscription
-        return self._pipelines.subscribe(name, delivery)
 
     def _stream_request(self, request: inference_pb2.StreamPredictionsRequest) -> StreamRequest:
         model_id = ModelId.parse(request.model_id or self._config.default_model)
@@ -299,11 +254,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def _raise_for_end(end: StreamEnd, stream_id: str) -> None:
-    """A stream's end as the call's status: OK (its files ended, or its declared pipeline was stopped),
-    retryable UNAVAILABLE (the server is draining: resume elsewhere), or FAILED_PRECONDITION (a source
-    failed)."""
-    if end.error == STOPPED_REASON:
-        return
+    """A stream's end as the call's status: OK, retryable UNAVAILABLE (the server is draining: resume
+    elsewhere), or FAILED_PRECONDITION (a source failed)."""
     if end.error == SHUTDOWN_REASON:
         raise UnavailableError(
             f"stream {stream_id[:8]} ended: {end.error}; resume it on another server",
