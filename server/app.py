@@ -32,7 +32,14 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from visionrpc.engines import Engine, OnnxRuntimeEngine
 from visionrpc.engines.tensorrt_plan import Precision
-from visionrpc.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from visionrpc.v1 import (
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    shared_memory_pb2,
+    shared_memory_pb2_grpc,
+)
 
 from . import metrics
 from .access import AccessPolicy
@@ -49,7 +56,9 @@ from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
 from .servicers.interceptors import CallInterceptor
 from .servicers.models import ModelServicer
+from .servicers.shared_memory import SharedMemoryServicer
 from .servicers.transport import TransportGuard, add_services, core_receive_limit
+from .shared_memory import SharedMemoryLimits, SharedMemoryRegistry
 from .streams.manager import StreamManager
 from .tls import TlsFiles, server_credentials
 from .tracing import enable_tracing
@@ -60,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_SERVICE: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 MODEL_SERVICE: str = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+SHARED_MEMORY_SERVICE: str = shared_memory_pb2.DESCRIPTOR.services_by_name["SharedMemoryService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Threads for blocking calls that are not CPU work (model loads, opening streams): enough that a slow model
@@ -137,10 +147,12 @@ class VisionRpcServer:
         streams: StreamManager,
         workers: ThreadPoolExecutor,
         stop_tracing: Callable[[], None] | None = None,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.config = config
         self.models = models
         self.streams = streams
+        self.shared_memory = shared_memory
         self._runtime = runtime
         self._server = server
         self._health = health_servicer
@@ -240,6 +252,8 @@ class VisionRpcServer:
     async def _drain(self, grace: float) -> None:
         stopping = asyncio.ensure_future(self._server.stop(grace))
         await asyncio.sleep(0)  # the stop begins: GOAWAY to clients, listeners closed, no new calls
+        if self.shared_memory is not None:  # its holding calls end OK instead of waiting out the grace
+            self.shared_memory.close()
         # Streams never finish by themselves (live sources): end them so their calls complete (UNAVAILABLE,
         # SHUTTING_DOWN: the clients resume on another server) instead of being cut at the grace.
         await asyncio.get_running_loop().run_in_executor(None, self.streams.close)
@@ -345,6 +359,14 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
     )
     models = models if models is not None else build_model_manager(config)
     streams = StreamManager(models, config)
+    shared_memory = SharedMemoryRegistry(
+        SharedMemoryLimits(
+            enabled=config.shared_memory,
+            prefix=config.shared_memory_prefix,
+            max_region_bytes=config.shared_memory_max_region_bytes,
+            max_regions=config.shared_memory_max_regions,
+        )
+    )
     workers = started_pool(config.cpu_workers, "visionrpc-worker")
     runtime = _LoopThread(_CONTROL_THREADS)
 
@@ -368,13 +390,24 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             guard,
             (
                 inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-                InferenceServicer(models, streams, config, workers),
+                InferenceServicer(models, streams, config, workers, shared_memory),
             ),
             (models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(models)),
+            (
+                shared_memory_pb2_grpc.add_SharedMemoryServiceServicer_to_server,
+                SharedMemoryServicer(shared_memory),
+            ),
             (health_pb2_grpc.add_HealthServicer_to_server, health_servicer),
         )
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                INFERENCE_SERVICE,
+                MODEL_SERVICE,
+                SHARED_MEMORY_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         if credentials is not None:
             return server, health_servicer, server.add_secure_port(config.address, credentials)
@@ -391,7 +424,7 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             stop_tracing()
         raise
     server_ = VisionRpcServer(
-        config, runtime, server, health_servicer, models, streams, workers, stop_tracing
+        config, runtime, server, health_servicer, models, streams, workers, stop_tracing, shared_memory
     )
     return server_, port
 

@@ -121,6 +121,12 @@ class ServerConfig:
     # OpenTelemetry: OTLP/gRPC collector ("http://otel-collector:4317"); empty: tracing off.
     tracing_endpoint: str = ""
     tracing_sample_ratio: float = 1.0
+    # Shared-memory inputs for clients on this host (server/shared_memory.py, docs/shared-memory.md): off
+    # unless enabled; region names must start with the prefix; limits on one region's size and their count.
+    shared_memory: bool = False
+    shared_memory_prefix: str = "/visionrpc-"
+    shared_memory_max_region_bytes: int = 1024 * MIB
+    shared_memory_max_regions: int = 64
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -172,6 +178,11 @@ class ServerConfig:
             )
         if self.trt_calibration_cache and self.trt_precision != "int8":
             raise ValueError("trt_calibration_cache only applies with trt_precision int8")
+        prefix = self.shared_memory_prefix
+        if len(prefix) < 2 or not prefix.startswith("/") or "/" in prefix[1:]:
+            raise ValueError(f'expected shared_memory_prefix like "/visionrpc-", got {prefix!r}')
+        if self.shared_memory_max_region_bytes < 1 or self.shared_memory_max_regions < 1:
+            raise ValueError("expected shared_memory_max_region_bytes and shared_memory_max_regions >= 1")
 
     @property
     def cpu_workers(self) -> int:
