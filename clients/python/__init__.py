@@ -33,7 +33,9 @@ from ._exceptions import (
     UnexpectedStatusError,
     VisionRpcError,
     from_rpc_error,
+    from_status,
 )
+from ._infer_stream import FrameResult, InferStream, InputFrame
 from ._pipeline_key import PIPELINE_KEY_HEADER, pipeline_key
 from ._resume import ResumePolicy
 from ._stream import PredictionStream, ResumeInfo, SourceInfo, StreamEvent, StreamFrame, StreamStatus
@@ -75,10 +77,13 @@ __all__ = [
     "EngineInfo",
     "FailedPreconditionError",
     "FieldViolation",
+    "FrameResult",
     "ImageInput",
     "ImagePrediction",
     "ImageSize",
     "InferResult",
+    "InferStream",
+    "InputFrame",
     "InternalError",
     "InvalidArgumentError",
     "Keypoint",
@@ -106,6 +111,7 @@ __all__ = [
     "VisionRpcError",
     "annotate",
     "from_rpc_error",
+    "from_status",
     "pipeline_key",
     "tls_credentials",
 ]

@@ -31,6 +31,7 @@ from ._convert import (
     options_to_proto,
 )
 from ._exceptions import map_rpc_errors
+from ._infer_stream import InferStream, InputFrame, build_infer_stream_config
 from ._pipeline_key import pipeline_metadata
 from ._resume import ResumePolicy
 from ._stream import PredictionStream, build_stream_request
@@ -262,6 +263,57 @@ class Client:
             request,
             timeout_s=timeout_s,
             resume=resume,
+        )
+
+    def infer_stream(
+        self,
+        frames: Iterable[ImageInput | InputFrame],
+        *,
+        model: str | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_detections: int | None = None,
+        classes: Iterable[str | int] | None = None,
+        analytics: Any = None,
+        max_in_flight: int | None = None,
+        drop: bool = False,
+        channel_order: Literal["bgr", "rgb"] = "bgr",
+        timeout_s: float | None = None,
+    ) -> InferStream:
+        """Infers frames the caller sends on one call (a camera it owns), one result per frame in order.
+
+        Args:
+            frames: images (encoded bytes, paths, uint8 arrays, as for `infer`), numbered 0, 1, 2, ... on
+                source 0, or `InputFrame`s with their own numbering, source and timestamp. Read lazily, on
+                gRPC's sending thread, as the server accepts them.
+            analytics: a `visionrpc.v1.StreamAnalytics` message (tracking, zones, lines) applied per source.
+            max_in_flight: frames the server holds unanswered (None: the server's default, 8; at most 64).
+            drop: past `max_in_flight`, the server answers frames `dropped` at once (a live camera stays
+                live) instead of reading no further until one is answered (the default: nothing is lost).
+            timeout_s: deadline of the whole call; None (the default) runs until the frames end.
+
+        Returns:
+            An InferStream: iterate it for `FrameResult`s; use it as a context manager or call `cancel()`.
+
+        Raises (from iteration): NotFoundError (unknown model), InvalidArgumentError (bad options), and the
+        first exception the frames iterable or an image's conversion raised, after the frames before it.
+        """
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        config = build_infer_stream_config(
+            model=model,
+            options=options_to_proto(
+                confidence=confidence, iou=iou, max_detections=max_detections, classes=classes, top_k=None
+            ),
+            analytics=analytics,
+            max_in_flight=max_in_flight,
+            drop=drop,
+        )
+        return InferStream(
+            lambda requests: self._inference.InferStream(requests, timeout=timeout_s),
+            config,
+            frames,
+            channel_order,
         )
 
     # ----------------------------------------------------------------------------------------- models

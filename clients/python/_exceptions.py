@@ -13,9 +13,10 @@
     ├── InternalError              a bug in the server                                    INTERNAL
     └── UnexpectedStatusError      any other code (UNIMPLEMENTED, UNAUTHENTICATED, UNKNOWN, ...)
 
-`from_rpc_error` is the only place where gRPC status codes map to classes. The rich details come from the
-`grpc-status-details-bin` trailer (a google.rpc.Status, decoded with grpcio-status): ErrorInfo gives `reason`,
-`domain` and `metadata`, BadRequest gives `field_violations`, RetryInfo gives `retry_after_s`.
+`from_rpc_error` (a failed call) and `from_status` (a google.rpc.Status inside a message, e.g. one frame's
+error in InferStream) are the only places where gRPC status codes map to classes. A call's rich details come
+from the `grpc-status-details-bin` trailer (a google.rpc.Status, decoded with grpcio-status): ErrorInfo gives
+`reason`, `domain` and `metadata`, BadRequest gives `field_violations`, RetryInfo gives `retry_after_s`.
 
 Example:
     try:
@@ -36,6 +37,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2 as _error_details_pb2
+from google.rpc import status_pb2 as _status_pb2
 from grpc_status import rpc_status as _rpc_status
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "UnexpectedStatusError",
     "VisionRpcError",
     "from_rpc_error",
+    "from_status",
     "map_rpc_errors",
 ]
 
@@ -201,11 +204,21 @@ def from_rpc_error(err: grpc.RpcError) -> VisionRpcError:
     else:
         # A bare RpcError carries no status (grpc raises those only for misuse); keep its text.
         code, message = grpc.StatusCode.UNKNOWN, str(err)
+    return _from_parts(code, message, _rich_details(err))
+
+
+def from_status(status: _status_pb2.Status) -> VisionRpcError:
+    """The VisionRpcError of a google.rpc.Status carried inside a message (InferStream's per-frame errors)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    return _from_parts(code, status.message, list(status.details))
+
+
+def _from_parts(code: grpc.StatusCode, message: str, details: list[Any]) -> VisionRpcError:
     reason, domain = "", ""
     metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
     retry_after_s: float | None = None
-    for detail in _rich_details(err):
+    for detail in details:
         if detail.Is(_error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = _error_details_pb2.ErrorInfo()
             detail.Unpack(info)

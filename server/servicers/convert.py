@@ -13,10 +13,11 @@ from visionrpc.engines import EngineInfo
 from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
 
 from ..domain import ChannelOrder, InferOptions, Mask, Prediction, Task
-from ..errors import FieldViolation, InvalidArgumentError
+from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from ..imaging import DecodedImage, decode_image, encoded_pixels, raw_image
 from ..models.builds import BuildState, BuildStatus
 from ..models.manager import ModelState, ModelStatus
+from ..shared_memory import SharedMemoryRegistry
 
 __all__ = [
     "build_to_proto",
@@ -54,8 +55,17 @@ _TASKS = {
 }
 
 
-def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int) -> DecodedImage:
-    """Decodes `images[index]` of a request; errors name the field inside the request."""
+def decode_request_image(
+    image: types_pb2.Image,
+    index: int,
+    *,
+    max_pixels: int,
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> DecodedImage:
+    """Decodes `images[index]` of a request; errors name the field inside the request.
+
+    `shared_memory`: the server's registry, for images in shared memory (None: refused as disabled).
+    """
     prefix = f"images[{index}]"
     try:
         source = image.WhichOneof("source")
@@ -67,10 +77,18 @@ def decode_request_image(image: types_pb2.Image, index: int, *, max_pixels: int)
                 raw.channel_order
             )  # None: unspecified or unknown, refused by raw_image
             return raw_image(raw.data, raw.width, raw.height, order, max_pixels=max_pixels)
+        if source == "shared_memory":
+            shm = image.shared_memory
+            if shared_memory is None:
+                raise PermissionDeniedError("shared-memory inputs are off", reason="SHARED_MEMORY_DISABLED")
+            return shared_memory.image(
+                shm.region, shm.offset, shm.width, shm.height, _CHANNEL_ORDERS.get(shm.channel_order),
+                max_pixels=max_pixels,
+            )  # fmt: skip
         raise InvalidArgumentError.for_field(
-            "", "expected 'encoded' or 'raw' to be set", reason="EMPTY_IMAGE"
+            "", "expected 'encoded', 'raw' or 'shared_memory' to be set", reason="EMPTY_IMAGE"
         )
-    except InvalidArgumentError as exc:
+    except (InvalidArgumentError, NotFoundError) as exc:
         raise exc.with_field_prefix(prefix) from None
 
 
@@ -97,6 +115,14 @@ def request_pixels(images: Sequence[types_pb2.Image], *, max_pixels: int) -> int
                     raw_image(raw.data, raw.width, raw.height, _CHANNEL_ORDERS.get(raw.channel_order),
                               max_pixels=max_pixels)  # fmt: skip
                 total += raw.width * raw.height
+            elif source == "shared_memory":  # its width and height are all there is to its header
+                pixels = image.shared_memory.width * image.shared_memory.height
+                if pixels > max_pixels:
+                    raise InvalidArgumentError.for_field(
+                        "shared_memory", f"expected at most {max_pixels} pixels, got {pixels}",
+                        reason="IMAGE_TOO_LARGE",
+                    )  # fmt: skip
+                total += pixels
         except InvalidArgumentError as exc:
             raise exc.with_field_prefix(f"images[{index}]") from None
     return total

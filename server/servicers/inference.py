@@ -34,6 +34,7 @@ from ..models.repository import ModelId
 from ..predictor import InputImage, Pending
 from ..processing import DecodeOptions
 from ..scheduler import Origin
+from ..shared_memory import SharedMemoryRegistry
 from ..streams.manager import StreamManager, StreamRequest
 from ..streams.pipeline import SHUTDOWN_REASON
 from ..streams.source_policy import SourcePolicy, resolve_source
@@ -61,10 +62,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(
-        self, models: ModelManager, streams: StreamManager, config: ServerConfig, workers: Executor
+        self,
+        models: ModelManager,
+        streams: StreamManager,
+        config: ServerConfig,
+        workers: Executor,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
-        """`workers`: the bounded pool for requests' CPU work (decode, preprocess, NMS)."""
+        """`workers`: the bounded pool for requests' CPU work (decode, preprocess, NMS). `shared_memory`:
+        the registry that images in shared memory are read from (None: such images are refused)."""
         self._models = models
+        self._shared_memory = shared_memory
         self._streams = streams
         self._config = config
         self._workers = workers
@@ -120,7 +128,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         started = (time.time_ns(), time.perf_counter())
         images = []
         for index, image in enumerate(request.images):
-            decoded = decode_request_image(image, index, max_pixels=self._config.max_image_pixels)
+            decoded = decode_request_image(
+                image, index, max_pixels=self._config.max_image_pixels, shared_memory=self._shared_memory
+            )
             images.append(InputImage(decoded.pixels, decoded.order, decode_ms=decoded.decode_ms))
         lease = self._models.lease(model_id)
         try:
