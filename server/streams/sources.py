@@ -9,6 +9,11 @@ backend and hands every frame and every state change to its sink:
                (ENDED only after ReconnectPolicy.max_attempts > 0 failed attempts in a row)
 
 Event reasons reach clients: they name files without server paths and URLs without credentials (`redact_url`).
+
+Frames are grabbed (demuxed and decoded by FFmpeg) and only then, for the ones that will be processed,
+retrieved (converted to a BGR array): frames skipped for max_fps, frames before a resumed file's start and,
+on live newest-frame sources, frames the pipeline would only replace (`FrameDemand`) are never converted.
+docs/streams-decoding.md has the rules and what they cost and save.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import cv2
 import numpy as np
@@ -42,7 +47,7 @@ from .url_preflight import HopRefusedError, check_hops
 if TYPE_CHECKING:
     from ..domain import ImageArray
 
-__all__ = ["SourceReader"]
+__all__ = ["FrameDemand", "SourceReader"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,19 @@ _prefer_rtsp_over_tcp()
 _STALL_SHARE = 0.8
 # A live stream's pts is trusted while it stays within this much of the wall clock; beyond, re-anchor.
 _MAX_PTS_DRIFT_MS = 5_000.0
+
+
+# The interval between frames is followed with this weight per frame (a moving average over ~5 frames).
+_INTERVAL_WEIGHT = 0.2
+
+
+class FrameDemand(Protocol):
+    """Whether a live newest-frame source's pipeline will take the frame just grabbed (the reader then
+    converts it) or would only replace it by a newer one first (the reader skips converting it)."""
+
+    def frame_due(self, next_frame_in_s: float) -> bool:
+        """`next_frame_in_s`: when the next frame the reader could deliver is expected."""
+        ...
 
 
 class _DisconnectError(Exception):
@@ -97,7 +115,10 @@ class SourceReader:
         policy: FramePolicy,
         max_fps: float | None,
         reconnect: ReconnectPolicy,
+        demand: FrameDemand | None = None,
     ) -> None:
+        """`demand`: asked before converting each frame of a live newest-frame source (other sources convert
+        every frame they deliver)."""
         if max_fps is not None and not max_fps > 0:
             raise ValueError(f"expected max_fps > 0 or None, got {max_fps}")
         self._spec = spec
@@ -106,6 +127,7 @@ class SourceReader:
         self._min_interval_s = 1.0 / max_fps if max_fps else 0.0
         # Skipping keeps a live (or newest-frame) source current; a file waits for us, so it is paced instead.
         self._skip_for_max_fps = spec.live or self._policy is FramePolicy.NEWEST_FRAME
+        self._demand = demand if spec.live and self._policy is FramePolicy.NEWEST_FRAME else None
         self._reconnect = reconnect
         self._stall_s = reconnect.read_timeout_s * _STALL_SHARE
         self._shown = _label(spec)  # for event reasons, which reach clients
@@ -114,6 +136,7 @@ class SourceReader:
         self._lock = threading.Lock()
         self._frames_read = 0
         self._frames_skipped = 0
+        self._frames_retrieved = 0
         self._thread = threading.Thread(target=self._run, name=f"source-{spec.index}", daemon=True)
         # Reader-thread state only.
         self._started = False
@@ -121,6 +144,8 @@ class SourceReader:
         self._next_due = 0.0
         self._pts_anchor_ms: float | None = None
         self._last_ts_ms = -math.inf
+        self._interval_s = 0.0  # between grabs, averaged; 0 until known
+        self._last_grab = 0.0
 
     @property
     def spec(self) -> SourceSpec:
@@ -134,9 +159,16 @@ class SourceReader:
 
     @property
     def frames_skipped(self) -> int:
-        """Frames decoded but not delivered because they came sooner than 1/max_fps after the last one."""
+        """Frames read but not delivered: sooner than 1/max_fps after the last one, or (live newest-frame
+        sources) not due because the pipeline would have replaced them before taking one."""
         with self._lock:
             return self._frames_skipped
+
+    @property
+    def frames_retrieved(self) -> int:
+        """Frames converted to pixels (cv2 retrieve): the delivered ones and each connection's first."""
+        with self._lock:
+            return self._frames_retrieved
 
     @property
     def alive(self) -> bool:
@@ -194,17 +226,20 @@ class SourceReader:
             while not self._stop.is_set():
                 if self._min_interval_s and not self._skip_for_max_fps and not self._wait_for_pace():
                     return
-                pixels, took = _timed_read(capture)
+                grabbed, took = self._timed_grab(capture)
                 if self._stop.is_set():
                     return
-                if pixels is None:
+                pixels = self._retrieve(capture) if grabbed and not self._started else None
+                if not grabbed or (not self._started and pixels is None):
                     self._end_file(stalled=took >= self._stall_s)
                     return
-                if not self._started:
+                if pixels is not None:  # the first frame: STARTED tells its size
                     self._started = True
                     self._emit(SourceEventKind.STARTED, info=self._info(capture, pixels))
-                if not self._deliver(pixels, self._file_timestamp(capture)):
+                if not self._deliver(capture, self._file_timestamp(capture), pixels):
                     return
+        except _DisconnectError:  # a frame that grabbed but would not convert: the file ends there
+            self._end_file(stalled=False)
         finally:
             capture.release()
 
@@ -250,33 +285,58 @@ class SourceReader:
             raise _DisconnectError(f"cannot open {self._shown}")
         try:
             self._pts_anchor_ms = None  # every connection starts its own pts
-            pixels = self._read_live(capture)
-            if pixels is None:
+            if not self._grab_live(capture):
                 return
+            pixels = self._retrieve(capture)  # the first frame: STARTED / RECONNECTED tell its size
+            if pixels is None:
+                raise _DisconnectError("stream ended or read failed")
             kind = SourceEventKind.RECONNECTED if self._started else SourceEventKind.STARTED
             self._started = True
-            self._emit(kind, info=self._info(capture, pixels))
+            info = self._info(capture, pixels)
+            self._interval_s = 1.0 / info.fps if info.fps else 0.0
+            self._emit(kind, info=info)
             try:
-                while self._deliver(pixels, self._live_timestamp(capture)):
-                    pixels = self._read_live(capture)
-                    if pixels is None:
-                        return
+                delivering = self._deliver(capture, self._live_timestamp(capture), pixels)
+                while delivering and self._grab_live(capture):
+                    delivering = self._deliver(capture, self._live_timestamp(capture))
             except _DisconnectError as exc:
                 raise _DisconnectError(str(exc), connected=True) from None
         finally:
             # Released before any backoff: a capture never recovers, and holding it keeps a socket open.
             capture.release()
 
-    def _read_live(self, capture: cv2.VideoCapture) -> ImageArray | None:
-        """The next frame, or None when stopping; a failed, ended or stalled read raises _DisconnectError."""
-        pixels, took = _timed_read(capture)
+    def _grab_live(self, capture: cv2.VideoCapture) -> bool:
+        """Grabs the next frame; False when stopping. Raises _DisconnectError: failed, ended or stalled."""
+        grabbed, took = self._timed_grab(capture)
         if self._stop.is_set():
-            return None
+            return False
         if took >= self._stall_s:
             raise _DisconnectError(f"stream stalled: a read took {took:.1f}s")
-        if pixels is None:
+        if not grabbed:
             raise _DisconnectError("stream ended or read failed")
-        return pixels
+        return True
+
+    def _timed_grab(self, capture: cv2.VideoCapture) -> tuple[bool, float]:
+        """Advances to the next frame (demuxed and decoded, not converted); whether it came and how long the
+        read took. Follows the interval between frames, for FrameDemand."""
+        began = time.monotonic()
+        grabbed = bool(capture.grab())
+        ended = time.monotonic()
+        if grabbed and self._last_grab:
+            interval = min(ended - self._last_grab, 1.0)  # a pause is not the frame rate
+            average = self._interval_s
+            self._interval_s = interval if not average else average + _INTERVAL_WEIGHT * (interval - average)
+        self._last_grab = ended if grabbed else 0.0
+        return grabbed, ended - began
+
+    def _retrieve(self, capture: cv2.VideoCapture) -> ImageArray | None:
+        """The grabbed frame as BGR pixels; None when it will not convert."""
+        ok, pixels = capture.retrieve()
+        if not ok:
+            return None
+        with self._lock:
+            self._frames_retrieved += 1
+        return cast("ImageArray", pixels)
 
     def _open(self) -> cv2.VideoCapture | None:
         """A new capture, or None when it cannot be opened; every reconnect opens a fresh one.
@@ -313,8 +373,11 @@ class SourceReader:
             return None
         return capture
 
-    def _deliver(self, pixels: ImageArray, timestamp_ms: float) -> bool:
-        """Numbers the frame and hands it to the sink unless max_fps skips it; False: stop reading."""
+    def _deliver(
+        self, capture: cv2.VideoCapture, timestamp_ms: float, pixels: ImageArray | None = None
+    ) -> bool:
+        """Numbers the grabbed frame and, unless it is skipped, converts it (when `pixels` are not given yet)
+        and hands it to the sink; False: stop reading. Raises _DisconnectError when it will not convert."""
         now = time.monotonic()
         with self._lock:
             sequence = self._frames_read
@@ -330,8 +393,20 @@ class SourceReader:
                 metrics.STREAM_FRAMES.labels("skipped").inc()
         if skip:
             return True
+        next_in = self._interval_s
         if self._skip_for_max_fps and self._min_interval_s > 0:
             self._advance_schedule(now)
+            next_in = max(next_in, self._next_due - now)
+        if pixels is None and self._demand is not None and not self._demand.frame_due(next_in):
+            with self._lock:
+                self._frames_skipped += 1
+            if metrics.ON:
+                metrics.STREAM_FRAMES.labels("skipped").inc()
+            return True
+        if pixels is None:
+            pixels = self._retrieve(capture)
+            if pixels is None:
+                raise _DisconnectError("stream ended or read failed")
         frame = Frame(
             source_index=self._spec.index,
             sequence_number=sequence,
@@ -427,10 +502,3 @@ def _label(spec: SourceSpec) -> str:
     if spec.kind is SourceKind.DEVICE:
         return f"device {spec.location}"
     return redact_url(spec.location)
-
-
-def _timed_read(capture: cv2.VideoCapture) -> tuple[ImageArray | None, float]:
-    """The next frame (None when the read failed) and how long the read took."""
-    began = time.monotonic()
-    ok, pixels = capture.read()  # (False, None) when no frame came
-    return (cast("ImageArray", pixels) if ok else None), time.monotonic() - began

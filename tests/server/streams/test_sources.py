@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from media import media
 from streaming import HttpFileServer, RecordingSink, RtspServer, copy_into, free_port, running_rtsp_server
+from visionrpc.server.streams.buffers import Gate, SourceBuffer
 from visionrpc.server.streams.sources import SourceReader
 from visionrpc.server.streams.types import (
+    Frame,
     FramePolicy,
     ReconnectPolicy,
     SourceEventKind,
@@ -65,13 +68,16 @@ def start_reader() -> Iterator[Callable[..., SourceReader]]:
 
     def start(
         spec: SourceSpec,
-        sink: RecordingSink,
+        sink: RecordingSink | SourceBuffer,
         *,
         policy: FramePolicy = FramePolicy.AUTO,
         max_fps: float | None = None,
         reconnect: ReconnectPolicy = FAST,
     ) -> SourceReader:
-        reader = SourceReader(spec, sink, policy=policy.resolve(spec), max_fps=max_fps, reconnect=reconnect)
+        demand = sink if isinstance(sink, SourceBuffer) else None
+        reader = SourceReader(
+            spec, sink, policy=policy.resolve(spec), max_fps=max_fps, reconnect=reconnect, demand=demand
+        )
         readers.append(reader)
         reader.start()
         return reader
@@ -107,6 +113,7 @@ def assert_whole_clip(sink: RecordingSink, reader: SourceReader) -> None:
     assert all(b > a for a, b in pairwise(stamps)), "timestamps must increase"
     assert stamps[-1] == pytest.approx((BIKES_FRAMES - 1) * 40, abs=5)
     assert (reader.frames_read, reader.frames_skipped) == (BIKES_FRAMES, 0)
+    assert reader.frames_retrieved == BIKES_FRAMES
     reader.stop(timeout_s=5)
     assert not reader.alive
 
@@ -145,6 +152,40 @@ def test_max_fps_paces_a_file_without_skipping(
     # Paced: 11 intervals of 1/40 s at least (a lower bound sleeping guarantees), far below the decode speed.
     span = frames[-1].capture_time - frames[0].capture_time
     assert 11 / 40 * 0.9 <= span < 10
+
+
+@pytest.mark.parametrize(
+    ("policy", "max_fps", "start_frame", "retrieved"),
+    [
+        # Decoded far faster than 5 fps: a frame or two kept, the rest grabbed only.
+        pytest.param(FramePolicy.NEWEST_FRAME, 5.0, 0, "delivered", id="newest frame, max_fps 5"),
+        pytest.param(FramePolicy.NEWEST_FRAME, None, 0, "delivered", id="newest frame, no cap"),
+        pytest.param(FramePolicy.EVERY_FRAME, 100.0, 200, "delivered + the first", id="resumed at 200"),
+        pytest.param(FramePolicy.EVERY_FRAME, None, 0, "delivered", id="every frame"),
+    ],
+)
+def test_a_file_converts_only_the_frames_it_delivers(
+    bikes_mp4: Path,
+    start_reader: Callable[..., SourceReader],
+    policy: FramePolicy,
+    max_fps: float | None,
+    start_frame: int,
+    retrieved: str,
+) -> None:
+    sink = RecordingSink()
+    spec = SourceSpec(index=0, kind=SourceKind.FILE, location=str(bikes_mp4), start_frame=start_frame)
+    reader = start_reader(spec, sink, policy=policy, max_fps=max_fps)
+    assert sink.wait_for(sink.has(Ended), 60)
+    delivered = [f.sequence_number for f in sink.snapshot()]
+    assert reader.frames_read == BIKES_FRAMES
+    assert (
+        delivered[0] == start_frame and len(delivered) + reader.frames_skipped == BIKES_FRAMES - start_frame
+    )
+    # The first frame is converted for STARTED (its size) even when a resumed file does not deliver it.
+    expected = len(delivered) + (1 if retrieved == "delivered + the first" else 0)
+    assert reader.frames_retrieved == expected
+    if max_fps == 5.0:
+        assert reader.frames_skipped > BIKES_FRAMES / 2
 
 
 @pytest.mark.parametrize("name", ["notes.mp4", "does-not-exist.mp4"])
@@ -195,6 +236,59 @@ def test_rtsp_max_fps_skips_frames(
     assert any(b - a > 1 for a, b in pairwise(numbers)), "expected gaps"
     assert reader.frames_skipped > 0
     assert reader.frames_read == len(numbers) + reader.frames_skipped
+    assert reader.frames_retrieved == len(numbers), "skipped frames are grabbed, never converted"
+
+
+@dataclass(frozen=True)
+class Taken:
+    sequence_number: int
+    newest_before: int  # the newest frame grabbed just before the consumer came for this one
+
+
+def consume(buffer: SourceBuffer, gate: Gate, reader: SourceReader, count: int, busy_s: float) -> list[Taken]:
+    """A pipeline's inference thread in miniature: take the newest frame, work on it for `busy_s`, repeat."""
+    taken: list[Taken] = []
+    while len(taken) < count:
+        with gate.lock:
+            newest_before = reader.frames_read - 1
+            frame: Frame | None = None
+            while frame is None:
+                _, frame = buffer.take(True)
+                if frame is None:
+                    assert gate.work.wait(10), "no frame within 10 s"
+        taken.append(Taken(frame.sequence_number, newest_before))
+        time.sleep(busy_s)  # stands in for inference: the consumer is away this long (a workload, not a wait)
+    return taken
+
+
+def test_a_live_newest_frame_source_converts_only_frames_the_pipeline_will_take(
+    rtsp_server: RtspServer, start_reader: Callable[..., SourceReader]
+) -> None:
+    gate = Gate()
+    buffer = SourceBuffer(gate, FramePolicy.NEWEST_FRAME, 1)
+    reader = start_reader(url_spec(rtsp_server.url), buffer, policy=FramePolicy.NEWEST_FRAME)
+    # Away 0.2 s per frame on a 25 fps camera: ~5 frames arrive per frame taken. The first frames teach the
+    # buffer how long the consumer stays away (until then, and in the connection's first burst, every frame
+    # is converted); the counts are compared after them.
+    taken = consume(buffer, gate, reader, count=5, busy_s=0.2)
+    read_before, retrieved_before = reader.frames_read, reader.frames_retrieved
+    taken += consume(buffer, gate, reader, count=15, busy_s=0.2)
+    read, retrieved = reader.frames_read - read_before, reader.frames_retrieved - retrieved_before
+    with gate.lock:
+        gate.stopping = True  # lets the reader's next put_frame end it
+    reader.stop()
+    numbers = [t.sequence_number for t in taken]
+    assert numbers == sorted(set(numbers))
+    # Never staler than converting every frame: the frame taken is the newest grabbed (or the one before,
+    # when the consumer came between a grab and its decision).
+    stale = [t for t in taken if t.sequence_number < t.newest_before - 1]
+    assert not stale, f"frames older than the newest grabbed were taken: {stale}"
+    # Most frames were grabbed only: about two converted per frame taken (the lookahead), not five.
+    assert 15 <= retrieved < 0.6 * read, f"{retrieved} of {read} frames converted"
+    # Counted as skipped, like frames replaced in the buffer: taken + skipped + pending or refused = read.
+    with gate.lock:
+        skipped = reader.frames_skipped + buffer.skipped
+    assert reader.frames_read - 2 <= len(taken) + skipped <= reader.frames_read
 
 
 def test_rtsp_reconnects_after_the_server_dies_and_returns(
