@@ -38,6 +38,7 @@ from ._exceptions import (
 from ._infer_stream import FrameResult, InferStream, InputFrame
 from ._pipeline_key import PIPELINE_KEY_HEADER, pipeline_key
 from ._resume import ResumePolicy
+from ._shared_memory import SharedMemoryImage, SharedMemoryRegion
 from ._stream import PredictionStream, ResumeInfo, SourceInfo, StreamEvent, StreamFrame, StreamStatus
 from ._types import (
     BoundingBox,
@@ -99,6 +100,8 @@ __all__ = [
     "ResourceExhaustedError",
     "ResumeInfo",
     "ResumePolicy",
+    "SharedMemoryImage",
+    "SharedMemoryRegion",
     "SourceInfo",
     "StreamEvent",
     "StreamFrame",

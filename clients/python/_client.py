@@ -18,7 +18,13 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
-from visionrpc.v1 import inference_pb2_grpc, models_pb2, models_pb2_grpc
+from visionrpc.v1 import (
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    shared_memory_pb2,
+    shared_memory_pb2_grpc,
+)
 
 from ._channel import DEFAULT_SERVICE_CONFIG, open_channel
 from ._convert import (
@@ -34,6 +40,7 @@ from ._exceptions import map_rpc_errors
 from ._infer_stream import InferStream, InputFrame, build_infer_stream_config
 from ._pipeline_key import pipeline_metadata
 from ._resume import ResumePolicy
+from ._shared_memory import DEFAULT_SHARED_MEMORY_PREFIX, SharedMemoryRegion
 from ._stream import PredictionStream, build_stream_request
 from ._types import InferResult, ModelInfo
 
@@ -111,6 +118,7 @@ class Client:
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._health = _health_pb2_grpc.HealthStub(self._channel)
+        self._shared_memory = shared_memory_pb2_grpc.SharedMemoryServiceStub(self._channel)
         self._closed = False
         self._lock = threading.Lock()
 
@@ -358,6 +366,37 @@ class Client:
         response = self._unary(self._health.Check, _health_pb2.HealthCheckRequest(service=service), timeout_s)
         name: str = _health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         return name
+
+    # ----------------------------------------------------------------------------------- shared memory
+
+    def create_shared_memory(
+        self,
+        byte_size: int,
+        *,
+        prefix: str = DEFAULT_SHARED_MEMORY_PREFIX,
+        timeout_s: float | None = 30.0,
+    ) -> SharedMemoryRegion:
+        """Creates a POSIX shared-memory region of `byte_size` bytes and registers it with the server, which
+        must run on this host, as this user, with `--shared-memory` (docs/shared-memory.md).
+
+        `region.write(array)` copies an image in and returns its `SharedMemoryImage`, which `infer` accepts
+        like any image; the pixels then never travel through the connection. A background thread keeps the
+        region registered (again after a broken connection) until `region.close()`.
+
+        Raises:
+            PermissionDeniedError: shared memory is off on the server, or `prefix` is not its prefix.
+            InvalidArgumentError: the server cannot use the region (another user, another /dev/shm, too big).
+        """
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        return SharedMemoryRegion(self._channel, byte_size, prefix=prefix, timeout_s=timeout_s)
+
+    def list_shared_memory(self, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> dict[str, int]:
+        """The regions the server holds now (of every client), name -> registered bytes."""
+        response = self._unary(
+            self._shared_memory.ListSharedMemory, shared_memory_pb2.ListSharedMemoryRequest(), timeout_s
+        )
+        return {region.name: region.byte_size for region in response.regions}
 
     # ---------------------------------------------------------------------------------------- plumbing
 

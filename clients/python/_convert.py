@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
 
+from ._shared_memory import SharedMemoryImage
 from ._types import (
     BoundingBox,
     ChannelOrder,
@@ -45,8 +46,11 @@ __all__ = [
     "options_to_proto",
 ]
 
-# One image as the SDK accepts it: encoded file bytes, a path to an image file, or decoded 8-bit pixels.
-ImageInput: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] | npt.NDArray[np.uint8]
+# One image as the SDK accepts it: encoded file bytes, a path to an image file, decoded 8-bit pixels, or
+# pixels in a shared-memory region registered with the server (SharedMemoryRegion.write).
+ImageInput: TypeAlias = (
+    bytes | bytearray | memoryview | str | os.PathLike[str] | npt.NDArray[np.uint8] | SharedMemoryImage
+)
 
 _PROTO_CHANNEL_ORDER = {
     "rgb": types_pb2.CHANNEL_ORDER_RGB,
@@ -80,7 +84,9 @@ _BUILD_STATE_FROM_PROTO = {
 def image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """One image or an iterable of images -> a list of images."""
     # bytes, str and arrays are iterable too, so "one image or many" is decided by type, not by iterability.
-    if isinstance(images, bytes | bytearray | memoryview | str | os.PathLike | np.ndarray):
+    if isinstance(
+        images, bytes | bytearray | memoryview | str | os.PathLike | np.ndarray | SharedMemoryImage
+    ):
         return [cast(ImageInput, images)]
     return list(images)  # pyright: ignore[reportUnknownArgumentType]
 
@@ -105,6 +111,16 @@ def image_to_proto(image: ImageInput, channel_order: Literal["bgr", "rgb"] = "bg
         return types_pb2.Image(encoded=Path(image).read_bytes())
     if isinstance(image, np.ndarray):
         return types_pb2.Image(raw=_raw_image(image, channel_order))
+    if isinstance(image, SharedMemoryImage):
+        return types_pb2.Image(
+            shared_memory=types_pb2.SharedMemoryImage(
+                region=image.region,
+                offset=image.offset,
+                width=image.width,
+                height=image.height,
+                channel_order=_PROTO_CHANNEL_ORDER[image.channel_order.value],
+            )
+        )
     raise TypeError(
         f"expected an image as encoded bytes, a file path or a uint8 numpy array, got {type(image).__name__}"
     )
