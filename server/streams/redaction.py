@@ -16,18 +16,21 @@ unredacted frame. Choices (docs/privacy.md says why):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import cv2
 
 from ..domain import BoundingBox, ChannelOrder, ImageArray, InferOptions, Prediction
 from ..errors import ResourceExhaustedError, VisionRpcError
-from ..models.manager import ModelLease
-from ..predictor import InputImage
+from ..models.manager import ModelLease, ModelManager
+from ..models.repository import ModelId
+from ..predictor import InputImage, Predictor
+from ..processing import DecodeOptions
 from ..scheduler import Origin
 from .types import FaceRedaction
 
@@ -113,19 +116,21 @@ def redact_faces(
 
 
 class Redactor:
-    """Finds faces with a leased face model and hides them; one per pipeline, used by its inference thread.
+    """Finds faces with the face model and hides them; one per pipeline, used by its inference thread.
 
-    Takes ownership of `lease` (released by `release()`, idempotent).
+    The model is leased at the first frame that needs redacting, so a stream that returns no pixels never
+    runs (nor holds) it; the stream manager checks that it loads when the stream is asked for. `release()`
+    (idempotent) gives the lease back when the pipeline stops.
 
     Example:
-        redactor = Redactor(models.lease(ModelId.parse(FACE_MODEL)), FaceRedaction.BLUR)
+        redactor = Redactor.for_models(models, FaceRedaction.BLUR)
         shown = redactor.redact([frame.pixels for frame in frames])
         redactor.release()
     """
 
     def __init__(
         self,
-        lease: ModelLease,
+        lease_model: Callable[[], ModelLease],
         mode: FaceRedaction,
         *,
         confidence: float = FACE_CONFIDENCE,
@@ -135,13 +140,20 @@ class Redactor:
             raise ValueError("expected BLUR or PIXELATE, got NONE")
         self.mode = mode
         self.margin = margin
-        self._lease = lease
-        self._options = lease.predictor.resolve_options(InferOptions(confidence_threshold=confidence))
+        self._lease_model = lease_model
+        self._confidence = confidence
         self._released = threading.Event()
         self._lock = threading.Lock()
+        self._lease: ModelLease | None = None
+        self._options: DecodeOptions | None = None
         self._frames = 0
         self._faces = 0
         self._whole_frames = 0
+
+    @classmethod
+    def for_models(cls, models: ModelManager, mode: FaceRedaction) -> Redactor:
+        """A redactor on the built-in face model of `models`."""
+        return cls(functools.partial(models.lease, ModelId.parse(FACE_MODEL)), mode)
 
     @property
     def frames_redacted(self) -> int:
@@ -161,7 +173,11 @@ class Redactor:
             return self._whole_frames
 
     def redact(self, frames: Sequence[ImageArray]) -> list[ImageArray]:
-        """The frames (HxWx3 BGR) with their faces hidden, in order; one face-model submission for all."""
+        """The frames (HxWx3 BGR) with their faces hidden, in order; one face-model submission for all.
+
+        Raises:
+            NotFoundError / FailedPreconditionError: the face model cannot be loaded (first call only).
+        """
         if not frames:
             return []
         predictions = self._find_faces(frames)
@@ -183,15 +199,40 @@ class Redactor:
     def release(self) -> None:
         """Gives the face model back; a redact() still waiting for its queue gives up (and fails closed)."""
         self._released.set()
-        self._lease.release()
+        with self._lock:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    def _leased(self) -> tuple[Predictor, DecodeOptions] | None:
+        """The face model and its options, leased on first use; None once released."""
+        with self._lock:
+            if self._released.is_set():
+                return None
+            if self._lease is None:
+                lease = self._lease_model()
+                try:
+                    options = lease.predictor.resolve_options(
+                        InferOptions(confidence_threshold=self._confidence)
+                    )
+                except BaseException:
+                    lease.release()
+                    raise
+                self._lease, self._options = lease, options
+            assert self._options is not None
+            return self._lease.predictor, self._options
 
     def _find_faces(self, frames: Sequence[ImageArray]) -> list[Prediction] | None:
         """The face model's predictions, or None when they cannot be had (then everything is hidden)."""
+        leased = self._leased()
+        if leased is None:
+            return None
+        predictor, options = leased
         images = [InputImage(pixels, ChannelOrder.BGR) for pixels in frames]
         waited = 0.0
         while not self._released.is_set():
             try:
-                return self._lease.predictor.infer(images, self._options, origin=Origin.STREAM).predictions
+                return predictor.infer(images, options, origin=Origin.STREAM).predictions
             except ResourceExhaustedError as exc:
                 # Shared with unary requests: a burst may fill the queue for a moment. Waiting keeps the
                 # pipeline's pace honest; giving up after a while keeps it live, and the frame still hidden.

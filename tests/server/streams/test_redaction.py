@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from media import media
 from visionrpc.server.domain import BoundingBox, ImageArray
-from visionrpc.server.models.manager import ModelManager
+from visionrpc.server.models.manager import ModelLease, ModelManager
 from visionrpc.server.models.repository import ModelId
 from visionrpc.server.streams.redaction import (
     FACE_MARGIN,
@@ -152,7 +152,7 @@ def redactor_of(models: ModelManager) -> Iterator[Callable[[FaceRedaction], Reda
     made: list[Redactor] = []
 
     def make(mode: FaceRedaction) -> Redactor:
-        redactor = Redactor(models.lease(ModelId.parse(FACE_MODEL)), mode)
+        redactor = Redactor.for_models(models, mode)
         made.append(redactor)
         return redactor
 
@@ -187,9 +187,25 @@ def test_a_redactor_that_cannot_look_for_faces_hides_whole_frames(
 
 
 def test_a_redactor_needs_a_mode(models: ModelManager) -> None:
-    lease = models.lease(ModelId.parse(FACE_MODEL))
-    try:
-        with pytest.raises(ValueError, match="expected BLUR or PIXELATE"):
-            Redactor(lease, NONE)
-    finally:
-        lease.release()
+    with pytest.raises(ValueError, match="expected BLUR or PIXELATE"):
+        Redactor.for_models(models, NONE)
+
+
+def test_the_face_model_is_leased_at_the_first_frame_and_given_back(
+    models: ModelManager, astronaut: ImageArray
+) -> None:
+    leases: list[ModelLease] = []
+
+    def lease() -> ModelLease:
+        leases.append(models.lease(ModelId.parse(FACE_MODEL)))
+        return leases[-1]
+
+    redactor = Redactor(lease, PIXELATE)
+    assert leases == []  # nothing loaded or held until a frame needs it
+    redactor.redact([astronaut])
+    redactor.redact([astronaut])
+    assert len(leases) == 1
+    redactor.release()
+    redactor.release()  # idempotent
+    redactor.redact([astronaut])  # released: fails closed without leasing again
+    assert len(leases) == 1 and redactor.whole_frames_hidden == 1
