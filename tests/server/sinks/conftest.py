@@ -41,7 +41,7 @@ from visionrpc.server.streams.types import (
     StreamStatus,
 )
 
-FRAMES = 24  # of bikes.mp4 (640x272, 25 fps)
+FIRST, FRAMES = 104, 30  # of bikes.mp4 (640x272, 25 fps): a busy stretch for yolov3-tiny
 WIDTH, HEIGHT, FPS = 640, 272, 25.0
 YARD = Zone("yard", (Point(40, 150), Point(300, 150), Point(300, 260), Point(40, 260)))
 GATE = Line("gate", Point(320, 0), Point(320, 272))
@@ -55,14 +55,15 @@ def analytics() -> StreamAnalytics:
 
 @pytest.fixture(scope="session")
 def messages(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamMessage, ...]:
-    """One pipeline run as its sinks see it: STARTED, the first FRAMES frames of bikes.mp4 (with pixels, real
+    """One pipeline run as its sinks see it: STARTED, FRAMES frames of bikes.mp4 from FIRST (with pixels, real
     predictions given track ids, and analytics), SOURCE ENDED, the end. Inferred once per session."""
     capture = cv2.VideoCapture(str(media("bikes.mp4")))
     pixels = []
-    while len(pixels) < FRAMES:
+    for index in range(FIRST + FRAMES):
         ok, image = capture.read()
         assert ok, "bikes.mp4 has enough frames"
-        pixels.append(image)
+        if index >= FIRST:
+            pixels.append(image)
     capture.release()
     repository = ModelRepository(
         tmp_path_factory.mktemp("sink-models"),
@@ -86,14 +87,15 @@ def messages(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamMessage, .
     messages: list[StreamMessage] = [started]
     crossed = [0, 0]
     entered = exited = 0
-    for n, (image, prediction) in enumerate(zip(pixels, predictions, strict=True)):
+    for n, (image, prediction) in enumerate(zip(pixels, predictions, strict=True), start=FIRST):
         tracked = tuple(replace(d, track_id=i + 1) for i, d in enumerate(prediction.detections))
         prediction = replace(prediction, detections=tracked)
         events: list[AnalyticsEvent] = []
         timestamp_ms, capture_time = n * 1000.0 / FPS, 1_765_000_000.0 + n / FPS
         if tracked and n % 3 == 0:
             first = tracked[0]
-            direction = CrossingDirection.LEFT_TO_RIGHT if n % 2 == 0 else CrossingDirection.RIGHT_TO_LEFT
+            inward = entered == exited  # crossings alternate: in (entering the yard), then out (leaving it)
+            direction = CrossingDirection.LEFT_TO_RIGHT if inward else CrossingDirection.RIGHT_TO_LEFT
             crossed[direction is CrossingDirection.RIGHT_TO_LEFT] += 1
             common = dict(
                 source_index=0,
@@ -108,7 +110,7 @@ def messages(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamMessage, .
             events.append(
                 AnalyticsEvent(AnalyticsEventKind.LINE_CROSSED, "gate", direction=direction, **common)
             )
-            if n % 2 == 0:
+            if inward:
                 entered += 1
                 events.append(AnalyticsEvent(AnalyticsEventKind.ZONE_ENTERED, "yard", **common))
             else:
@@ -131,7 +133,7 @@ def messages(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamMessage, .
                 prediction=prediction,
                 frames_skipped=0,
                 results_dropped=0,
-                cursor=n + 2,
+                cursor=n - FIRST + 2,
                 analytics=analytics,
                 pixels=image,
             )
