@@ -24,15 +24,18 @@ from typing import Any
 import grpc.aio
 from visionrpc.v1 import inference_pb2, types_pb2
 
+from ..analytics.analyzer import StreamAnalyzer, validate_analytics
 from ..budget import PixelBudget
 from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgumentError, VisionRpcError
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
 from ..predictor import InputImage
+from ..shared_memory import SharedMemoryRegistry
 from ..streams.pushed import FrameAnswer, PushedFrame, PushSession, SessionSettings
 from .convert import decode_request_image, infer_options_from_proto, prediction_to_proto, request_pixels
 from .status import map_stream_errors, to_status
+from .stream_convert import frame_analytics_to_proto, stream_analytics_from_proto
 
 __all__ = ["InferStreamHandler"]
 
@@ -53,9 +56,16 @@ class InferStreamHandler:
     """Serves InferStream calls; InferenceServicer delegates to `serve`."""
 
     def __init__(
-        self, models: ModelManager, config: ServerConfig, workers: Executor, pixels: PixelBudget
+        self,
+        models: ModelManager,
+        config: ServerConfig,
+        workers: Executor,
+        pixels: PixelBudget,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
-        """`workers`: the pool for CPU work; `pixels`: the server's decoded-pixel budget (Infer's too)."""
+        """`workers`: the pool for CPU work; `pixels`: the server's decoded-pixel budget (Infer's too);
+        `shared_memory`: where frames in shared memory are read from (None: such frames are refused)."""
+        self._shared_memory = shared_memory
         self._models = models
         self._config = config
         self._workers = workers
@@ -75,14 +85,18 @@ class InferStreamHandler:
         config = first.config
         model_id = ModelId.parse(config.model_id or self._config.default_model, field="config.model_id")
         options = infer_options_from_proto(config.options, "config.options")
+        analytics = stream_analytics_from_proto(config.analytics, "config.analytics")
         settings = _settings_from_proto(config)
         lease = await self._lease(model_id)
         try:
             decode_options = lease.predictor.resolve_options(options)
+            # Class filters are checked against the model's classes, known only now.
+            validate_analytics(analytics, lease.predictor.model.manifest.class_names, "config.analytics")
         except BaseException:
             lease.release()
             raise
-        session = PushSession(lease, decode_options, settings, self._workers, self._pixels)
+        analyze = StreamAnalyzer(analytics).analyze if analytics.active else None
+        session = PushSession(lease, decode_options, settings, self._workers, self._pixels, analyze)
         name, version = lease.predictor.name, lease.predictor.version
         reader = asyncio.create_task(self._read(requests, session))
         try:
@@ -140,7 +154,7 @@ class InferStreamHandler:
                 sequence_number=frame.sequence_number,
                 timestamp_ms=frame.timestamp_ms,
                 pixels=pixels,
-                decode=functools.partial(_decode, frame.image, max_pixels),
+                decode=functools.partial(_decode, frame.image, max_pixels, self._shared_memory),
             )
         )
 
@@ -155,10 +169,12 @@ def _settings_from_proto(config: inference_pb2.InferStreamConfig) -> SessionSett
     return SessionSettings.resolve(config.max_in_flight, drop=_BACKPRESSURE[config.backpressure])
 
 
-def _decode(image: types_pb2.Image, max_pixels: int) -> InputImage:
+def _decode(
+    image: types_pb2.Image, max_pixels: int, shared_memory: SharedMemoryRegistry | None
+) -> InputImage:
     """Worker thread: Infer's decoding, with errors naming the frame's image field."""
     try:
-        decoded = decode_request_image(image, 0, max_pixels=max_pixels)
+        decoded = decode_request_image(image, 0, max_pixels=max_pixels, shared_memory=shared_memory)
     except InvalidArgumentError as exc:
         raise _as_frame_field(exc) from None
     return InputImage(decoded.pixels, decoded.order, decode_ms=decoded.decode_ms)
@@ -187,6 +203,8 @@ def _answer_to_proto(answer: FrameAnswer, name: str, version: str) -> inference_
         message.error.CopyFrom(to_status(answer.error))
     else:
         message.dropped = answer.dropped
+    if answer.analytics is not None:
+        message.analytics.CopyFrom(frame_analytics_to_proto(answer.analytics))
     return message
 
 

@@ -81,7 +81,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._pixels = PixelBudget(
             max_request_pixels=config.max_request_pixels, max_inflight_pixels=config.max_inflight_pixels
         )
-        self._pushed = InferStreamHandler(models, config, workers, self._pixels)
+        self._pushed = InferStreamHandler(models, config, workers, self._pixels, shared_memory)
 
     @map_errors
     async def Infer(  # noqa: N802 - the generated base class fixes the name

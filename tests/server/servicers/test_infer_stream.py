@@ -16,8 +16,11 @@ from conftest import RunningServer, wait_for
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 from media import media
+from visionrpc.server.analytics.analyzer import StreamAnalyzer
+from visionrpc.server.domain import BoundingBox, Detection, ImageSize, Prediction
+from visionrpc.server.servicers.stream_convert import stream_analytics_from_proto
 from visionrpc.server.streams import pushed
-from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
+from visionrpc.v1 import analytics_pb2, inference_pb2, inference_pb2_grpc, types_pb2
 
 wait_for = functools.partial(wait_for, timeout_s=30.0)
 FRAME_STEP = 6  # every 6th frame of bikes.mp4: 42 frames, people and cars, a few seconds of CPU
@@ -275,3 +278,136 @@ def test_cancelling_mid_stream_frees_the_session(stub: inference_pb2_grpc.Infere
     outgoing.put(None)
     reader.join(30)
     assert wait_for(lambda: pushed.open_sessions() == 0)
+
+
+@functools.cache
+def bikes_raw(count: int) -> tuple[types_pb2.Image, ...]:
+    capture = cv2.VideoCapture(str(media("bikes.mp4")))
+    images = []
+    for _ in range(count):
+        ok, pixels = capture.read()
+        assert ok
+        height, width = pixels.shape[:2]
+        images.append(
+            types_pb2.Image(
+                raw=types_pb2.RawImage(
+                    data=pixels.tobytes(),
+                    width=width,
+                    height=height,
+                    channel_order=types_pb2.CHANNEL_ORDER_BGR,
+                )
+            )
+        )
+    capture.release()
+    return tuple(images)
+
+
+GATE = analytics_pb2.StreamAnalytics(
+    lines=[
+        analytics_pb2.Line(
+            name="gate", start=analytics_pb2.Point(x=320, y=0), end=analytics_pb2.Point(x=320, y=272)
+        )
+    ],
+    zones=[
+        analytics_pb2.Zone(
+            name="left",
+            polygon=[analytics_pb2.Point(x=x, y=y) for x, y in ((0, 0), (320, 0), (320, 272), (0, 272))],
+            classes=analytics_pb2.ClassFilter(class_names=["person"]),
+        )
+    ],
+)
+
+
+def domain_prediction(message: types_pb2.ImagePrediction) -> Prediction:
+    return Prediction(
+        image_size=ImageSize(message.image_size.width, message.image_size.height),
+        detections=tuple(
+            Detection(
+                BoundingBox(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max),
+                d.class_id,
+                d.class_name,
+                d.confidence,
+            )
+            for d in message.detections
+        ),
+    )
+
+
+def test_analytics_equal_a_stream_analyzer_run_over_the_same_predictions(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+) -> None:
+    frames = [frame(i, image) for i, image in enumerate(bikes_raw(60))]
+    # One frame in flight: every batch holds one frame, so both runs compute the very same predictions.
+    plain = list(stub.InferStream(iter([config(max_in_flight=1), *frames]), timeout=300))
+    tracked = list(stub.InferStream(iter([config(max_in_flight=1, analytics=GATE), *frames]), timeout=300))
+    analyzer = StreamAnalyzer(stream_analytics_from_proto(GATE, "analytics"))
+    expected = [
+        analyzer.analyze(0, a.sequence_number, 40.0 * a.sequence_number, 0.0, domain_prediction(a.prediction))
+        for a in plain
+    ]
+    assert [a.sequence_number for a in tracked] == list(range(len(frames)))
+    assert any(d.track_id for a in tracked for d in a.prediction.detections)
+    for answer, (prediction, analytics) in zip(tracked, expected, strict=True):
+        assert [d.track_id for d in answer.prediction.detections] == [
+            d.track_id for d in prediction.detections
+        ]
+        (line,) = answer.analytics.lines
+        assert (line.name, line.left_to_right, line.right_to_left) == (
+            "gate",
+            analytics.lines[0].left_to_right,
+            analytics.lines[0].right_to_left,
+        )
+        (zone,) = answer.analytics.zones
+        assert (zone.entered_total, zone.exited_total) == (
+            analytics.zones[0].entered_total,
+            analytics.zones[0].exited_total,
+        )
+        assert [
+            (analytics_pb2.AnalyticsEventKind.Name(e.kind), e.name, e.track_id)
+            for e in answer.analytics.events
+        ] == [(f"ANALYTICS_EVENT_KIND_{e.kind.name}", e.name, e.track_id) for e in analytics.events]
+    assert any(a.analytics.events for a in tracked)  # something happened worth comparing
+
+
+@pytest.mark.parametrize(
+    ("analytics", "field"),
+    [
+        (
+            analytics_pb2.StreamAnalytics(lines=[analytics_pb2.Line(name="", end=analytics_pb2.Point(x=1))]),
+            "config.analytics.lines[0].name",
+        ),
+        (
+            analytics_pb2.StreamAnalytics(
+                zones=[
+                    analytics_pb2.Zone(name="z", polygon=[analytics_pb2.Point(x=1), analytics_pb2.Point(y=1)])
+                ]
+            ),
+            "config.analytics.zones[0].polygon",
+        ),
+        (
+            analytics_pb2.StreamAnalytics(
+                tracking=analytics_pb2.Tracking(enabled=True),
+                lines=[
+                    analytics_pb2.Line(
+                        name="l",
+                        end=analytics_pb2.Point(x=5, y=5),
+                        classes=analytics_pb2.ClassFilter(class_names=["unicorn"]),
+                    )
+                ],
+            ),
+            "config.analytics.lines[0].classes",
+        ),
+    ],
+    ids=["unnamed-line", "two-point-zone", "unknown-class"],
+)
+def test_bad_analytics_end_the_call(
+    stub: inference_pb2_grpc.InferenceServiceStub, analytics: analytics_pb2.StreamAnalytics, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.InferStream(iter([config(analytics=analytics)]), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None and reason_of(status) == "INVALID_ANALYTICS"
+    violations = error_details_pb2.BadRequest()
+    assert any(d.Unpack(violations) for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
+    assert violations.field_violations[0].field.startswith(field), violations
