@@ -21,7 +21,9 @@ from model_exports import install_conformance_models
 from visionrpc.client import (
     Client,
     Detection,
+    FrameResult,
     ImagePrediction,
+    InputFrame,
     StreamEvent,
     StreamFrame,
     StreamStatus,
@@ -45,6 +47,24 @@ def run(client: Client, case: dict[str, Any]) -> Any:
         "confidence": options.get("confidence_threshold"),
         "classes": options.get("class_names"),
     }
+    if case["rpc"] == "InferStream":
+        config = request["config"]
+        frames = [
+            InputFrame(image_bytes(f), f["sequence_number"], f.get("source_index", 0))
+            for f in request["frames"]
+        ]
+        options = config.get("options", {})
+        return list(
+            client.infer_stream(
+                frames,
+                model=config.get("model_id") or None,
+                confidence=options.get("confidence_threshold"),
+                classes=options.get("class_names"),
+                max_in_flight=config.get("max_in_flight"),
+                drop=config.get("backpressure") == "BACKPRESSURE_DROP",
+                timeout_s=300,
+            )
+        )
     if case["rpc"] == "Infer":
         images = [image_bytes(spec) for spec in request["images"]]
         if not images:  # the SDK refuses an empty list itself; send the raw request to test the server
@@ -77,6 +97,26 @@ def check_prediction(prediction: ImagePrediction, expected: dict[str, Any]) -> N
         assert matches, f"no detection matching {wanted} in {prediction.detections}"
     if "only_classes" in expected:
         assert {d.class_name for d in prediction.detections} <= set(expected["only_classes"])
+
+
+def check_answers(results: list[FrameResult], answers: list[dict[str, Any]]) -> None:
+    """InferStream: one answer per frame, in order, each with its expected outcome."""
+    assert [(r.source_index, r.sequence_number) for r in results] == [
+        (a.get("source_index", 0), a["sequence_number"]) for a in answers
+    ]
+    for result, expected in zip(results, answers, strict=True):
+        if "prediction" in expected:
+            assert result.prediction is not None, result
+            check_prediction(result.prediction, expected["prediction"])
+        elif "error" in expected:
+            error, wanted = result.error, expected["error"]
+            assert error is not None, result
+            assert (error.code, error.reason) == (getattr(grpc.StatusCode, wanted["code"]), wanted["reason"])
+            if "field" in wanted:
+                assert error.field_violations and error.field_violations[0].field == wanted["field"]
+        else:
+            assert expected["outcome"] == "prediction_or_dropped", f"unknown outcome {expected['outcome']!r}"
+            assert result.prediction is not None or result.dropped, result
 
 
 def detection_matches(d: Detection, wanted: dict[str, Any]) -> bool:
@@ -170,6 +210,8 @@ def test_conformance_case(request: pytest.FixtureRequest, case: dict[str, Any]) 
         assert len(result.predictions) == len(expect["predictions"])
         for prediction, expected in zip(result.predictions, expect["predictions"], strict=True):
             check_prediction(prediction, expected)
+    elif case["rpc"] == "InferStream":
+        check_answers(result, expect["answers"])
     elif "cancel_after_frames" in expect:
         assert result == expect["cancel_after_frames"]
     else:
