@@ -46,6 +46,7 @@ from .infer_stream import InferStreamHandler
 from .status import map_errors, map_stream_errors
 from .stream_convert import (
     ResponseCache,
+    content_from_proto,
     delivery_from_proto,
     resume_point_from_proto,
     resumed_status_to_proto,
@@ -196,6 +197,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamPredictions(  # noqa: N802
         self, request: inference_pb2.StreamPredictionsRequest, context: Context
     ) -> AsyncIterator[inference_pb2.StreamPredictionsResponse]:
+        content = content_from_proto(request)
         subscription = await self._open(request)
         try:
             if subscription.gap is not None:
@@ -205,7 +207,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if isinstance(message, StreamEnd):
                     _raise_for_end(message, subscription.stream_id)
                     return
-                yield self._responses.response(message, subscription.stream_id, subscription.model)
+                response = self._responses.content_response(
+                    message, subscription.stream_id, subscription.model, content
+                )
+                if response is not None:  # None: an events-only subscriber and a frame without events
+                    yield response
         finally:
             # Cancellation and deadlines arrive here as CancelledError: the subscription is freed at once.
             subscription.close()

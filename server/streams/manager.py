@@ -26,6 +26,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..analytics.validation import validate_analytics
 from ..config import ServerConfig
 from ..domain import InferOptions
 from ..errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
@@ -137,6 +138,11 @@ class StreamManager:
         # The model's one lease for this request: handed to a new pipeline, released when joining one.
         lease = self._models.lease(request.model_id)
         try:
+            # Class filters are checked against this model's classes: the servicer does not know them.
+            validate_analytics(
+                request.stream_options.analytics, lease.predictor.model.manifest.class_names,
+                "stream_options.analytics", sources=len(request.sources),
+            )  # fmt: skip
             key = PipelineKey(
                 sources=tuple((spec.kind, spec.location, spec.start_frame) for spec in request.sources),
                 model=ModelId(lease.predictor.name, lease.predictor.version),

@@ -22,10 +22,10 @@ import logging
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from .. import metrics
+from ..analytics.analyzer import StreamAnalyzer
 from ..domain import ChannelOrder, Prediction
 from ..errors import InvalidArgumentError, ResourceExhaustedError, VisionRpcError
 from ..models.manager import ModelLease
@@ -36,14 +36,16 @@ from ..scheduler import Origin
 from .buffers import Gate, SourceBuffer
 from .frame_images import frame_jpeg
 from .reading import Reader, ReaderFactory, source_reader
+from .redaction import Redactor
+from .replay import ReplayRing
 from .subscription import Subscription
 from .types import (
     Delivery,
     Frame,
+    FrameImage,
     FrameResult,
     ReconnectPolicy,
     ResumeGap,
-    ResumeOutcome,
     SourceEvent,
     SourceEventKind,
     SourceInfo,
@@ -99,8 +101,12 @@ class Pipeline:
         reader_factory: ReaderFactory = source_reader,
         on_stopped: Callable[[Pipeline], None] | None = None,
         max_batch: int = MAX_BATCH,
+        keep_pixels: bool = False,
+        redactor: Redactor | None = None,
     ) -> None:
-        """Takes ownership of `lease`: released when the pipeline stops (or at close() if it never ran)."""
+        """Takes ownership of `lease`: released when the pipeline stops (or at close() if it never ran).
+        `keep_pixels`: FrameResult.pixels carries each frame, for in-process consumers (a video sink).
+        `redactor` (owned too, released with the lease) hides faces in every frame's pixels that leave."""
         if not sources:
             raise ValueError("expected at least one source")
         if [spec.index for spec in sources] != list(range(len(sources))):
@@ -119,6 +125,9 @@ class Pipeline:
         self._reader_factory = reader_factory
         self._on_stopped = on_stopped
         self._max_batch = max_batch
+        self._keep_pixels = keep_pixels
+        self._redactor = redactor
+        self._shows_pixels = keep_pixels or options.frame_image is not FrameImage.NONE
         self._policies = tuple(options.frame_policy.resolve(spec) for spec in self.sources)
         self._gate = Gate()
         self._buffers = tuple(SourceBuffer(self._gate, p, FRAME_BUFFER) for p in self._policies)
@@ -139,7 +148,7 @@ class Pipeline:
         self._cursor = 0  # the last cursor handed out
         self._end: StreamEnd | None = None  # how it ended, once it has
         self._ended_at: float | None = None
-        self._ring: deque[StreamMessage] = deque(maxlen=replay_messages)
+        self._ring = ReplayRing(replay_messages)
 
     # -- observation -------------------------------------------------------------------------------------
 
@@ -229,7 +238,7 @@ class Pipeline:
             if resume_after is None:
                 backlog: list[StreamMessage] = [] if self._started_status is None else [self._started_status]
             else:
-                backlog, gap = self._replay_after(resume_after)
+                backlog, gap = self._ring.after(resume_after, self._cursor, self.stream_id)
             subscription = Subscription(
                 self.stream_id,
                 self.model,
@@ -258,19 +267,11 @@ class Pipeline:
             ended = self._ended_at is not None and time.monotonic() - self._ended_at <= self._linger_s
             if not ended or self._end is None or self._end.error:
                 return None
-            backlog, gap = self._replay_after(resume_after)
+            backlog, gap = self._ring.after(resume_after, self._cursor, self.stream_id)
             end = self._end
         subscription = Subscription(self.stream_id, self.model, delivery, self._subscriber_queue, gap=gap)
         subscription.replay([*backlog, end])
         return subscription
-
-    def _replay_after(self, cursor: int) -> tuple[list[StreamMessage], ResumeGap]:
-        """The ring's messages after `cursor`, and whether any were lost. Caller holds the gate's lock."""
-        backlog = [m for m in self._ring if _cursor_of(m) > cursor]
-        first_kept = _cursor_of(backlog[0]) if backlog else self._cursor + 1
-        lost = max(0, first_kept - (cursor + 1))
-        outcome = ResumeOutcome.PARTIAL if lost else ResumeOutcome.REPLAYED
-        return backlog, ResumeGap(outcome, self.stream_id, lost)
 
     def _is_stopping(self) -> bool:
         return self._gate.stopping  # a plain flag read; it only ever goes from False to True
@@ -323,7 +324,9 @@ class Pipeline:
                 reader.start()
             # The lease keeps the model loaded (never evicted under us) for the life of the pipeline.
             logger.info("stream %s: %d source(s) on %s", self._tag, len(self.sources), self.model_key)
-            end = self._loop(self._lease.predictor)
+            # One analyzer per run: tracks and counts start afresh with the pipeline.
+            analyzer = StreamAnalyzer(self.options.analytics) if self.options.analytics.active else None
+            end = self._loop(self._lease.predictor, analyzer)
         except VisionRpcError as exc:
             logger.warning("stream %s failed: %s", self._tag, exc.message)
             end = StreamEnd(error=exc.message)
@@ -361,10 +364,12 @@ class Pipeline:
             f" ({end.error})" if end is not None and end.error else "",
         )  # fmt: skip
         self._lease.release()
+        if self._redactor is not None:
+            self._redactor.release()
         if self._on_stopped is not None:
             self._on_stopped(self)
 
-    def _loop(self, predictor: Predictor) -> StreamEnd | None:
+    def _loop(self, predictor: Predictor, analyzer: StreamAnalyzer | None) -> StreamEnd | None:
         while True:
             work = self._next_work()
             if work is None:
@@ -375,7 +380,7 @@ class Pipeline:
                 if end is not None:
                     return end
             if frames:
-                self._infer(predictor, frames)
+                self._infer(predictor, frames, analyzer)
 
     def _next_work(self) -> tuple[list[SourceEvent], list[Frame]] | None:
         """Waits for events or frames (None: stop). Takes at most one frame per source, round-robin."""
@@ -447,7 +452,7 @@ class Pipeline:
                 return StreamEnd()
         return None
 
-    def _infer(self, predictor: Predictor, frames: list[Frame]) -> None:
+    def _infer(self, predictor: Predictor, frames: list[Frame], analyzer: StreamAnalyzer | None) -> None:
         now = time.time()
         images = [
             InputImage(frame.pixels, ChannelOrder.BGR, queue_ms=max(0.0, (now - frame.capture_time) * 1000.0))
@@ -460,7 +465,20 @@ class Pipeline:
             self._frames_inferred += len(frames)
         if metrics.ON:
             metrics.STREAM_FRAMES.labels("inferred").inc(len(frames))
-        for frame, prediction in zip(frames, predictions, strict=True):
+        # The frames' final pixels, what JPEGs and in-process consumers show: faces hidden once per frame
+        # however many subscribers, and only when some pixels leave (docs/privacy.md).
+        shown = [frame.pixels for frame in frames]
+        if self._redactor is not None and self._shows_pixels:
+            shown = self._redactor.redact(shown)
+        # Frames come in order per source (one thread, at most one frame per source in a batch): the order
+        # the tracker needs.
+        for frame, prediction, pixels in zip(frames, predictions, shown, strict=True):
+            analytics = None
+            if analyzer is not None:
+                prediction, analytics = analyzer.analyze(
+                    frame.source_index, frame.sequence_number, frame.timestamp_ms, frame.capture_time,
+                    prediction,
+                )  # fmt: skip
             self._publish(
                 FrameResult(
                     source_index=frame.source_index,
@@ -471,7 +489,9 @@ class Pipeline:
                     frames_skipped=self.frames_skipped(frame.source_index),
                     results_dropped=0,  # per subscriber: stamped as each one takes it
                     # Encoded once per frame however many subscribers receive it.
-                    frame_jpeg=frame_jpeg(frame.pixels, prediction, self.options),
+                    frame_jpeg=frame_jpeg(pixels, prediction, self.options),
+                    analytics=analytics,
+                    pixels=pixels if self._keep_pixels else None,
                 )
             )
 
@@ -507,6 +527,3 @@ def _every_frame_unavailable(message: str) -> InvalidArgumentError:
         "stream_options.delivery", message, reason="EVERY_FRAME_DELIVERY_UNAVAILABLE"
     )
 
-
-def _cursor_of(message: StreamMessage) -> int:
-    return 0 if isinstance(message, StreamEnd) else message.cursor
