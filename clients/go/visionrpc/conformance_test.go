@@ -76,10 +76,33 @@ type expectation struct {
 	SequenceNumbers string `json:"sequence_numbers"` // "each_once_in_order": exactly 0..frames-1
 	MinResumes      *int   `json:"min_resumes"`
 	ResumeOutcome   string `json:"resume_outcome"` // of every RESUMED status
+	// InferStream success: one per frame, in order.
+	Answers []answerExpect `json:"answers"`
 	// Errors.
 	Code   *codes.Code `json:"code"`
 	Reason string      `json:"reason"`
 	Field  *string     `json:"field"`
+}
+
+type inferStreamRequestSpec struct {
+	// Config is InferStreamConfig in proto JSON.
+	Config json.RawMessage `json:"config"`
+	Frames []frameSpec     `json:"frames"`
+}
+
+type frameSpec struct {
+	File           string `json:"file"`
+	Base64         string `json:"base64"`
+	SequenceNumber uint64 `json:"sequence_number"`
+	SourceIndex    uint32 `json:"source_index"`
+}
+
+type answerExpect struct {
+	SequenceNumber uint64            `json:"sequence_number"`
+	SourceIndex    uint32            `json:"source_index"`
+	Prediction     *predictionExpect `json:"prediction"`
+	Error          *expectation      `json:"error"`
+	Outcome        string            `json:"outcome"` // "prediction_or_dropped"
 }
 
 type predictionExpect struct {
@@ -168,6 +191,8 @@ func TestConformance(t *testing.T) {
 				runInferCase(ctx, t, client, tc)
 			case "StreamPredictions":
 				runStreamCase(ctx, t, client, tc)
+			case "InferStream":
+				runInferStreamCase(ctx, t, client, tc)
 			default:
 				t.Fatalf("unknown rpc %q", tc.RPC)
 			}
@@ -202,6 +227,66 @@ func runInferCase(ctx context.Context, t *testing.T, client *visionrpc.Client, t
 	}
 	for i, want := range tc.Expect.Predictions {
 		checkPrediction(t, i, predictions[i], want)
+	}
+}
+
+func runInferStreamCase(ctx context.Context, t *testing.T, client *visionrpc.Client, tc conformanceCase) {
+	var spec inferStreamRequestSpec
+	if err := decodeStrict(tc.Request, &spec); err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	config := &visionrpcv1.InferStreamConfig{}
+	if len(spec.Config) > 0 {
+		if err := protojson.Unmarshal(spec.Config, config); err != nil {
+			t.Fatalf("request config: %v", err)
+		}
+	}
+	frames := make([]visionrpc.Frame, len(spec.Frames))
+	for i, f := range spec.Frames {
+		frames[i] = visionrpc.Frame{
+			Image:          caseImage(t, imageSpec{File: f.File, Base64: f.Base64}),
+			SequenceNumber: f.SequenceNumber,
+			SourceIndex:    f.SourceIndex,
+		}
+	}
+	answers, err := pushAll(ctx, t, client, config, frames)
+	if tc.Expect.Code != nil {
+		checkError(t, err, tc.Expect)
+		return
+	}
+	if err != nil {
+		t.Fatalf("InferStream: %v", err)
+	}
+	if len(answers) != len(tc.Expect.Answers) {
+		t.Fatalf("%d answers, want %d", len(answers), len(tc.Expect.Answers))
+	}
+	for i, want := range tc.Expect.Answers {
+		got := answers[i]
+		if got.GetSequenceNumber() != want.SequenceNumber || got.GetSourceIndex() != want.SourceIndex {
+			t.Errorf("answers[%d]: frame (%d, %d), want (%d, %d)", i, got.GetSourceIndex(), got.GetSequenceNumber(),
+				want.SourceIndex, want.SequenceNumber)
+		}
+		switch {
+		case want.Prediction != nil:
+			if got.GetPrediction() == nil {
+				t.Errorf("answers[%d]: %v, want a prediction", i, got)
+				continue
+			}
+			checkPrediction(t, i, got.GetPrediction(), *want.Prediction)
+		case want.Error != nil:
+			refused := visionrpc.AnswerError(got)
+			if refused == nil {
+				t.Errorf("answers[%d]: %v, want an error", i, got)
+				continue
+			}
+			checkError(t, refused, *want.Error)
+		case want.Outcome == "prediction_or_dropped":
+			if got.GetPrediction() == nil && !got.GetDropped() {
+				t.Errorf("answers[%d]: %v, want a prediction or dropped", i, got)
+			}
+		default:
+			t.Fatalf("answers[%d]: unknown expectation %+v", i, want)
+		}
 	}
 }
 
