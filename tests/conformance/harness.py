@@ -77,7 +77,8 @@ def main() -> int:
             # One after the other: the first installs the built-in model into the shared cache.
             addresses: dict[str, str] = {}
             for name, flags in (
-                ("plain", ()),
+                # Shared memory on: the shared-memory cases need it (clients on this host, as this user).
+                ("plain", ("--shared-memory",)),
                 # A long linger, so a slow reconnection on a loaded machine still finds the stream running.
                 (
                     "recycling",

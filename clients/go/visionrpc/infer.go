@@ -10,13 +10,14 @@ import (
 	visionrpcv1 "github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1"
 )
 
-// Image is one input image: encoded bytes, a file read when the request is built, or raw pixels.
-// The zero Image is invalid.
+// Image is one input image: encoded bytes, a file read when the request is built, raw pixels, or pixels in a
+// registered shared-memory region (ImageFromSharedMemory, SharedMemoryRegion.Write). The zero Image is invalid.
 type Image struct {
 	kind    imageKind
 	encoded []byte
 	path    string
 	raw     *visionrpcv1.RawImage
+	shm     *visionrpcv1.SharedMemoryImage
 }
 
 type imageKind uint8
@@ -26,6 +27,7 @@ const (
 	imageEncoded
 	imageFile
 	imagePixels
+	imageSharedMemory
 )
 
 // ImageFromBytes is an encoded image file's content: JPEG, PNG, BMP, WebP or GIF (first frame). The server
@@ -57,6 +59,8 @@ func (im Image) Proto() (*visionrpcv1.Image, error) {
 		return &visionrpcv1.Image{Source: &visionrpcv1.Image_Encoded{Encoded: data}}, nil
 	case imageEncoded:
 		return &visionrpcv1.Image{Source: &visionrpcv1.Image_Encoded{Encoded: im.encoded}}, nil
+	case imageSharedMemory:
+		return &visionrpcv1.Image{Source: &visionrpcv1.Image_SharedMemory{SharedMemory: im.shm}}, nil
 	}
 	return nil, fmt.Errorf("expected an image from ImageFromBytes, ImageFromFile or ImageFromPixels, got the zero Image")
 }
