@@ -30,6 +30,14 @@ import {
   type StreamRequest,
 } from "./convert.js";
 import { VisionRpcError } from "./errors.js";
+import {
+  buildInferStreamConfig,
+  frameResultFromProto,
+  FrameRequests,
+  type FrameInput,
+  type FrameResult,
+  type InferStreamRequestOptions,
+} from "./inferStream.js";
 import { Health, HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import {
   InferenceService,
@@ -130,6 +138,14 @@ export interface StreamCallOptions {
   resume?: boolean;
   /** Consecutive re-issued calls without a message before the stream throws the last error. Default 8. */
   maxResumeAttempts?: number;
+}
+
+export interface InferStreamCallOptions extends InferStreamRequestOptions {
+  /** Aborting it cancels the call; the iteration then throws a VisionRpcError of code Canceled. */
+  signal?: AbortSignal;
+  /** Deadline of the whole call in ms; none by default (it runs until the frames end). */
+  timeoutMs?: number;
+  headers?: HeadersInit;
 }
 
 /** grpc.health.v1 serving status names. */
@@ -257,6 +273,45 @@ export class VisionRpcClient {
         maxResumeAttempts: options.maxResumeAttempts,
       },
     );
+  }
+
+  /**
+   * Infers frames the caller sends on one call (a camera it owns): one result per frame, in the order sent,
+   * with the batching, tracking and analytics of a server-side stream. The call starts when iteration does;
+   * frames are read from `frames` as the server accepts them (see `inferStream.ts` for back-pressure).
+   *
+   * @param frames images (as for `infer`), numbered 0, 1, 2, ... on source 0, or `InputFrame`s with their own
+   *   numbering, source and timestamp; sync or async iterable.
+   * @throws from iteration: VisionRpcError for errors of the call (NOT_FOUND unknown model, INVALID_ARGUMENT bad
+   *   options), and the first error the frames iterable or an image's conversion threw, after the answers to the
+   *   frames before it. A refused frame is a result with `error`, not a throw.
+   *
+   * @example
+   * for await (const result of client.inferStream(jpegs, { maxInFlight: 4 })) {
+   *   console.log(result.sequenceNumber, result.prediction?.detections.map((d) => d.className));
+   * }
+   */
+  async *inferStream(
+    frames: Iterable<FrameInput> | AsyncIterable<FrameInput>,
+    options: InferStreamCallOptions = {},
+  ): AsyncGenerator<FrameResult, void, undefined> {
+    this.#checkOpen();
+    const requests = new FrameRequests(buildInferStreamConfig(options), frames);
+    const call = this.#target(this.#current).inference.inferStream(requests, {
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      ...(options.headers === undefined ? {} : { headers: options.headers }),
+    });
+    try {
+      for await (const message of call) {
+        yield frameResultFromProto(message);
+      }
+    } catch (err) {
+      throw VisionRpcError.from(err);
+    }
+    if (requests.failure !== undefined) {
+      throw requests.failure;
+    }
   }
 
   // ------------------------------------------------------------------------------------------------- models

@@ -24,6 +24,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import type { Status } from "./gen/google/rpc/status_pb.js";
 
 /** One bad request field, named by its path in the request (e.g. "images[2].raw.width"). */
 export interface FieldViolation {
@@ -165,4 +166,19 @@ function grpcStatusMessage(err: ConnectError): string {
   } catch {
     return message;
   }
+}
+
+/**
+ * The VisionRpcError of a google.rpc.Status carried inside a message (InferStream's per-frame errors), with
+ * its details decoded as for a failed call.
+ */
+export function errorFromStatus(status: Status): VisionRpcError {
+  const code = status.code in Code ? (status.code as Code) : Code.Unknown;
+  const error = new ConnectError(status.message, code);
+  // Incoming details as connect-es keeps them: the type name (the Any's URL after its last "/") and the bytes.
+  error.details = status.details.map((any) => ({
+    type: any.typeUrl.slice(any.typeUrl.lastIndexOf("/") + 1),
+    value: any.value,
+  }));
+  return new VisionRpcError(error);
 }

@@ -15,6 +15,7 @@ export {
   type HeadersInit,
   type HealthStatus,
   type InferCallOptions,
+  type InferStreamCallOptions,
   type StreamCallOptions,
   type TlsOptions,
 } from "./client.js";
@@ -32,7 +33,8 @@ export type {
   StreamRequest,
   StreamStatus,
 } from "./convert.js";
-export { VisionRpcError, codeName, type FieldViolation } from "./errors.js";
+export { VisionRpcError, codeName, errorFromStatus, type FieldViolation } from "./errors.js";
+export type { FrameInput, FrameResult, InferStreamRequestOptions, InputFrame } from "./inferStream.js";
 export { maskArea, maskRows } from "./mask.js";
 export { PIPELINE_KEY_HEADER, pipelineKey } from "./pipelineKey.js";
 export { PredictionStream, type PredictionStreamConfig, type StreamCalls } from "./stream.js";
@@ -48,7 +50,9 @@ export type {
   ImageSize,
   Timings,
 } from "./gen/visionrpc/v1/types_pb.js";
-export type { InferResponse, StreamPredictionsResponse } from "./gen/visionrpc/v1/inference_pb.js";
+export type { InferResponse, InferStreamResponse, StreamPredictionsResponse } from "./gen/visionrpc/v1/inference_pb.js";
+export { Backpressure } from "./gen/visionrpc/v1/inference_pb.js";
+export type { FrameAnalytics, StreamAnalytics } from "./gen/visionrpc/v1/analytics_pb.js";
 export {
   ModelState,
   ModelTask,

@@ -14,6 +14,8 @@ import {
   maskRows,
   VisionRpcError,
   type Detection,
+  type FrameResult,
+  type InputFrame,
   type VisionRpcClient,
   type ImageInput,
   type ImagePrediction,
@@ -90,20 +92,39 @@ interface PredictionExpectation {
   only_classes?: string[];
 }
 
+interface AnswerExpectation {
+  sequence_number: number;
+  source_index?: number;
+  prediction?: PredictionExpectation;
+  error?: { code: string; reason?: string; field?: string };
+  outcome?: "prediction_or_dropped";
+}
+
 interface Case {
   name: string;
-  rpc: "Infer" | "StreamPredictions";
+  rpc: "Infer" | "StreamPredictions" | "InferStream";
   /** Which of the harness's servers: the plain one when omitted. */
   server?: "recycling";
+  /** A feature the case needs: "shared_memory" cases are skipped here (see skipReason). */
+  requires?: "shared_memory";
   request: {
     model_id?: string;
     images?: ({ file: string } | { base64: string })[];
     options?: Record<string, unknown>;
     sources?: ({ path: string } | { url: string })[];
     stream_options?: Record<string, unknown>;
+    /** InferStream: the config (proto field names), then the frames. */
+    config?: {
+      model_id?: string;
+      options?: Record<string, unknown>;
+      max_in_flight?: number;
+      backpressure?: "BACKPRESSURE_WAIT" | "BACKPRESSURE_DROP";
+    };
+    frames?: (({ file: string } | { base64: string }) & { sequence_number: number; source_index?: number })[];
   };
   expect: {
     predictions?: PredictionExpectation[];
+    answers?: AnswerExpectation[];
     frames?: number;
     first_status?: string;
     last_status?: string;
@@ -265,6 +286,13 @@ function checkError(err: unknown, expect: Case["expect"]): void {
 
 // ---------------------------------------------------------------------------------------------------- cases
 
+/** Why this client cannot run a case (node:test reports it), or false. */
+function skipReason(c: Case): string | false {
+  return c.requires === "shared_memory"
+    ? "the Node client has no shared-memory inputs: Node cannot map POSIX shared memory without a native addon"
+    : false;
+}
+
 if (server !== undefined) {
   const cases = JSON.parse(readFileSync(CASES_PATH, "utf8")) as Case[];
   const client = createClient(server.address, { timeoutMs: 120_000 });
@@ -291,11 +319,13 @@ if (server !== undefined) {
     });
 
     for (const c of cases) {
-      test(c.name, { timeout: CASE_TIMEOUT_MS }, async () => {
+      test(c.name, { timeout: CASE_TIMEOUT_MS, skip: skipReason(c) }, async () => {
         if (c.rpc === "Infer") {
           await runInfer(c, clientFor(c));
         } else if (c.rpc === "StreamPredictions") {
           await runStream(c, clientFor(c));
+        } else if (c.rpc === "InferStream") {
+          await runInferStream(c, clientFor(c));
         } else {
           assert.fail(`unknown rpc ${String(c.rpc)}`);
         }
@@ -320,6 +350,59 @@ if (server !== undefined) {
     const expected = c.expect.predictions ?? [];
     assert.equal(response.predictions.length, c.request.images?.length ?? 0, "one prediction per image");
     expected.forEach((want, i) => checkPrediction(response.predictions[i], want, i));
+  }
+
+  async function runInferStream(c: Case, client: VisionRpcClient): Promise<void> {
+    const config = c.request.config ?? {};
+    for (const key of Object.keys(config)) {
+      assert.ok(["model_id", "options", "max_in_flight", "backpressure"].includes(key), `unknown config.${key}`);
+    }
+    const { topK, ...options } = inferOptions(config.options);
+    assert.equal(topK, undefined, "InferStream takes no top_k");
+    const frames: InputFrame[] = (c.request.frames ?? []).map((f) => ({
+      image: "file" in f ? join(server!.media, f.file) : new Uint8Array(Buffer.from(f.base64, "base64")),
+      sequenceNumber: f.sequence_number,
+      sourceIndex: f.source_index ?? 0,
+    }));
+    const results: FrameResult[] = [];
+    let error: unknown;
+    try {
+      for await (const result of client.inferStream(frames, {
+        ...options,
+        ...(config.model_id === undefined ? {} : { model: config.model_id }),
+        ...(config.max_in_flight === undefined ? {} : { maxInFlight: config.max_in_flight }),
+        drop: config.backpressure === "BACKPRESSURE_DROP",
+      })) {
+        results.push(result);
+      }
+    } catch (err) {
+      error = err;
+    }
+    if (c.expect.code !== undefined) {
+      checkError(error, c.expect);
+      return;
+    }
+    if (error !== undefined) {
+      throw error;
+    }
+    const answers = c.expect.answers ?? [];
+    assert.deepEqual(
+      results.map((r) => [r.sourceIndex, Number(r.sequenceNumber)]),
+      answers.map((a) => [a.source_index ?? 0, a.sequence_number]),
+      "one answer per frame, in order",
+    );
+    answers.forEach((want, i) => {
+      const got = results[i] as FrameResult;
+      if (want.prediction !== undefined) {
+        assert.ok(got.prediction !== undefined, `answers[${i}]: expected a prediction`);
+        checkPrediction(got.prediction, want.prediction, i);
+      } else if (want.error !== undefined) {
+        checkError(got.error, want.error);
+      } else {
+        assert.equal(want.outcome, "prediction_or_dropped", `answers[${i}]: unknown expectation`);
+        assert.ok(got.prediction !== undefined || got.dropped, `answers[${i}]: expected a prediction or dropped`);
+      }
+    });
   }
 
   async function runStream(c: Case, client: VisionRpcClient): Promise<void> {
