@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from visionrpc.server.analytics.types import AnalyticsEvent, AnalyticsEventKind
 from visionrpc.server.sinks import Content
 from visionrpc.server.sinks.encoding import encode_message
 from visionrpc.server.streams.types import FrameResult, StreamEnd, StreamMessage, StreamStatus
@@ -15,6 +16,10 @@ def decoded(
 ) -> dict[str, object] | None:
     data = encode_message("gate", message, content=content, include_status=include_status)
     return None if data is None else json.loads(data)
+
+
+def events_of(frame: FrameResult) -> tuple[AnalyticsEvent, ...]:
+    return frame.analytics.events if frame.analytics else ()
 
 
 def frames(messages: tuple[StreamMessage, ...], *, with_events: bool) -> list[FrameResult]:
@@ -28,7 +33,7 @@ def frames(messages: tuple[StreamMessage, ...], *, with_events: bool) -> list[Fr
 def test_a_frame_with_events_carries_them_in_order_with_its_position_and_states(
     messages: tuple[StreamMessage, ...],
 ) -> None:
-    frame = next(f for f in frames(messages, with_events=True) if f.sequence_number > 0)
+    frame = next(f for f in frames(messages, with_events=True) if any(e.direction for e in events_of(f)))
     assert frame.analytics is not None
     payload = decoded(frame, Content.EVENTS)
     assert payload is not None
@@ -47,9 +52,9 @@ def test_a_frame_with_events_carries_them_in_order_with_its_position_and_states(
     assert [(e["kind"], e["name"], e["track_id"]) for e in events] == [
         (e.kind.value, e.name, e.track_id) for e in expected
     ]
-    crossing = events[0]
-    assert crossing["direction"] in ("left_to_right", "right_to_left") and "dwell_ms" not in crossing
-    assert crossing["box"] == pytest.approx(list(expected[0].box.as_tuple()), abs=0.01)
+    index, crossing = next((i, e) for i, e in enumerate(events) if e["kind"] == "line_crossed")
+    assert crossing["direction"] == expected[index].direction.value and "dwell_ms" not in crossing  # type: ignore[union-attr]
+    assert crossing["box"] == pytest.approx(list(expected[index].box.as_tuple()), abs=0.01)
     assert payload["lines"] == [
         {
             "name": "gate",
@@ -65,7 +70,9 @@ def test_a_frame_with_events_carries_them_in_order_with_its_position_and_states(
 
 
 def test_every_frame_with_frames_content_and_its_detections(messages: tuple[StreamMessage, ...]) -> None:
-    quiet = frames(messages, with_events=False)[0]
+    quiet = next(
+        f for f in frames(messages, with_events=False) if any(d.track_id for d in f.prediction.detections)
+    )
     assert decoded(quiet, Content.EVENTS) is None
     payload = decoded(quiet, Content.FRAMES)
     assert payload is not None and payload["events"] == []
@@ -74,7 +81,18 @@ def test_every_frame_with_frames_content_and_its_detections(messages: tuple[Stre
     assert [(d["class_name"], d["track_id"]) for d in detections] == [
         (d.class_name, d.track_id) for d in quiet.prediction.detections
     ]
-    assert all(d["track_id"] > 0 for d in detections)
+
+
+def test_an_exit_carries_its_dwell_time(messages: tuple[StreamMessage, ...]) -> None:
+    frame = next(
+        f
+        for f in frames(messages, with_events=True)
+        if any(e.kind is AnalyticsEventKind.ZONE_EXITED for e in events_of(f))
+    )
+    payload = decoded(frame, Content.EVENTS)
+    assert payload is not None
+    exits = [e for e in payload["events"] if e["kind"] == "zone_exited"]  # type: ignore[union-attr]
+    assert exits and all(e["dwell_ms"] > 0 and "direction" not in e for e in exits)
 
 
 @pytest.mark.parametrize("content", list(Content), ids=[c.value for c in Content])
