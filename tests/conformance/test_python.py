@@ -6,6 +6,7 @@ The Go and Node suites run the same table through their clients (tests/conforman
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import math
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import grpc
 import pytest
 from conftest import RunningServer, start_server
@@ -22,8 +24,10 @@ from visionrpc.client import (
     Client,
     Detection,
     FrameResult,
+    ImageInput,
     ImagePrediction,
     InputFrame,
+    SharedMemoryImage,
     StreamEvent,
     StreamFrame,
     StreamStatus,
@@ -37,6 +41,19 @@ CASES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "cases.json").
 
 def image_bytes(spec: dict[str, str]) -> bytes:
     return media(spec["file"]).read_bytes() if "file" in spec else base64.b64decode(spec["base64"])
+
+
+def image_input(client: Client, spec: dict[str, Any], regions: contextlib.ExitStack) -> ImageInput:
+    """The case's image: encoded bytes, or (shared_memory) a reference to BGR pixels in a region of its
+    own."""
+    shm = spec.get("shared_memory")
+    if shm is None:
+        return image_bytes(spec)
+    if "region" in shm:  # a region nobody registered
+        return SharedMemoryImage(shm["region"], 0, shm["width"], shm["height"])
+    pixels = cv2.imread(str(media(shm["file"])), cv2.IMREAD_COLOR)
+    region = regions.enter_context(client.create_shared_memory(pixels.nbytes))
+    return dataclasses.replace(region.write(pixels), offset=shm.get("offset", 0))
 
 
 def run(client: Client, case: dict[str, Any]) -> Any:
@@ -65,11 +82,15 @@ def run(client: Client, case: dict[str, Any]) -> Any:
                 timeout_s=300,
             )
         )
+    if case["rpc"] == "RegisterSharedMemory":
+        client.create_shared_memory(request["byte_size"], prefix=request["prefix"]).close()
+        return None
     if case["rpc"] == "Infer":
-        images = [image_bytes(spec) for spec in request["images"]]
-        if not images:  # the SDK refuses an empty list itself; send the raw request to test the server
-            return client._unary(client._inference.Infer, inference_pb2.InferRequest(), None)
-        return client.infer(images, **common)
+        with contextlib.ExitStack() as regions:
+            images = [image_input(client, spec, regions) for spec in request["images"]]
+            if not images:  # the SDK refuses an empty list itself; send the raw request to test the server
+                return client._unary(client._inference.Infer, inference_pb2.InferRequest(), None)
+            return client.infer(images, **common)
     sources = [s.get("path") or s.get("url") for s in request["sources"]]
     stream_options = request.get("stream_options", {})
     stream = client.stream(
@@ -166,10 +187,11 @@ def mask_is_lower_right_half(d: Detection) -> bool:
 def plain_server(
     base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """Like the harness's plain server: the built-ins plus the derived pose and segmentation models."""
+    """Like the harness's plain server: the built-ins plus the derived pose and segmentation models, shared
+    memory on."""
     repository = tmp_path_factory.mktemp("conformance-models")
     install_conformance_models(repository)
-    running = start_server(dataclasses.replace(base_config, model_repository=repository))
+    running = start_server(dataclasses.replace(base_config, model_repository=repository, shared_memory=True))
     running.server.wait_until_ready(timeout_s=300)
     yield running
     running.server.stop(grace_s=0.5)

@@ -35,9 +35,11 @@ type conformanceCase struct {
 	Name string `json:"name"`
 	RPC  string `json:"rpc"`
 	// Server is "" (the plain server) or "recycling" (connections recycled every ~2 s).
-	Server  string          `json:"server"`
-	Request json.RawMessage `json:"request"`
-	Expect  expectation     `json:"expect"`
+	Server string `json:"server"`
+	// Requires names a feature the case needs: "shared_memory" (clients on the server's host).
+	Requires string          `json:"requires"`
+	Request  json.RawMessage `json:"request"`
+	Expect   expectation     `json:"expect"`
 }
 
 type inferRequestSpec struct {
@@ -47,8 +49,25 @@ type inferRequestSpec struct {
 }
 
 type imageSpec struct {
-	File   string `json:"file"`
-	Base64 string `json:"base64"`
+	File         string            `json:"file"`
+	Base64       string            `json:"base64"`
+	SharedMemory *sharedMemorySpec `json:"shared_memory"`
+}
+
+// sharedMemorySpec is a photo written into a region of its own (its reference's offset overridden by Offset),
+// or a reference to a Region nobody registered.
+type sharedMemorySpec struct {
+	File   string  `json:"file"`
+	Offset *uint64 `json:"offset"`
+	Region string  `json:"region"`
+	Width  uint32  `json:"width"`
+	Height uint32  `json:"height"`
+}
+
+// registerSpec is a RegisterSharedMemory case: a region of ByteSize bytes named under Prefix.
+type registerSpec struct {
+	Prefix   string `json:"prefix"`
+	ByteSize int    `json:"byte_size"`
 }
 
 // optionsSpec is InferOptions in proto field names, mapped onto the client's InferOptions.
@@ -193,6 +212,8 @@ func TestConformance(t *testing.T) {
 				runStreamCase(ctx, t, client, tc)
 			case "InferStream":
 				runInferStreamCase(ctx, t, client, tc)
+			case "RegisterSharedMemory":
+				runRegisterCase(ctx, t, client, tc)
 			default:
 				t.Fatalf("unknown rpc %q", tc.RPC)
 			}
@@ -207,6 +228,10 @@ func runInferCase(ctx context.Context, t *testing.T, client *visionrpc.Client, t
 	}
 	images := make([]visionrpc.Image, len(spec.Images))
 	for i, im := range spec.Images {
+		if im.SharedMemory != nil {
+			images[i] = sharedMemoryImage(ctx, t, client, im.SharedMemory)
+			continue
+		}
 		images[i] = caseImage(t, im)
 	}
 	opts := inferOptions(spec.Options)
@@ -288,6 +313,42 @@ func runInferStreamCase(ctx context.Context, t *testing.T, client *visionrpc.Cli
 			t.Fatalf("answers[%d]: unknown expectation %+v", i, want)
 		}
 	}
+}
+
+// sharedMemoryImage writes the spec's photo (RGB) into a region made for it, closed when the test ends.
+func sharedMemoryImage(ctx context.Context, t *testing.T, client *visionrpc.Client, spec *sharedMemorySpec) visionrpc.Image {
+	t.Helper()
+	if spec.Region != "" {
+		return visionrpc.ImageFromSharedMemory(spec.Region, 0, spec.Width, spec.Height, rgbOrder)
+	}
+	pixels, width, height := photoRGB(t, spec.File)
+	region := createRegion(ctx, t, client, len(pixels))
+	if _, err := region.Write(pixels, 0, width, height, rgbOrder); err != nil {
+		t.Fatal(err)
+	}
+	offset := uint64(0)
+	if spec.Offset != nil {
+		offset = *spec.Offset
+	}
+	return visionrpc.ImageFromSharedMemory(region.Name, offset, width, height, rgbOrder)
+}
+
+func runRegisterCase(ctx context.Context, t *testing.T, client *visionrpc.Client, tc conformanceCase) {
+	var spec registerSpec
+	if err := decodeStrict(tc.Request, &spec); err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	region, err := client.CreateSharedMemory(ctx, spec.ByteSize, visionrpc.WithSharedMemoryPrefix(spec.Prefix))
+	if err == nil {
+		_ = region.Close()
+	}
+	if tc.Expect.Code == nil {
+		if err != nil {
+			t.Fatalf("CreateSharedMemory: %v", err)
+		}
+		return
+	}
+	checkError(t, err, tc.Expect)
 }
 
 func caseImage(t *testing.T, spec imageSpec) visionrpc.Image {
