@@ -149,6 +149,27 @@ public sealed class VisionRpcClient : IDisposable
         new(StreamCallAsync, () => _disposed, request, deadline, cancellationToken,
             _options.ResumeStreams, _options.MaxResumeAttempts);
 
+    /// <summary>
+    /// Infers frames the caller sends on one bidirectional call (a camera it owns): one <see cref="FrameResult"/>
+    /// per frame, in the order sent, with the batching, tracking and analytics of a server-side stream.
+    /// <paramref name="config"/> sets the model, options, analytics, MaxInFlight (0: the server's 8, at most 64) and
+    /// Backpressure: WAIT (the default) makes the server stop reading while MaxInFlight frames are unanswered, so
+    /// <paramref name="frames"/> is consumed no faster than the server infers; DROP answers frames past it
+    /// <c>Dropped</c>. A refused frame is a result with <c>Error</c>; errors of the call itself (unknown model, bad
+    /// options) throw <see cref="VisionRpcException"/> from the enumeration, and so does, after the answers before
+    /// it, whatever <paramref name="frames"/> throws. Cancel the token (or stop enumerating) to end the call.
+    /// </summary>
+    public async IAsyncEnumerable<FrameResult> InferStreamAsync(
+        IAsyncEnumerable<FrameInput> frames, InferStreamConfig? config = null, DateTime? deadline = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var call = _targets[Volatile.Read(ref _current)].Inference.InferStream(
+            deadline: deadline, cancellationToken: cancellationToken);
+        await foreach (var result in InferStreamCall.RunAsync(call, config ?? new InferStreamConfig(), frames, cancellationToken))
+            yield return result;
+    }
+
     public Task<ListModelsResponse> ListModelsAsync(CancellationToken cancellationToken = default) =>
         Unary(t => t.Models.ListModelsAsync(new ListModelsRequest(), Deadline(), cancellationToken: cancellationToken).ResponseAsync, cancellationToken);
 

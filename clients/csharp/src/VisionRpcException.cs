@@ -23,9 +23,15 @@ public sealed class VisionRpcException : Exception
     public bool Retryable => Code == StatusCode.Unavailable;
 
     private VisionRpcException(RpcException inner, ErrorInfo? info, BadRequest? badRequest, RetryInfo? retry)
-        : base($"{inner.StatusCode}: {inner.Status.Detail}", inner)
+        : this(inner.StatusCode, inner.Status.Detail, inner, info, badRequest, retry)
     {
-        Code = inner.StatusCode;
+    }
+
+    private VisionRpcException(
+        StatusCode code, string message, Exception? inner, ErrorInfo? info, BadRequest? badRequest, RetryInfo? retry)
+        : base($"{code}: {message}", inner)
+    {
+        Code = code;
         Reason = info?.Reason ?? "";
         Domain = info?.Domain ?? "";
         Metadata = info is null ? new Dictionary<string, string>() : new Dictionary<string, string>(info.Metadata);
@@ -44,4 +50,16 @@ public sealed class VisionRpcException : Exception
             status?.GetDetail<BadRequest>(),
             status?.GetDetail<RetryInfo>());
     }
+
+    /// <summary>
+    /// Decodes a google.rpc.Status carried inside a message (an InferStream frame's error) like a failed call's.
+    /// </summary>
+    public static VisionRpcException FromStatus(Google.Rpc.Status status) =>
+        new(
+            (StatusCode)status.Code,
+            status.Message,
+            null,
+            status.GetDetail<ErrorInfo>(),
+            status.GetDetail<BadRequest>(),
+            status.GetDetail<RetryInfo>());
 }
