@@ -3,20 +3,23 @@ back-pressure (WAIT and DROP, seen from the server's side), cancellation."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import RunningServer, wait_for
+from conftest import RunningServer, start_server, wait_for
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 from media import media
 from visionrpc.server.analytics.analyzer import StreamAnalyzer
+from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import BoundingBox, Detection, ImageSize, Prediction
 from visionrpc.server.servicers.stream_convert import stream_analytics_from_proto
 from visionrpc.server.streams import pushed
@@ -411,3 +414,79 @@ def test_bad_analytics_end_the_call(
     violations = error_details_pb2.BadRequest()
     assert any(d.Unpack(violations) for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
     assert violations.field_violations[0].field.startswith(field), violations
+
+
+def raw_infer_stream(channel: grpc.Channel) -> Any:
+    """InferStream with requests sent as raw bytes, so malformed and oversized messages can be sent."""
+    return channel.stream_stream(
+        "/visionrpc.v1.InferenceService/InferStream",
+        request_serializer=None,
+        response_deserializer=inference_pb2.InferStreamResponse.FromString,
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "reason"),
+    [
+        (b"\xff\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
+        (
+            frame(1, types_pb2.Image(encoded=bytes(17 * 1024 * 1024))).SerializeToString(),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+        ),
+    ],
+    ids=["malformed", "too-large"],
+)
+def test_a_bad_message_ends_the_call_after_the_frames_before_it(
+    server: RunningServer, bad: bytes, code: grpc.StatusCode, reason: str
+) -> None:
+    good = frame(0, types_pb2.Image(encoded=bikes_jpegs()[0])).SerializeToString()
+    answers = []
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        for answer in raw_infer_stream(channel)(iter([config().SerializeToString(), good, bad]), timeout=60):
+            answers.append(answer)
+    assert [a.WhichOneof("outcome") for a in answers] == ["prediction"]
+    assert caught.value.code() == code  # type: ignore[attr-defined]
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None and reason_of(status) == reason
+
+
+@pytest.fixture(scope="module")
+def keyed_server(
+    base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    folder = tmp_path_factory.mktemp("keys")
+    (folder / "api-keys").write_text("stream-key\n")
+    running = start_server(
+        dataclasses.replace(
+            base_config, model_repository=folder / "models", api_keys_file=str(folder / "api-keys")
+        )
+    )
+    running.server.wait_until_ready(timeout_s=300)
+    yield running
+    running.server.stop(grace_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code"),
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer wrong-key"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer stream-key"),), grpc.StatusCode.OK),
+    ],
+    ids=["no-key", "wrong-key", "right-key"],
+)
+def test_the_access_policy_applies(
+    keyed_server: RunningServer, metadata: tuple[tuple[str, str], ...], code: grpc.StatusCode
+) -> None:
+    requests = [config(), frame(0, types_pb2.Image(encoded=bikes_jpegs()[0]))]
+    with grpc.insecure_channel(keyed_server.address) as channel:
+        call = inference_pb2_grpc.InferenceServiceStub(channel).InferStream(
+            iter(requests), metadata=metadata, timeout=60
+        )
+        if code is grpc.StatusCode.OK:
+            assert [a.WhichOneof("outcome") for a in call] == ["prediction"]
+        else:
+            with pytest.raises(grpc.RpcError) as caught:
+                list(call)
+            assert caught.value.code() == code  # type: ignore[attr-defined]
