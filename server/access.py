@@ -1,7 +1,7 @@
 """Who may call what: API keys for every call, a separate set of admin keys for model control.
 
     --api-keys-file    any call needs one of these keys (or an admin key)
-    --admin-keys-file  LoadModel and UnloadModel need one of these
+    --admin-keys-file  LoadModel and UnloadModel, StartPipeline and StopPipeline need one of these
 
 A key travels as `authorization: Bearer <key>` (what gRPC's access-token call credentials send) or as
 `x-api-key: <key>`. With no key file configured, calls are not checked (a mesh doing mTLS may authenticate
@@ -33,7 +33,13 @@ __all__ = ["MODEL_CONTROL_METHODS", "AccessPolicy", "KeyFile", "presented_key"]
 logger = logging.getLogger(__name__)
 
 MODEL_CONTROL_METHODS = frozenset(
-    {"/visionrpc.v1.ModelService/LoadModel", "/visionrpc.v1.ModelService/UnloadModel"}
+    {
+        "/visionrpc.v1.ModelService/LoadModel",
+        "/visionrpc.v1.ModelService/UnloadModel",
+        # Declared pipelines: stopping one silences its sinks, so it is control, not inference.
+        "/visionrpc.v1.PipelineService/StartPipeline",
+        "/visionrpc.v1.PipelineService/StopPipeline",
+    }
 )
 _RECHECK_S = 1.0  # a key file is stat'ed at most this often
 _MAX_KEY_BYTES = 4096
@@ -147,13 +153,13 @@ class AccessPolicy:
                 return
             if key is None:
                 raise UnauthenticatedError(
-                    "model control needs an admin key: send `authorization: Bearer <key>`",
+                    "this method needs an admin key: send `authorization: Bearer <key>`",
                     reason="MISSING_API_KEY",
                     metadata={"method": method},
                 )
             if self.api_keys is not None and self.api_keys.matches(key):
                 raise PermissionDeniedError(
-                    "this key may not load or unload models: model control needs an admin key",
+                    "this key may not control models or pipelines: that needs an admin key",
                     reason="ADMIN_KEY_REQUIRED",
                     metadata={"method": method},
                 )

@@ -37,6 +37,8 @@ from visionrpc.v1 import (
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    pipelines_pb2,
+    pipelines_pb2_grpc,
     shared_memory_pb2,
     shared_memory_pb2_grpc,
 )
@@ -44,6 +46,8 @@ from visionrpc.v1 import (
 from . import metrics
 from .access import AccessPolicy
 from .config import ServerConfig
+from .declared.config import DeclaredPipeline, PipelinesFileError, load_pipelines_file
+from .declared.supervisor import Supervisor
 from .errors import VisionRpcError
 from .logs import configure_logging
 from .manifest import ResolvedModel
@@ -56,19 +60,30 @@ from .scheduler import BatchSettings
 from .servicers.inference import InferenceServicer
 from .servicers.interceptors import CallInterceptor
 from .servicers.models import ModelServicer
+from .servicers.pipelines import PipelineServicer
 from .servicers.shared_memory import SharedMemoryServicer
 from .servicers.transport import TransportGuard, add_services, core_receive_limit
 from .shared_memory import SharedMemoryLimits, SharedMemoryRegistry
 from .streams.manager import StreamManager
+from .streams.source_policy import SourcePolicy
 from .tls import TlsFiles, server_credentials
 from .tracing import enable_tracing
 
-__all__ = ["INFERENCE_SERVICE", "MODEL_SERVICE", "VisionRpcServer", "create_server", "grpc_server", "serve"]
+__all__ = [
+    "INFERENCE_SERVICE",
+    "MODEL_SERVICE",
+    "PIPELINE_SERVICE",
+    "VisionRpcServer",
+    "create_server",
+    "grpc_server",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
 INFERENCE_SERVICE: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 MODEL_SERVICE: str = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+PIPELINE_SERVICE: str = pipelines_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
 SHARED_MEMORY_SERVICE: str = shared_memory_pb2.DESCRIPTOR.services_by_name["SharedMemoryService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -148,11 +163,13 @@ class VisionRpcServer:
         workers: ThreadPoolExecutor,
         stop_tracing: Callable[[], None] | None = None,
         shared_memory: SharedMemoryRegistry | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
         self.models = models
         self.streams = streams
         self.shared_memory = shared_memory
+        self.supervisor = supervisor  # the pipelines file's pipelines
         self._runtime = runtime
         self._server = server
         self._health = health_servicer
@@ -166,6 +183,8 @@ class VisionRpcServer:
 
     def start(self) -> None:
         self._runtime.call(self._start())
+        if self.supervisor is not None:  # once listening: their subscribers can join by name at once
+            self.supervisor.start_all()
         if self.config.metrics_port:
             self._stop_metrics, self.metrics_port = metrics.serve_metrics(
                 self.config.host, self.config.metrics_port, self._state()
@@ -218,6 +237,8 @@ class VisionRpcServer:
             time.sleep(self.config.shutdown_notice_s)
         logger.info("shutting down: draining in-flight calls for up to %.1f s", grace)
         self._runtime.call(self._drain(grace))
+        if self.supervisor is not None:  # their streams ended in the drain: this waits for the sinks to flush
+            self.supervisor.close()
         self.models.close()
         self._workers.shutdown(wait=False, cancel_futures=True)
         self._runtime.close()
@@ -344,6 +365,14 @@ def grpc_server(
     )
 
 
+def declared_pipelines(config: ServerConfig) -> tuple[DeclaredPipeline, ...]:
+    """The pipelines of `config.pipelines_file` (none without one). Raises PipelinesFileError."""
+    if not config.pipelines_file:
+        return ()
+    policy = SourcePolicy.from_config(config)
+    return load_pipelines_file(Path(config.pipelines_file), policy, config.default_model)
+
+
 def create_server(config: ServerConfig, *, models: ModelManager | None = None) -> tuple[VisionRpcServer, int]:
     """Builds the server and binds its port (port 0 picks a free one); returns it unstarted with the port.
 
@@ -351,20 +380,24 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
         models: a model manager to serve instead of `build_model_manager(config)`'s (tests use one with a
             stand-in engine builder); the server closes it when it stops.
     """
-    # Configuration mistakes (TLS files, key files) stop the server here, before anything starts.
+    # Configuration mistakes (TLS files, key files, the pipelines file) stop the server here, before anything
+    # starts.
     tls = TlsFiles.from_settings(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
     credentials = server_credentials(tls) if tls is not None else None
     access = AccessPolicy.from_files(
         config.api_keys_file, config.admin_keys_file, config.auth_exempt_services
     )
+    declared = declared_pipelines(config)
     models = models if models is not None else build_model_manager(config)
     streams = StreamManager(models, config)
+    supervisor = Supervisor(declared, streams)
     shared_memory = SharedMemoryRegistry(
         SharedMemoryLimits(
             enabled=config.shared_memory,
             prefix=config.shared_memory_prefix,
             max_region_bytes=config.shared_memory_max_region_bytes,
             max_regions=config.shared_memory_max_regions,
+            linger_s=config.shared_memory_linger_s,
         )
     )
     workers = started_pool(config.cpu_workers, "visionrpc-worker")
@@ -390,9 +423,10 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             guard,
             (
                 inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-                InferenceServicer(models, streams, config, workers, shared_memory),
+                InferenceServicer(models, streams, config, workers, shared_memory, pipelines=supervisor),
             ),
             (models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(models)),
+            (pipelines_pb2_grpc.add_PipelineServiceServicer_to_server, PipelineServicer(supervisor)),
             (
                 shared_memory_pb2_grpc.add_SharedMemoryServiceServicer_to_server,
                 SharedMemoryServicer(shared_memory),
@@ -403,6 +437,7 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             (
                 INFERENCE_SERVICE,
                 MODEL_SERVICE,
+                PIPELINE_SERVICE,
                 SHARED_MEMORY_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -424,15 +459,20 @@ def create_server(config: ServerConfig, *, models: ModelManager | None = None) -
             stop_tracing()
         raise
     server_ = VisionRpcServer(
-        config, runtime, server, health_servicer, models, streams, workers, stop_tracing, shared_memory
-    )
+        config, runtime, server, health_servicer, models, streams, workers, stop_tracing, shared_memory,
+        supervisor,
+    )  # fmt: skip
     return server_, port
 
 
 def serve(config: ServerConfig) -> int:
     """Runs the server until SIGTERM or SIGINT, then shuts down gracefully. Returns the exit code."""
     configure_logging(config.log_level, config.log_format)
-    server, port = create_server(config)
+    try:
+        server, port = create_server(config)
+    except PipelinesFileError as exc:  # the operator's mistake: say where, without a traceback
+        logger.error("%s", exc)
+        return 2
     stop_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -6,6 +6,7 @@
     visionrpc models pull NAME... [--cache-dir DIR]                install built-ins offline, no server needed
     visionrpc models add NAME MODEL.onnx --decoder D --input-size W[xH] ...   add a model to a repository
     visionrpc models import-darknet NAME CFG WEIGHTS --class-names FILE     convert and add a Darknet model
+    visionrpc pipelines list | status NAME | start NAME | stop NAME [--json]   declared pipelines
     visionrpc health [--service NAME]                              exit 0 only when SERVING
 
 Client commands reach the server at --address (env VISIONRPC_ADDRESS, default 127.0.0.1:50051). Exit codes:
@@ -55,6 +56,7 @@ from .cli_common import (
     write_json,
 )
 from .cli_models import add_repository_commands
+from .cli_pipelines import add_pipelines_command
 from .cli_stream import add_stream_command
 from .config import ServerConfig, add_server_arguments
 
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_cmd_models_action, action=action)
     add_repository_commands(model_commands)
     add_stream_command(commands, [client, json_flag])
+    add_pipelines_command(commands, [client, json_flag])
 
     health = commands.add_parser(
         "health", parents=[client], help="check the server's health (exit 0: SERVING)"

@@ -2,6 +2,7 @@
 
     visionrpc stream clips/bikes.mp4 --json          one JSON object per line (JSON Lines), one per message
     visionrpc stream rtsp://cam/live --max-fps 5     human-readable lines until Ctrl-C
+    visionrpc stream --pipeline bikes-gate           watch a pipeline of the server's pipelines file
 
 File paths are resolved by the server below its media root; URLs and device indexes (digits) pass as they are.
 """
@@ -28,6 +29,9 @@ def add_stream_command(commands: CommandAdder, parents: list[argparse.ArgumentPa
     )
     stream.add_argument("sources", nargs="*", metavar="SOURCE", help="path, URL, or device index")
     stream.add_argument("--stream-id", help="join a running stream by id instead of naming sources")
+    stream.add_argument(
+        "--pipeline", metavar="NAME", help="watch a declared pipeline (see `visionrpc pipelines list`)"
+    )
     stream.add_argument("--model", metavar="ID", help="'name' or 'name/version' (default: the server's)")
     stream.add_argument("--max-fps", type=float, metavar="F", help="cap on processed frames per second")
     stream.add_argument("--confidence", type=float, metavar="F", help="minimum confidence in [0, 1]")
@@ -39,8 +43,8 @@ def add_stream_command(commands: CommandAdder, parents: list[argparse.ArgumentPa
 
 
 def _cmd_stream(ns: argparse.Namespace) -> int:
-    if not ns.sources and not ns.stream_id:
-        raise UsageError("give at least one SOURCE, or --stream-id")
+    if not ns.sources and not ns.stream_id and not ns.pipeline:
+        raise UsageError("give at least one SOURCE, or --stream-id, or --pipeline")
     sources: list[str | int] = [int(s) if s.isdigit() else s for s in ns.sources]
     # A stream has no deadline unless --timeout asks for one: it lasts as long as its source.
     with client_for(ns) as client:
@@ -48,6 +52,7 @@ def _cmd_stream(ns: argparse.Namespace) -> int:
             sources,
             model=ns.model,
             stream_id=ns.stream_id,
+            pipeline=ns.pipeline,
             max_fps=ns.max_fps,
             confidence=ns.confidence,
             classes=parse_classes(ns.classes),

@@ -89,6 +89,9 @@ class ServerConfig:
     reconnect_max_backoff_s: float = 10.0
     source_open_timeout_s: float = 5.0
     source_read_timeout_s: float = 5.0
+    # Declared pipelines (server/declared/config.py, docs/pipelines.md): a YAML file of named pipelines that
+    # start with the server and feed sinks; "" for none. A bad file stops the server at start-up.
+    pipelines_file: str = ""
     # Connections: pings keep idle connections through NATs and proxies alive; a bounded connection age
     # makes clients reconnect now and then so L7 load balancers in a mesh can rebalance them. A stream still
     # open when the grace runs out is cut, and the SDKs resume it on a new connection without loss.
@@ -241,12 +244,18 @@ def _parse(name: str, text: str, default: object) -> object:
         raise ValueError(f"VISIONRPC_{name.upper()}: {exc}") from None
 
 
+# Flags whose name is not the field's: `serve --pipelines FILE` reads better than --pipelines-file.
+_FLAG_NAMES = {"pipelines_file": "--pipelines"}
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per ServerConfig field; unset flags stay None so the environment can fill them."""
     defaults = ServerConfig()
     for f in fields(ServerConfig):
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
+        if f.name in _FLAG_NAMES:
+            flag = _FLAG_NAMES[f.name]
         env = "VISIONRPC_" + f.name.upper()
         help_text = f"(env {env}; default {_show(default)})"
         if isinstance(default, bool):

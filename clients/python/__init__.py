@@ -37,6 +37,7 @@ from ._exceptions import (
 )
 from ._infer_stream import FrameResult, InferStream, InputFrame
 from ._pipeline_key import PIPELINE_KEY_HEADER, pipeline_key
+from ._pipelines import LineCounts, PipelineInfo, Pipelines, PipelineState, SinkStatus, ZoneCounts
 from ._resume import ResumePolicy
 from ._shared_memory import SharedMemoryImage, SharedMemoryRegion
 from ._stream import PredictionStream, ResumeInfo, SourceInfo, StreamEvent, StreamFrame, StreamStatus
@@ -88,6 +89,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "Keypoint",
+    "LineCounts",
     "Mask",
     "ModelDefaults",
     "ModelInfo",
@@ -96,12 +98,16 @@ __all__ = [
     "ModelTask",
     "NotFoundError",
     "PermissionDeniedError",
+    "PipelineInfo",
+    "PipelineState",
+    "Pipelines",
     "PredictionStream",
     "ResourceExhaustedError",
     "ResumeInfo",
     "ResumePolicy",
     "SharedMemoryImage",
     "SharedMemoryRegion",
+    "SinkStatus",
     "SourceInfo",
     "StreamEvent",
     "StreamFrame",
@@ -112,6 +118,7 @@ __all__ = [
     "UnexpectedStatusError",
     "UseClientDefault",
     "VisionRpcError",
+    "ZoneCounts",
     "annotate",
     "from_rpc_error",
     "from_status",

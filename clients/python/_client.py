@@ -22,6 +22,7 @@ from visionrpc.v1 import (
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    pipelines_pb2_grpc,
     shared_memory_pb2,
     shared_memory_pb2_grpc,
 )
@@ -39,6 +40,7 @@ from ._convert import (
 from ._exceptions import map_rpc_errors
 from ._infer_stream import InferStream, InputFrame, build_infer_stream_config
 from ._pipeline_key import pipeline_metadata
+from ._pipelines import Pipelines
 from ._resume import ResumePolicy
 from ._shared_memory import DEFAULT_SHARED_MEMORY_PREFIX, SharedMemoryRegion
 from ._stream import PredictionStream, build_stream_request
@@ -119,6 +121,10 @@ class Client:
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._health = _health_pb2_grpc.HealthStub(self._channel)
         self._shared_memory = shared_memory_pb2_grpc.SharedMemoryServiceStub(self._channel)
+        # The server's declared pipelines: client.pipelines.list() / get / start / stop.
+        self.pipelines = Pipelines(
+            pipelines_pb2_grpc.PipelineServiceStub(self._channel), self._unary, USE_CLIENT_DEFAULT
+        )
         self._closed = False
         self._lock = threading.Lock()
 
@@ -214,6 +220,7 @@ class Client:
         *,
         model: str | None = None,
         stream_id: str | None = None,
+        pipeline: str | None = None,
         max_fps: float | None = None,
         frame_policy: Literal["every_frame", "newest_frame"] | None = None,
         every_frame_delivery: bool = False,
@@ -229,7 +236,8 @@ class Client:
         """Subscribes to the predictions of a server-side video pipeline.
 
         Identical requests share one pipeline on the server (decoded and inferred once); `stream_id` joins a
-        running one instead (every message carries its stream id).
+        running one instead (every message carries its stream id); `pipeline` watches a pipeline declared in
+        the server's pipelines file by name (`client.pipelines.list()`), and the options are then its own.
 
         Args:
             sources: file paths below the server's media root ("clips/bikes.mp4"), URLs ("rtsp://...",
@@ -254,6 +262,7 @@ class Client:
             sources,
             model=model,
             stream_id=stream_id,
+            pipeline=pipeline,
             options=options_to_proto(
                 confidence=confidence, iou=iou, max_detections=max_detections, classes=classes, top_k=None
             ),

@@ -144,6 +144,7 @@ def build_stream_request(
     model: str | None,
     stream_id: str | None,
     options: Any,
+    pipeline: str | None = None,
     max_fps: float | None,
     frame_policy: Literal["every_frame", "newest_frame"] | None,
     every_frame_delivery: bool,
@@ -164,6 +165,7 @@ def build_stream_request(
         sources=[_source(s) for s in sources],
         options=options,
         stream_options=stream_options,
+        pipeline=pipeline or "",
     )
 
 

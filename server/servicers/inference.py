@@ -27,19 +27,26 @@ from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 from .. import metrics
 from ..budget import PixelBudget, Reservation
 from ..config import ServerConfig
+from ..declared.supervisor import Supervisor
 from ..domain import InferOptions
-from ..errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
+from ..errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
 from ..predictor import InputImage, Pending
 from ..processing import DecodeOptions
 from ..scheduler import Origin
 from ..shared_memory import SharedMemoryRegistry
-from ..streams.manager import StreamManager, StreamRequest
+from ..streams.manager import STOPPED_REASON, StreamManager, StreamRequest
 from ..streams.pipeline import SHUTDOWN_REASON
 from ..streams.source_policy import SourcePolicy, resolve_source
 from ..streams.subscription import Subscription
-from ..streams.types import SourceSpec, StreamEnd
+from ..streams.types import Delivery, ResumeGap, ResumeOutcome, ResumePoint, SourceSpec, StreamEnd
 from ..tracing import record_pipeline
 from .convert import decode_request_image, infer_options_from_proto, infer_response, request_pixels
 from .infer_stream import InferStreamHandler
@@ -69,9 +76,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         config: ServerConfig,
         workers: Executor,
         shared_memory: SharedMemoryRegistry | None = None,
+        pipelines: Supervisor | None = None,
     ) -> None:
         """`workers`: the bounded pool for requests' CPU work (decode, preprocess, NMS). `shared_memory`:
-        the registry that images in shared memory are read from (None: such images are refused)."""
+        the registry that images in shared memory are read from (None: such images are refused).
+        `pipelines`: the declared pipelines that StreamPredictions(pipeline=NAME) joins (None: none)."""
+        self._pipelines = pipelines
         self._models = models
         self._shared_memory = shared_memory
         self._streams = streams
@@ -228,7 +238,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         delivery = delivery_from_proto(request.stream_options)
         resume = resume_point_from_proto(request)
         opener: Callable[[], Subscription]
-        if request.stream_id and resume is None:
+        if request.pipeline:
+            opener = functools.partial(self._join_pipeline, request.pipeline, delivery, resume)
+        elif request.stream_id and resume is None:
             opener = functools.partial(self._streams.join, request.stream_id, delivery)
         elif resume is None:
             opener = functools.partial(self._streams.subscribe, self._stream_request(request), delivery)
@@ -241,6 +253,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except asyncio.CancelledError:
             job.add_done_callback(_close_subscription_of)
             raise
+
+    def _join_pipeline(self, name: str, delivery: Delivery, resume: ResumePoint | None) -> Subscription:
+        """A declared pipeline's running stream (NOT_FOUND: no such pipeline; FAILED_PRECONDITION
+        PIPELINE_NOT_RUNNING: not running now). A resumer continues on the stream it watched if it still runs
+        here, else on the pipeline's present stream (RESTARTED)."""
+        if self._pipelines is None:
+            raise NotFoundError(
+                f"no pipeline named {name!r} is declared on this server", reason="PIPELINE_NOT_FOUND"
+            )
+        if resume is not None:
+            try:
+                return self._streams.join(resume.stream_id, delivery, resume_after=resume.after_cursor)
+            except NotFoundError:
+                subscription = self._pipelines.subscribe(name, delivery)
+                subscription.gap = ResumeGap(ResumeOutcome.RESTARTED, resume.stream_id)
+                return subscription
+        return self._pipelines.subscribe(name, delivery)
 
     def _stream_request(self, request: inference_pb2.StreamPredictionsRequest) -> StreamRequest:
         model_id = ModelId.parse(request.model_id or self._config.default_model)
@@ -270,8 +299,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def _raise_for_end(end: StreamEnd, stream_id: str) -> None:
-    """A stream's end as the call's status: OK, retryable UNAVAILABLE (the server is draining: resume
-    elsewhere), or FAILED_PRECONDITION (a source failed)."""
+    """A stream's end as the call's status: OK (its files ended, or its declared pipeline was stopped),
+    retryable UNAVAILABLE (the server is draining: resume elsewhere), or FAILED_PRECONDITION (a source
+    failed)."""
+    if end.error == STOPPED_REASON:
+        return
     if end.error == SHUTDOWN_REASON:
         raise UnavailableError(
             f"stream {stream_id[:8]} ended: {end.error}; resume it on another server",

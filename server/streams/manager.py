@@ -48,13 +48,15 @@ from .types import (
     StreamOptions,
 )
 
-__all__ = ["PipelineKey", "StreamManager", "StreamRequest"]
+__all__ = ["STOPPED_REASON", "PipelineKey", "StreamManager", "StreamRequest"]
 
 logger = logging.getLogger(__name__)
 
 # A pipeline that stops between being found and being joined is replaced; more than a few in a row is a bug.
 _JOIN_ATTEMPTS = 3
 _CLOSE_TIMEOUT_S = 10.0
+# The end a stopped declared pipeline's subscribers receive: a normal end for them, not a failure.
+STOPPED_REASON = "the pipeline was stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,25 +138,42 @@ class StreamManager:
                 "every-frame delivery needs file sources; live sources run in real time",
                 reason="EVERY_FRAME_DELIVERY_UNAVAILABLE",
             )
-        # The model's one lease for this request: handed to a new pipeline, released when joining one.
-        lease = self._models.lease(request.model_id)
-        try:
-            # Class filters are checked against this model's classes: the servicer does not know them.
-            validate_analytics(
-                request.stream_options.analytics, lease.predictor.model.manifest.class_names,
-                "stream_options.analytics", sources=len(request.sources),
-            )  # fmt: skip
-            key = PipelineKey(
-                sources=tuple((spec.kind, spec.location, spec.start_frame) for spec in request.sources),
-                model=ModelId(lease.predictor.name, lease.predictor.version),
-                decode_options=lease.predictor.resolve_options(request.options),
-                options=request.stream_options,
-            )
-            check_face_model(self._models, request.stream_options.face_redaction)
-        except BaseException:
-            lease.release()
-            raise
+        key, lease = self._key_and_lease(request)
         return self._subscribe(key, request.sources, lease, delivery)
+
+    def start_private(self, request: StreamRequest, *, keep_pixels: bool = False) -> Subscription:
+        """Starts a pipeline of its own for `request` (a declared pipeline): never shared with identical
+        requests, joinable by its stream id, stopped by `stop` or when its subscribers are gone. Returns its
+        first (lossy) subscription, whose holder keeps it running.
+
+        Args:
+            keep_pixels: results carry the frame's pixels (FrameResult.pixels), for a sink that draws them.
+
+        Raises:
+            as `subscribe`.
+        """
+        if not request.sources:
+            raise InvalidArgumentError.for_field("sources", "expected at least one source")
+        key, lease = self._key_and_lease(request)
+        return self._subscribe(
+            key, request.sources, lease, Delivery.LOSSY, private=True, keep_pixels=keep_pixels
+        )
+
+    def stop(self, stream_id: str, reason: str = STOPPED_REASON) -> None:
+        """Stops a running pipeline now, whoever watches it: its subscribers receive StreamEnd(error=reason).
+        Does nothing when no pipeline runs under `stream_id`."""
+        with self._lock:
+            pipeline = self._by_id.get(stream_id)
+        if pipeline is not None:
+            pipeline.close(reason, timeout_s=0)
+
+    def pipeline_stats(self, stream_id: str) -> tuple[int, int] | None:
+        """(frames inferred, subscribers) of the pipeline running under `stream_id`; None when none runs."""
+        with self._lock:
+            pipeline = self._by_id.get(stream_id)
+        if pipeline is None:
+            return None
+        return pipeline.frames_inferred, pipeline.subscriber_count
 
     def resume(self, request: StreamRequest, point: ResumePoint, delivery: Delivery) -> Subscription:
         """Continues a broken subscription: on its pipeline when it still runs here (replayed from the ring),
@@ -184,15 +203,18 @@ class StreamManager:
         subscription.gap = ResumeGap(ResumeOutcome.RESTARTED, point.stream_id)
         return subscription
 
-    def join(self, stream_id: str, delivery: Delivery = Delivery.LOSSY) -> Subscription:
-        """Joins a running pipeline by its stream id; the first message is its STARTED status (once known).
+    def join(
+        self, stream_id: str, delivery: Delivery = Delivery.LOSSY, *, resume_after: int | None = None
+    ) -> Subscription:
+        """Joins a running pipeline by its stream id; the first message is its STARTED status (once known),
+        or with `resume_after` (a resumer's last cursor) what the replay ring holds after it (see `gap`).
 
         Raises:
             NotFoundError: reason STREAM_NOT_FOUND (unknown, or stopped).
             InvalidArgumentError: reason EVERY_FRAME_DELIVERY_UNAVAILABLE.
             ResourceExhaustedError: reason TOO_MANY_SUBSCRIBERS.
         """
-        subscription = self._join_running(stream_id, delivery)
+        subscription = self._join_running(stream_id, delivery, resume_after=resume_after)
         if subscription is None:
             raise _stream_not_found()
         return subscription
@@ -216,6 +238,28 @@ class StreamManager:
                 )
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _key_and_lease(self, request: StreamRequest) -> tuple[PipelineKey, ModelLease]:
+        """The request's pipeline key, and the model's one lease for this request: handed to a new pipeline,
+        released when joining one."""
+        lease = self._models.lease(request.model_id)
+        try:
+            # Class filters are checked against this model's classes: the servicer does not know them.
+            validate_analytics(
+                request.stream_options.analytics, lease.predictor.model.manifest.class_names,
+                "stream_options.analytics", sources=len(request.sources),
+            )  # fmt: skip
+            key = PipelineKey(
+                sources=tuple((spec.kind, spec.location, spec.start_frame) for spec in request.sources),
+                model=ModelId(lease.predictor.name, lease.predictor.version),
+                decode_options=lease.predictor.resolve_options(request.options),
+                options=request.stream_options,
+            )
+            check_face_model(self._models, request.stream_options.face_redaction)
+        except BaseException:
+            lease.release()
+            raise
+        return key, lease
 
     def _join_running(
         self, stream_id: str, delivery: Delivery, *, resume_after: int | None = None
@@ -244,20 +288,31 @@ class StreamManager:
             return self._join_running(stream_id, delivery, resume_after=resume_after)
 
     def _subscribe(
-        self, key: PipelineKey, sources: Sequence[SourceSpec], lease: ModelLease, delivery: Delivery
+        self,
+        key: PipelineKey,
+        sources: Sequence[SourceSpec],
+        lease: ModelLease,
+        delivery: Delivery,
+        *,
+        private: bool = False,
+        keep_pixels: bool = False,
     ) -> Subscription:
-        """Joins the shared pipeline of `key` or creates one; owns `lease` (gives it to a new pipeline)."""
+        """Joins the shared pipeline of `key` or creates one (always a new one when `private`); owns `lease`
+        (gives it to a new pipeline)."""
         owned: ModelLease | None = lease
         try:
             for _ in range(_JOIN_ATTEMPTS):
                 with self._lock:
                     self._check_open()
                     self._reserve_subscriber()
-                    pipeline = self._shared.get(key) if delivery is Delivery.LOSSY else None
+                    shared = delivery is Delivery.LOSSY and not private
+                    pipeline = self._shared.get(key) if shared else None
                     created = pipeline is None or pipeline.exclusive
                     if created:
                         try:
-                            pipeline = self._create(key, sources, lease, shared=delivery is Delivery.LOSSY)
+                            pipeline = self._create(
+                                key, sources, lease, shared=shared, keep_pixels=keep_pixels
+                            )
                         except ResourceExhaustedError:
                             self._subscribers -= 1
                             raise
@@ -303,7 +358,13 @@ class StreamManager:
             self._subscribers -= 1
 
     def _create(
-        self, key: PipelineKey, sources: Sequence[SourceSpec], lease: ModelLease, *, shared: bool
+        self,
+        key: PipelineKey,
+        sources: Sequence[SourceSpec],
+        lease: ModelLease,
+        *,
+        shared: bool,
+        keep_pixels: bool = False,
     ) -> Pipeline:
         """Caller holds the lock. Builds the pipeline object only; its first subscriber starts its threads."""
         limit = self._config.max_pipelines
@@ -326,6 +387,7 @@ class StreamManager:
             reconnect=self._reconnect,
             reader_factory=self._reader_factory,
             on_stopped=self._forget,
+            keep_pixels=keep_pixels,
             redactor=redactor_for(self._models, key.options.face_redaction),  # released with the pipeline
         )
         self._by_id[pipeline.stream_id] = pipeline

@@ -1,4 +1,4 @@
-"""The pipelines file: tables of good files with their values, and of bad ones with the path each error names."""
+"""The pipelines file: good files and the values read, bad ones and the field each error names."""
 
 from __future__ import annotations
 
