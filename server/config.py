@@ -130,6 +130,9 @@ class ServerConfig:
     shared_memory_prefix: str = "/visionrpc-"
     shared_memory_max_region_bytes: int = 1024 * MIB
     shared_memory_max_regions: int = 64
+    # A region whose client went away (its connection cut, e.g. by max_connection_age) stays registered this
+    # long, so the SDK registering it again on a new connection leaves requests no gap to fail in.
+    shared_memory_linger_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -186,6 +189,8 @@ class ServerConfig:
             raise ValueError(f'expected shared_memory_prefix like "/visionrpc-", got {prefix!r}')
         if self.shared_memory_max_region_bytes < 1 or self.shared_memory_max_regions < 1:
             raise ValueError("expected shared_memory_max_region_bytes and shared_memory_max_regions >= 1")
+        if self.shared_memory_linger_s < 0:
+            raise ValueError(f"expected shared_memory_linger_s >= 0, got {self.shared_memory_linger_s}")
 
     @property
     def cpu_workers(self) -> int:

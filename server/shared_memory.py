@@ -82,6 +82,7 @@ class SharedMemoryLimits:
     prefix: str = DEFAULT_PREFIX
     max_region_bytes: int = 1024 * 1024 * 1024
     max_regions: int = 64
+    linger_s: float = 2.0  # how long the servicer keeps the region of a client that went away
 
     def __post_init__(self) -> None:
         if len(self.prefix) < 2 or not self.prefix.startswith("/") or "/" in self.prefix[1:]:

@@ -2,7 +2,8 @@
 
 A region stays registered while its RegisterSharedMemory call is open: the call answers once, then waits.
 When the client cancels it or its connection drops, grpc.aio raises CancelledError in the handler and the
-region is unregistered there; UnregisterSharedMemory and server shutdown end the call OK instead. Opening
+region is unregistered there, after a short linger (`--shared-memory-linger-s`); UnregisterSharedMemory and
+server shutdown end the call OK instead. Opening
 and mapping a file in /dev/shm are a few system calls on tmpfs, so they run on the event loop.
 """
 
@@ -40,16 +41,26 @@ class SharedMemoryServicer(shared_memory_pb2_grpc.SharedMemoryServiceServicer):
             # Called from the thread that unregisters the region (the loop's, or the one stopping the server).
             on_end=lambda: loop.call_soon_threadsafe(ended.set),
         )
+        gone = True
         try:
             yield shared_memory_pb2.RegisterSharedMemoryResponse(
                 region=shared_memory_pb2.SharedMemoryRegion(
                     name=registration.name, byte_size=registration.byte_size
                 )
             )
-            await ended.wait()
+            await ended.wait()  # unregistered, replaced or shut down: released already
+            gone = False
         finally:
-            # Cancelled (client gone) or ended: either way the region is this call's no more.
-            self._registry.release(registration)
+            if gone:
+                # The client cancelled or its connection was cut (e.g. by max connection age): the SDKs
+                # register again on a new connection at once, and a linger leaves no moment in which their
+                # requests would find the region unknown. A registration again replaces this one, and then
+                # the release below finds it replaced and does nothing.
+                linger = self._registry.limits.linger_s
+                if linger > 0:
+                    loop.call_later(linger, self._registry.release, registration)
+                else:
+                    self._registry.release(registration)
 
     @map_errors
     async def UnregisterSharedMemory(  # noqa: N802

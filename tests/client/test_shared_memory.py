@@ -4,6 +4,8 @@ real regions in /dev/shm, real models, the holding call kept and renewed by the 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,6 +135,35 @@ def test_the_region_is_registered_again_when_the_server_drops_it(
         )
         assert wait_for(lambda: region.name in client.list_shared_memory(), timeout_s=30)
         assert wait_for(lambda: region.registered, timeout_s=30)
+
+
+def test_requests_never_miss_a_region_while_connections_are_recycled(
+    server: RunningServer, base_config: ServerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server cuts the holding call at each connection's max age; the SDK registers the region again on
+    a new connection, and the server's linger keeps the old registration meanwhile: no request in between
+    finds the region unknown."""
+    caplog.set_level(logging.INFO, logger="visionrpc.server.shared_memory")
+    config = dataclasses.replace(
+        base_config, shared_memory=True, max_connection_age_s=1.0, max_connection_age_grace_s=0.2
+    )
+    running = start_server(config)
+    try:
+        running.server.wait_until_ready(timeout_s=300)
+        coffee = photo("coffee.png")
+        with Client(running.address, timeout_s=60) as c, c.create_shared_memory(coffee.nbytes) as region:
+            image = region.write(coffee)
+
+            def registrations() -> int:
+                text = f"registered shared-memory region {region.name} "
+                return sum(r.getMessage().startswith(text) for r in caplog.records)
+
+            deadline = time.monotonic() + 120  # a bound on the loop, not a timing under test
+            while registrations() < 3:  # the first and two after cuts
+                assert c.infer(image).predictions[0].detections
+                assert time.monotonic() < deadline, "the holding call was not cut and renewed twice"
+    finally:
+        running.server.stop(grace_s=0.5)
 
 
 def test_many_threads_infer_from_their_own_slots_of_one_region(client: Client) -> None:

@@ -48,6 +48,7 @@ def shm_server(server: RunningServer, base_config: ServerConfig) -> Iterator[Run
         shared_memory=True,
         shared_memory_max_region_bytes=MAX_REGION_BYTES,
         shared_memory_max_regions=MAX_REGIONS,
+        shared_memory_linger_s=0.0,  # a client that goes away loses its region at once (one test lingers)
     )
     running = start_server(config)
     running.server.wait_until_ready(timeout_s=300)
