@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import queue
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,8 @@ from conftest import RunningServer, start_server, wait_for
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 from media import media
+from prometheus_client.parser import text_string_to_metric_families
+from streaming import free_port
 from visionrpc.server.analytics.analyzer import StreamAnalyzer
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.domain import BoundingBox, Detection, ImageSize, Prediction
@@ -490,3 +493,42 @@ def test_the_access_policy_applies(
             with pytest.raises(grpc.RpcError) as caught:
                 list(call)
             assert caught.value.code() == code  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def metered_server(
+    base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    config = dataclasses.replace(
+        base_config, model_repository=tmp_path_factory.mktemp("models"), metrics_port=free_port()
+    )
+    running = start_server(config)
+    running.server.wait_until_ready(timeout_s=300)
+    yield running
+    running.server.stop(grace_s=0.5)
+
+
+def test_calls_are_counted_by_their_final_code(metered_server: RunningServer) -> None:
+    with grpc.insecure_channel(metered_server.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        list(
+            stub.InferStream(
+                iter([config(), frame(0, types_pb2.Image(encoded=bikes_jpegs()[0]))]), timeout=60
+            )
+        )
+        with pytest.raises(grpc.RpcError):
+            list(stub.InferStream(iter([config(model_id="no-such-model")]), timeout=60))
+    url = f"http://127.0.0.1:{metered_server.server.metrics_port}/metrics"
+
+    def counted() -> set[str]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            sample.labels["code"]
+            for family in text_string_to_metric_families(text)
+            if family.name == "visionrpc_rpc_calls"
+            for sample in family.samples
+            if sample.labels.get("method") == "/visionrpc.v1.InferenceService/InferStream"
+        }
+
+    assert wait_for(lambda: {"OK", "NOT_FOUND"} <= counted())
