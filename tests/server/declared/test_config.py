@@ -211,3 +211,12 @@ def test_bad_files_name_the_file_pipeline_and_field(
 def test_an_unreadable_file_is_refused(tmp_path: Path, policy: SourcePolicy) -> None:
     with pytest.raises(PipelinesFileError, match="cannot read the pipelines file"):
         load_pipelines_file(tmp_path / "absent.yaml", policy, "yolov3-tiny-coco")
+
+
+def test_the_example_file_reads(media_root: Path) -> None:
+    """examples/pipelines.yaml, the README's example, stays valid."""
+    example = Path(__file__).parents[3] / "examples" / "pipelines.yaml"
+    policy = SourcePolicy(media_root, ("rtsp",), (), False)
+    (pipeline,) = load_pipelines_file(example, policy, "yolov3-tiny-coco")
+    assert pipeline.name == "bikes-gate" and pipeline.stream_options.analytics.lines
+    assert [config.name for config in pipeline.sinks] == ["webhook", "mqtt", "jsonl", "video"]

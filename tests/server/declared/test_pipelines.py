@@ -24,6 +24,7 @@ import pytest
 from conftest import RunningServer, start_server, wait_for
 from media import media
 from sink_receivers import MqttSubscriber, Receiver, running_broker, running_receiver
+from visionrpc.client import Client, FailedPreconditionError, NotFoundError, PipelineState
 from visionrpc.server.config import ServerConfig
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, pipelines_pb2, pipelines_pb2_grpc
 
@@ -307,3 +308,22 @@ def test_start_and_stop_need_an_admin_key(
     except grpc.RpcError as exc:
         outcome = exc.code()
     assert outcome == code
+
+
+def test_the_python_sdk(declared: Declared) -> None:
+    with Client(declared.server.address) as client:
+        listed = client.pipelines.list()
+        assert [p.name for p in listed] == ["gate", "broken", "hanging", "manual"]
+        manual = client.pipelines.get("manual")
+        assert manual.sources == ("bikes.mp4",) and manual.model_id == "yolov3-tiny-coco"
+        assert manual.state in (PipelineState.STOPPED, PipelineState.STARTING, PipelineState.RUNNING)
+        assert wait_for(lambda: client.pipelines.get("gate").state is PipelineState.ENDED, 240)
+        gate = client.pipelines.get("gate")
+        assert [line.name for line in gate.lines] == ["road"] and gate.frames_processed == 250
+        assert {sink.kind for sink in gate.sinks} == {"webhook", "mqtt", "jsonl", "video"}
+        with pytest.raises(NotFoundError):
+            client.pipelines.get("nope")
+        with pytest.raises(NotFoundError), client.stream(pipeline="nope") as stream:
+            next(iter(stream))
+        with pytest.raises(FailedPreconditionError), client.stream(pipeline="gate") as stream:
+            next(iter(stream))
