@@ -16,6 +16,15 @@ detectors see people upright rather than lying on their side). `DecodedImage.siz
 which is the transpose of the header's size for orientations 5-8. Clients that want stored-pixel coordinates
 send raw pixels.
 
+Reduced JPEG decoding: a caller that knows how small the pixels may be (`min_size`, e.g. what the model's
+preprocessing resizes to) lets a JPEG at least twice that size be decoded by libjpeg-turbo's DCT scaling at
+1/2, 1/4 or 1/8 of its size, the smallest still covering `min_size`. The entropy decoding is the same, but
+the inverse DCT, the colour conversion and the pixels written shrink with the scale, and the later resize
+has less to read. `DecodedImage.scale` says what was done; `size` stays the image's own (displayed) size,
+which is what results refer to, so boxes found in the reduced pixels are multiplied by 1 / scale. Only those
+three factors are used: libjpeg-turbo's other M/8 scalings (3/8, 5/8, ...) decoded no faster than the full
+image here (docs/performance.md). Budgets, strict decoding and the orientation are the same either way.
+
 Pixels are read-only in both cases: raw images are views on the immutable request bytes, and decoded ones are
 frozen the same way so code downstream cannot tell them apart (it makes new arrays when it resizes anyway).
 
@@ -27,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from dataclasses import dataclass
@@ -51,6 +61,7 @@ __all__ = [
     "ImageHeader",
     "decode_image",
     "encoded_pixels",
+    "jpeg_scale",
     "raw_image",
     "read_image_header",
 ]
@@ -69,19 +80,56 @@ _RAW_ORDER = "raw.channel_order"
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    """Pixels ready for pre-processing: HxWxC uint8 (C = `order.channels`), read-only."""
+    """Pixels ready for pre-processing: HxWxC uint8 (C = `order.channels`), read-only.
+
+    `size` is the image's own size, as displayed (what results refer to). `scale` is the pixels' size
+    relative to it: 1, or 1/2, 1/4 or 1/8 for a JPEG decoded at reduced size (see `decode_image`'s
+    `min_size`), whose pixels are then ceil(size x scale) as libjpeg rounds, and whose pixel edges map to
+    the image's by exactly 1 / scale.
+    """
 
     pixels: ImageArray
     order: ChannelOrder
     size: ImageSize
     decode_ms: float
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
-        expected = (self.size.height, self.size.width, self.order.channels)
+        if self.scale not in _SCALES:
+            raise ValueError(f"expected a scale in {_SCALES}, got {self.scale}")
+        expected = (*_scaled(self.size.height, self.size.width, self.scale), self.order.channels)
         if self.pixels.dtype != np.uint8 or self.pixels.shape != expected:
             raise ValueError(
                 f"expected uint8 pixels of shape {expected}, got {self.pixels.dtype} {self.pixels.shape}"
             )
+
+    @property
+    def pixel_size(self) -> ImageSize:
+        """The size of `pixels`: `size` unless the JPEG was decoded at reduced size."""
+        return ImageSize(int(self.pixels.shape[1]), int(self.pixels.shape[0]))
+
+
+# libjpeg-turbo's DCT scalings used for reduced decoding, in eighths: 4/8, 2/8, 1/8 (and 8/8, no scaling).
+_EIGHTHS = (8, 4, 2, 1)
+_SCALES = tuple(m / 8 for m in _EIGHTHS)
+
+
+def _scaled(first: int, second: int, scale: float) -> tuple[int, int]:
+    """Both sides at `scale`, rounded up as libjpeg sizes a scaled output (exact: scales are k/8)."""
+    return math.ceil(first * scale), math.ceil(second * scale)
+
+
+def jpeg_scale(width: int, height: int, min_size: ImageSize) -> float:
+    """The smallest scale in 1, 1/2, 1/4, 1/8 at which a `width` x `height` JPEG still decodes to at least
+    `min_size` on both sides (1 when none smaller does, or the image is under 8 pixels on a side)."""
+    if min(width, height) < 8:  # ceil(side x k/8) would not tell the scalings apart
+        return 1.0
+    for eighths in reversed(_EIGHTHS):
+        scale = eighths / 8
+        scaled_width, scaled_height = _scaled(width, height, scale)
+        if scaled_width >= min_size.width and scaled_height >= min_size.height:
+            return scale
+    return 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +170,18 @@ def read_image_header(data: bytes) -> ImageHeader:
     )
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int, min_size: ImageSize | None = None) -> DecodedImage:
     """Decodes an encoded image to BGR pixels, refusing oversized images before the codec runs.
 
     The pixel limit is checked against the header's size; OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS,
     2**30 by default) still applies on top, so a larger `max_pixels` does not raise it.
+
+    Args:
+        data: the encoded image.
+        max_pixels: the largest width x height accepted, from the header.
+        min_size: the smallest pixels the caller can use, as displayed (None: full size). A JPEG at least
+            twice as large on both sides is decoded at 1/2, 1/4 or 1/8 scale, the smallest still covering
+            `min_size` (`jpeg_scale`); other formats, and CMYK JPEGs, always decode at full size.
 
     Raises:
         InvalidArgumentError: EMPTY_IMAGE, UNSUPPORTED_IMAGE_FORMAT, UNDECODABLE_IMAGE or IMAGE_TOO_LARGE
@@ -137,9 +192,15 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     header = read_image_header(data)
     if header.pixels > max_pixels:
         raise _too_large(_ENCODED, header.format, header.width, header.height, max_pixels)
+    scale, transposed = 1.0, False
     if header.format == "JPEG":
         _require_jpeg_end(data)
-        decoded = _decode_jpeg(data)
+        orientation = _exif_orientation(data)
+        transposed = orientation >= 5  # orientations 5-8 store the image transposed
+        if min_size is not None:
+            needed = ImageSize(min_size.height, min_size.width) if transposed else min_size
+            scale = jpeg_scale(header.width, header.height, needed)
+        decoded, scale = _decode_jpeg(data, orientation, scale, _scaled(header.width, header.height, scale))
     else:
         if header.format == "PNG":
             try:
@@ -160,16 +221,20 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     height, width = int(pixels.shape[0]), int(pixels.shape[1])
     # The guard above is only sound if the codec decoded the image the header described. Orientations 5-8
     # of EXIF transpose the image, which leaves the pixel count (all the guard cares about) unchanged.
-    if (width, height) not in ((header.width, header.height), (header.height, header.width)):
+    stored = _scaled(header.width, header.height, scale)
+    if (width, height) not in (stored, stored[::-1]):
         raise InvalidArgumentError.for_field(
             _ENCODED,
             f"the {header.format} header says {header.width}x{header.height} but the image decodes to "
-            f"{width}x{height}",
+            f"{width}x{height}" + (f" at scale {scale}" if scale != 1.0 else ""),
             reason="UNDECODABLE_IMAGE",
         )
+    # OpenCV applies the orientation of PNG and WebP itself; only the decoded shape tells (at full size).
+    transposed = transposed or (header.format != "JPEG" and (width, height) != stored)
+    size = ImageSize(header.height, header.width) if transposed else ImageSize(header.width, header.height)
     pixels.flags.writeable = False
     decode_ms = (time.perf_counter() - started) * 1000.0
-    return DecodedImage(pixels, ChannelOrder.BGR, ImageSize(width, height), decode_ms)
+    return DecodedImage(pixels, ChannelOrder.BGR, size, decode_ms, scale)
 
 
 def encoded_pixels(data: bytes, *, max_pixels: int) -> int:
@@ -290,34 +355,42 @@ def _corrupt_jpeg(error: ValueError) -> InvalidArgumentError:
     )
 
 
-def _decode_jpeg(data: bytes) -> ImageArray | None:
-    """A JPEG decoded to BGR by libjpeg-turbo (as OpenCV's own codec), refusing corrupt or truncated data and
-    applying the EXIF orientation the way cv2.imdecode does."""
+def _decode_jpeg(
+    data: bytes, orientation: int, scale: float, scaled: tuple[int, int]
+) -> tuple[ImageArray | None, float]:
+    """A JPEG decoded to BGR by libjpeg-turbo (as OpenCV's own codec) at `scale` (from `jpeg_scale`), whose
+    stored (width, height) is then `scaled`, refusing corrupt or truncated data and applying the EXIF
+    `orientation` the way cv2.imdecode does; returns the pixels and their scale (1 for CMYK JPEGs, which
+    OpenCV decodes)."""
+    # simplejpeg picks the most reducing libjpeg scaling (of 1/8 ... 16/8) whose output is at least this
+    # large: exactly `scale`, since any smaller one gives a smaller side (`jpeg_scale` reduces only images
+    # with both sides >= 8 pixels, where that holds). decode_image checks the size it got anyway.
+    size = {"min_width": scaled[0], "min_height": scaled[1]} if scale != 1.0 else {}
     try:
-        pixels = _strict_jpeg(data)
+        pixels = _strict_jpeg(data, size)
     except ValueError as exc:
         message = str(exc).lower()
         if "color" in message and "conversion" in message:
-            return _decode_cmyk_jpeg(data)  # Adobe CMYK/YCCK: libjpeg-turbo cannot convert to BGR
+            return _decode_cmyk_jpeg(data), 1.0  # Adobe CMYK/YCCK: libjpeg-turbo cannot convert to BGR
         if _loses_pixels(exc):
             raise _corrupt_jpeg(exc) from None
         # A warning about metadata stops the strict decoder before it reaches the image data: decode again
         # without the APPn and COM segments (the orientation is read from the original), strictly first.
         bare = _without_metadata(data)
         try:
-            pixels = _strict_jpeg(bare)
+            pixels = _strict_jpeg(bare, size)
         except ValueError as again:
             if _loses_pixels(again):
                 raise _corrupt_jpeg(again) from None
             try:
-                pixels = simplejpeg.decode_jpeg(bare, colorspace="BGR", strict=False)
+                pixels = simplejpeg.decode_jpeg(bare, colorspace="BGR", strict=False, **size)
             except ValueError as last:
                 raise _corrupt_jpeg(last) from None
-    return _orient(np.asarray(pixels, dtype=np.uint8), _exif_orientation(data))
+    return _orient(np.asarray(pixels, dtype=np.uint8), orientation), scale
 
 
-def _strict_jpeg(data: bytes) -> ImageArray:
-    return np.asarray(simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True), dtype=np.uint8)
+def _strict_jpeg(data: bytes, size: dict[str, int]) -> ImageArray:
+    return np.asarray(simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size), dtype=np.uint8)
 
 
 def _without_metadata(data: bytes) -> bytes:

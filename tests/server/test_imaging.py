@@ -439,6 +439,144 @@ def test_max_pixels_must_be_positive() -> None:
         decode_image(b"\xff\xd8\xff", max_pixels=0)
 
 
+# --- JPEG decoded at reduced size ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def large_jpeg(photos: dict[str, Pixels]) -> bytes:
+    """rocket.jpg upscaled x4: 2560x1708, the kind of phone photo a 416 px model gets."""
+    large = cv2.resize(photos["rocket.jpg"], (2560, 1708), interpolation=cv2.INTER_CUBIC)
+    return encode(np.asarray(large, np.uint8), ".jpg")
+
+
+def opencv_decode(data: bytes, flags: int) -> Pixels:
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert decoded is not None
+    return np.asarray(decoded, np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "min_size", "scale"),
+    [
+        pytest.param(2560, 1708, ImageSize(416, 277), 0.25, id="quarter-covers-the-letterbox"),
+        pytest.param(2560, 1708, ImageSize(320, 214), 0.125, id="eighth-exactly-enough"),
+        pytest.param(2560, 1708, ImageSize(321, 214), 0.25, id="eighth-one-pixel-short"),
+        pytest.param(2560, 1708, ImageSize(416, 416), 0.25, id="stretch-needs-both-sides"),
+        pytest.param(1001, 999, ImageSize(126, 125), 0.125, id="libjpeg-rounds-up"),
+        pytest.param(832, 832, ImageSize(416, 416), 0.5, id="exactly-twice"),
+        pytest.param(831, 832, ImageSize(416, 416), 0.5, id="half-a-pixel-short-rounds-up"),
+        pytest.param(830, 832, ImageSize(416, 416), 1.0, id="a-pixel-short"),
+        pytest.param(640, 427, ImageSize(416, 277), 1.0, id="not-much-larger"),
+        pytest.param(300, 200, ImageSize(416, 277), 1.0, id="smaller-than-needed"),
+        pytest.param(7, 4000, ImageSize(1, 1), 1.0, id="under-8-pixels-never-reduced"),
+    ],
+)
+def test_jpeg_scale(width: int, height: int, min_size: ImageSize, scale: float) -> None:
+    assert imaging.jpeg_scale(width, height, min_size) == scale
+
+
+@pytest.mark.parametrize(
+    ("min_size", "scale", "reduced_flag"),
+    [
+        pytest.param(ImageSize(416, 277), 0.25, cv2.IMREAD_REDUCED_COLOR_4, id="quarter"),
+        pytest.param(ImageSize(1280, 854), 0.5, cv2.IMREAD_REDUCED_COLOR_2, id="half"),
+        pytest.param(ImageSize(64, 64), 0.125, cv2.IMREAD_REDUCED_COLOR_8, id="eighth"),
+        pytest.param(ImageSize(2000, 1000), 1.0, cv2.IMREAD_COLOR, id="full"),
+    ],
+)
+def test_reduced_jpeg_matches_opencvs_reduced_decode(
+    large_jpeg: bytes, min_size: ImageSize, scale: float, reduced_flag: int
+) -> None:
+    """The same libjpeg DCT scaling OpenCV's IMREAD_REDUCED_COLOR_k asks for; `size` stays the image's."""
+    expected = opencv_decode(large_jpeg, reduced_flag)
+
+    image = decode_image(large_jpeg, max_pixels=LIMIT, min_size=min_size)
+
+    assert (image.size, image.scale) == (ImageSize(2560, 1708), scale)
+    assert image.pixel_size == ImageSize(expected.shape[1], expected.shape[0])
+    assert image.pixel_size.width >= min_size.width and image.pixel_size.height >= min_size.height
+    assert np.abs(image.pixels.astype(np.int16) - expected).mean() < 1.0
+    assert not image.pixels.flags.writeable
+
+
+def test_reduced_jpeg_is_the_full_image_shrunk(large_jpeg: bytes) -> None:
+    """Block averages, like INTER_AREA on the full decode: the same picture at a quarter of the size."""
+    full = decode_image(large_jpeg, max_pixels=LIMIT).pixels
+    image = decode_image(large_jpeg, max_pixels=LIMIT, min_size=ImageSize(416, 277))
+    shrunk = cv2.resize(full, (image.pixel_size.width, image.pixel_size.height), interpolation=cv2.INTER_AREA)
+
+    assert np.abs(image.pixels.astype(np.int16) - shrunk).mean() < 3.0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reduced_jpeg_applies_the_exif_orientation(large_jpeg: bytes, orientation: int) -> None:
+    """min_size is as displayed: a portrait (orientations 5-8) needs the stored width to cover its height."""
+    data = with_jpeg_exif(large_jpeg, orientation)
+    expected = opencv_decode(data, cv2.IMREAD_REDUCED_COLOR_4)
+    displayed = ImageSize(1708, 2560) if orientation >= 5 else ImageSize(2560, 1708)
+    needed = ImageSize(277, 416) if orientation >= 5 else ImageSize(416, 277)
+
+    image = decode_image(data, max_pixels=LIMIT, min_size=needed)
+
+    assert (image.size, image.scale) == (displayed, 0.25)
+    assert image.pixels.shape == expected.shape
+    assert np.abs(image.pixels.astype(np.int16) - expected).mean() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("make", "reason", "fragment"),
+    [
+        pytest.param(
+            lambda jpeg: jpeg[: len(jpeg) // 2] + b"\xff\xd9", "UNDECODABLE_IMAGE", "truncated or corrupt",
+            id="cut-with-an-end-marker-appended",
+        ),
+        pytest.param(lambda jpeg: jpeg[: len(jpeg) // 2], "UNDECODABLE_IMAGE", "truncated", id="cut"),
+        pytest.param(
+            lambda jpeg: with_jpeg_size(jpeg, 20000, 20000), "IMAGE_TOO_LARGE", "20000x20000",
+            id="bomb-header",
+        ),
+    ],
+)  # fmt: skip
+def test_reduced_decoding_keeps_strictness_and_budgets(
+    large_jpeg: bytes, make: Callable[[bytes], bytes], reason: str, fragment: str
+) -> None:
+    """What is refused at full size is refused at reduced size, before or by the decoder alike."""
+    error = expect_invalid(
+        lambda: decode_image(make(large_jpeg), max_pixels=LIMIT, min_size=ImageSize(64, 64)),
+        reason,
+        "encoded",
+    )
+    assert fragment in error.message
+
+
+@pytest.mark.parametrize("ext", [".png", ".webp", ".bmp"])
+def test_other_formats_always_decode_at_full_size(photos: dict[str, Pixels], ext: str) -> None:
+    large = np.asarray(cv2.resize(photos["coffee.png"], (2400, 1600)), np.uint8)
+
+    image = decode_image(encode(large, ext), max_pixels=LIMIT, min_size=ImageSize(64, 64))
+
+    assert (image.scale, image.pixel_size, image.size) == (1.0, ImageSize(2400, 1600), ImageSize(2400, 1600))
+
+
+@pytest.mark.parametrize(
+    ("scale", "shape", "message"),
+    [
+        pytest.param(0.25, (3, 4, 3), None, id="quarter-rounds-up"),
+        pytest.param(0.25, (4, 4, 3), r"shape \(3, 4, 3\)", id="quarter-wrong-shape"),
+        pytest.param(0.3, (3, 3, 3), r"expected a scale in \(1.0, 0.5, 0.25, 0.125\), got 0.3", id="not-k/8"),
+    ],
+)
+def test_decoded_image_checks_its_scale(scale: float, shape: tuple[int, ...], message: str | None) -> None:
+    def make() -> DecodedImage:
+        return DecodedImage(np.zeros(shape, np.uint8), ChannelOrder.BGR, ImageSize(13, 9), 0.0, scale)
+
+    if message is None:
+        assert make().pixel_size == ImageSize(4, 3)
+    else:
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
 # --- raw pixels -----------------------------------------------------------------------------------------
 
 
