@@ -21,6 +21,7 @@ from visionrpc.client import (
     InvalidArgumentError,
     NotFoundError,
 )
+from visionrpc.v1 import analytics_pb2
 
 FRAMES = 12
 
@@ -59,14 +60,21 @@ def test_results_come_one_per_frame_in_order_with_infers_detections(client: Clie
     unary = client.infer(frames).predictions
     for result, expected in zip(results, unary, strict=True):
         assert result.prediction is not None and result.model_name == "yolov3-tiny-coco"
-        assert [d.class_name for d in result.prediction.detections] == [d.class_name for d in expected.detections]
+        assert [d.class_name for d in result.prediction.detections] == [
+            d.class_name for d in expected.detections
+        ]
         for mine, theirs in zip(result.prediction.detections, expected.detections, strict=True):
             assert mine.box.as_tuple() == pytest.approx(theirs.box.as_tuple(), abs=1.0)
 
 
 def test_input_frames_keep_their_numbering_and_sources(client: Client) -> None:
     frame = bikes_frames()[0]
-    sent = [InputFrame(frame, 10), InputFrame(frame, source_index=2), InputFrame(frame, 11), InputFrame(frame)]
+    sent = [
+        InputFrame(frame, 10),
+        InputFrame(frame, source_index=2),
+        InputFrame(frame, 11),
+        InputFrame(frame),
+    ]
     results = list(client.infer_stream(sent))
     # Unnumbered frames continue their source's numbering (source 0 after 11: 12; source 2 from 0).
     assert [(r.source_index, r.sequence_number) for r in results] == [(0, 10), (2, 0), (0, 11), (0, 12)]
@@ -77,7 +85,9 @@ def test_input_frames_keep_their_numbering_and_sources(client: Client) -> None:
     [(b"not an image", "UNSUPPORTED_IMAGE_FORMAT"), (b"\xff\xd8\xff\xe0" + bytes(40), "UNDECODABLE_IMAGE")],
     ids=["unknown-format", "truncated-jpeg"],
 )
-def test_a_refused_frame_carries_its_error_and_the_call_goes_on(client: Client, bad: bytes, reason: str) -> None:
+def test_a_refused_frame_carries_its_error_and_the_call_goes_on(
+    client: Client, bad: bytes, reason: str
+) -> None:
     good = jpeg(bikes_frames()[0])
     results = list(client.infer_stream([good, bad, good]))
     assert [outcome(r) for r in results] == ["prediction", "error", "prediction"]
@@ -132,3 +142,19 @@ def test_cancel_ends_an_endless_stream(client: Client) -> None:
         results.cancel()
         with pytest.raises(CancelledError):
             list(iterator)
+
+
+def test_analytics_come_with_each_result(client: Client) -> None:
+    gate = analytics_pb2.StreamAnalytics(
+        lines=[
+            analytics_pb2.Line(
+                name="gate", start=analytics_pb2.Point(x=320), end=analytics_pb2.Point(x=320, y=272)
+            )
+        ]
+    )
+    results = list(client.infer_stream(bikes_frames()[:3], analytics=gate))
+    assert all(
+        r.analytics is not None and [line.name for line in r.analytics.lines] == ["gate"] for r in results
+    )
+    (plain,) = list(client.infer_stream(bikes_frames()[:1]))
+    assert plain.analytics is None
