@@ -171,6 +171,13 @@ def test_a_failing_pipeline_backs_off_and_restarts(declared: Declared) -> None:
     assert status.state in (
         STATE.PIPELINE_STATE_BACKOFF, STATE.PIPELINE_STATE_STARTING, STATE.PIPELINE_STATE_RUNNING
     )  # fmt: skip
+    # Stopped while failing: it stays stopped, and says why it last failed.
+    stopped = declared.stub.StopPipeline(
+        pipelines_pb2.StopPipelineRequest(name="broken"), timeout=60
+    ).pipeline
+    assert stopped.state == STATE.PIPELINE_STATE_STOPPED and "broken.mp4" in stopped.last_error
+    restarts = stopped.restarts
+    assert declared.get("broken").restarts == restarts
 
 
 def test_a_hanging_sink_does_not_slow_the_pipeline(declared: Declared) -> None:
@@ -327,3 +334,31 @@ def test_the_python_sdk(declared: Declared) -> None:
             next(iter(stream))
         with pytest.raises(FailedPreconditionError), client.stream(pipeline="gate") as stream:
             next(iter(stream))
+
+
+@pytest.mark.parametrize(("known", "outcome"), [(True, "REPLAYED"), (False, "RESTARTED")])
+def test_a_subscriber_by_name_resumes(declared: Declared, known: bool, outcome: str) -> None:
+    """A broken subscription by name continues on the stream it watched if it still runs here, else on the
+    pipeline's present stream."""
+    declared.stub.StartPipeline(pipelines_pb2.StartPipelineRequest(name="manual"), timeout=30)
+    try:
+        assert wait_for(lambda: declared.get("manual").state == STATE.PIPELINE_STATE_RUNNING, 120)
+        inference = inference_pb2_grpc.InferenceServiceStub(grpc.insecure_channel(declared.server.address))
+        call = inference.StreamPredictions(
+            inference_pb2.StreamPredictionsRequest(pipeline="manual"), timeout=60
+        )
+        first = [message for message, _ in zip(call, range(3), strict=False)]
+        call.cancel()
+        stream_id = first[-1].stream_id if known else "no-such-stream"
+        request = inference_pb2.StreamPredictionsRequest(
+            pipeline="manual",
+            resume=inference_pb2.StreamResume(stream_id=stream_id, after_cursor=first[-1].cursor),
+        )
+        resumed = inference.StreamPredictions(request, timeout=60)
+        status = next(iter(resumed)).status
+        resumed.cancel()
+        assert status.event == inference_pb2.STREAM_EVENT_RESUMED
+        assert inference_pb2.ResumeOutcome.Name(status.resume.outcome) == f"RESUME_OUTCOME_{outcome}"
+        assert status.resume.previous_stream_id == stream_id
+    finally:
+        declared.stub.StopPipeline(pipelines_pb2.StopPipelineRequest(name="manual"), timeout=60)
