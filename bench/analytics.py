@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 from visionrpc.server.analytics.analyzer import StreamAnalyzer
 from visionrpc.server.analytics.types import Line, Point, StreamAnalytics, Tracking, Zone
 from visionrpc.server.domain import ChannelOrder, InferOptions
@@ -52,7 +53,7 @@ def _frames(count: int) -> list[Pixels]:
         ok, frame = capture.read()
         if not ok:
             break
-        frames.append(frame)
+        frames.append(np.asarray(frame, dtype=np.uint8))
     capture.release()
     return frames
 
@@ -116,7 +117,9 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.analytics", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.analytics", description="the cost of tracking and analytics"
+    )
     parser.add_argument("--frames", type=int, default=100, help="frames of bikes.mp4 per pass (default 100)")
     parser.add_argument("--rounds", type=int, default=4, help="passes per side (default 4)")
     parser.add_argument("--json", type=Path, help="also write the result here")
