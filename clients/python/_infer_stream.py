@@ -115,7 +115,7 @@ class InferStream:
     ) -> None:
         self._config = config
         self._frames = frames
-        self._channel_order = channel_order
+        self._channel_order: Literal["bgr", "rgb"] = channel_order
         self._lock = threading.Lock()
         self._failure: BaseException | None = None  # raised by the caller's iterable or a frame's conversion
         self._call = start(self._requests())
