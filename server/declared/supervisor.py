@@ -282,6 +282,12 @@ class _Runner:
                 self._set_state(PipelineState.STARTING)
             try:
                 self._open_sinks()
+            except (OSError, ValueError) as exc:  # a sink that cannot open (a directory it may not create)
+                failures += 1
+                if not self._back_off(failures, f"a sink failed to open: {exc}"):
+                    return PipelineState.STOPPED
+                continue
+            try:
                 subscription = self._streams.start_private(
                     self._request, keep_pixels=any(sink.needs_pixels for sink in self._sinks)
                 )
@@ -290,11 +296,6 @@ class _Runner:
                     return PipelineState.STOPPED
                 failures += 1
                 if not self._back_off(failures, exc.message):
-                    return PipelineState.STOPPED
-                continue
-            except (OSError, ValueError) as exc:  # a sink that cannot open (a directory, a broker address)
-                failures += 1
-                if not self._back_off(failures, f"a sink failed to open: {exc}"):
                     return PipelineState.STOPPED
                 continue
             end, produced = self._watch(subscription)
@@ -335,8 +336,10 @@ class _Runner:
                 message = subscription.get(timeout_s=_POLL_S)
                 if message is None:
                     with self._cond:
-                        if not self._wanted or self._closed:
-                            self._streams.stop(subscription.stream_id, STOPPED_REASON)
+                        wanted, closed = self._wanted, self._closed
+                    if closed or not wanted:  # told to stop before the stream was known: end it now
+                        reason = SHUTDOWN_REASON if closed else STOPPED_REASON
+                        self._streams.stop(subscription.stream_id, reason)
                     continue
                 for sink in self._sinks:
                     try:

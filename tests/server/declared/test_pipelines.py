@@ -6,6 +6,7 @@ One server for the module declares:
     broken    a file that is not a video: fails, backs off, restarts
     hanging   bikes.mp4 looping at 10 fps, its webhook to a receiver that never answers; started by the test
     manual    bikes.mp4 looping at 10 fps, autostart false: started, watched by name and stopped by the tests
+    looping   a 10-frame clip that loops
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ pipelines:
     loop: true
     sources: [{{path: bikes.mp4}}]
     stream: {{max_fps: 10}}
+  - name: looping
+    autostart: false
+    loop: true
+    sources: [{{path: short.mp4}}]
 """
 STATE = pipelines_pb2.PipelineState
 
@@ -84,6 +89,7 @@ def declared(base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
     out.mkdir()
     shutil.copyfile(media("bikes.mp4"), media_root / "bikes.mp4")
     (media_root / "broken.mp4").write_bytes(b"this is not a video\n" * 100)
+    _write_clip(media_root / "short.mp4", frames=10)
     with (
         running_receiver() as hook,
         running_receiver(hang=True) as hanging_hook,
@@ -106,6 +112,20 @@ def declared(base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
             yield Declared(running, hook, hanging_hook, mqtt, out)
         finally:
             running.server.stop(grace_s=0.5)
+
+
+def _write_clip(path: Path, frames: int) -> None:
+    """The first frames of bikes.mp4 as a clip of their own."""
+    capture = cv2.VideoCapture(str(media("bikes.mp4")))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25.0, (640, 272))
+    try:
+        for _ in range(frames):
+            ok, image = capture.read()
+            assert ok
+            writer.write(image)
+    finally:
+        writer.release()
+        capture.release()
 
 
 def test_a_pipeline_counts_line_crossings_and_every_sink_gets_every_event_once_in_order(
@@ -201,7 +221,7 @@ def test_a_hanging_sink_does_not_slow_the_pipeline(declared: Declared) -> None:
 def test_start_watch_by_name_and_stop(declared: Declared) -> None:
     stub = declared.stub
     listed = stub.ListPipelines(pipelines_pb2.ListPipelinesRequest(), timeout=30).pipelines
-    assert [p.name for p in listed] == ["gate", "broken", "hanging", "manual"]
+    assert [p.name for p in listed] == ["gate", "broken", "hanging", "manual", "looping"]
     assert declared.get("manual").state == STATE.PIPELINE_STATE_STOPPED
     assert [s.path for s in declared.get("manual").sources] == ["bikes.mp4"]
     # Not running: subscribers by name are refused with the reason.
@@ -320,7 +340,7 @@ def test_start_and_stop_need_an_admin_key(
 def test_the_python_sdk(declared: Declared) -> None:
     with Client(declared.server.address) as client:
         listed = client.pipelines.list()
-        assert [p.name for p in listed] == ["gate", "broken", "hanging", "manual"]
+        assert [p.name for p in listed] == ["gate", "broken", "hanging", "manual", "looping"]
         manual = client.pipelines.get("manual")
         assert manual.sources == ("bikes.mp4",) and manual.model_id == "yolov3-tiny-coco"
         assert manual.state in (PipelineState.STOPPED, PipelineState.STARTING, PipelineState.RUNNING)
@@ -362,3 +382,22 @@ def test_a_subscriber_by_name_resumes(declared: Declared, known: bool, outcome: 
         assert status.resume.previous_stream_id == stream_id
     finally:
         declared.stub.StopPipeline(pipelines_pb2.StopPipelineRequest(name="manual"), timeout=60)
+
+
+def test_a_looping_pipeline_starts_its_files_again(declared: Declared) -> None:
+    declared.stub.StartPipeline(pipelines_pb2.StartPipelineRequest(name="looping"), timeout=30)
+    try:
+        runs: set[str] = set()
+
+        def another_run() -> bool:
+            status = declared.get("looping")
+            if status.stream_id:
+                runs.add(status.stream_id)
+            return len(runs) >= 3
+
+        assert wait_for(another_run, 120), declared.get("looping")
+        status = declared.get("looping")
+        assert status.restarts == 0 and not status.last_error, "a loop is not a failure"
+    finally:
+        stopped = declared.stub.StopPipeline(pipelines_pb2.StopPipelineRequest(name="looping"), timeout=60)
+    assert stopped.pipeline.state == STATE.PIPELINE_STATE_STOPPED
