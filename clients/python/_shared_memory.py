@@ -21,6 +21,7 @@ import mmap
 import os
 import secrets
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -109,19 +110,19 @@ class SharedMemoryRegion:
         self._path = SHM_DIR / self.name.lstrip("/")
         self._stub = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel)
         self._memory: mmap.mmap | None = _create(self._path, byte_size)
+        # A process that exits without close() still removes the file (at interpreter exit).
+        self._unlink = weakref.finalize(self, _unlink, self._path)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._registered = threading.Event()
         self._answered = threading.Event()  # the first registration succeeded or failed
-        self._first_error: grpc.RpcError | None = None
+        self._failure: Exception | None = None  # why the first registration failed
         self._call: Any = None
         self._holder = threading.Thread(target=self._hold, name=f"visionrpc-shm-{self.name}", daemon=True)
         self._holder.start()
         self._answered.wait(timeout_s)
-        failure: Exception | None = None
-        if self._first_error is not None:
-            failure = from_rpc_error(self._first_error)
-        elif not self._registered.is_set():
+        failure = self._failure
+        if failure is None and not self._registered.is_set():
             failure = TimeoutError(f"registering {self.name} took more than {timeout_s} s")
         if failure is not None:
             self.close()
@@ -213,13 +214,13 @@ class SharedMemoryRegion:
                     shared_memory_pb2.UnregisterSharedMemoryRequest(name=self.name),
                     timeout=5.0,
                 )
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, ValueError) as exc:  # ValueError: the client's channel is closed
                 logger.debug("unregistering %s: %s", self.name, exc)
         if call is not None:
             call.cancel()
         if self._holder is not threading.current_thread():
             self._holder.join()
-        self._path.unlink(missing_ok=True)
+        self._unlink()
         memory, self._memory = self._memory, None
         if memory is not None:
             try:
@@ -242,7 +243,12 @@ class SharedMemoryRegion:
             with self._lock:
                 if self._closing.is_set():
                     return
-                self._call = self._stub.RegisterSharedMemory(request)
+                try:
+                    self._call = self._stub.RegisterSharedMemory(request)
+                except ValueError:  # the client was closed: nothing left to register with
+                    self._failure = RuntimeError("the client is closed")
+                    self._answered.set()
+                    return
                 call = self._call
             try:
                 for _ in call:  # one answer, then nothing until the registration ends
@@ -252,7 +258,7 @@ class SharedMemoryRegion:
                     backoff = _BACKOFF_MIN_S
             except grpc.RpcError as exc:
                 if not ever_registered:
-                    self._first_error = exc
+                    self._failure = from_rpc_error(exc)
                     self._answered.set()  # wakes the constructor, which raises it
                     return
                 if not self._closing.is_set():
@@ -262,6 +268,10 @@ class SharedMemoryRegion:
             if self._closing.wait(backoff):
                 return
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _create(path: Path, byte_size: int) -> mmap.mmap:

@@ -125,6 +125,18 @@ def test_a_region_is_listed_while_open_and_gone_when_closed(client: Client) -> N
         region.write(np.zeros((4, 4, 3), np.uint8))
 
 
+def test_closing_the_client_first_leaves_the_region_to_close_cleanly(shm_server: RunningServer) -> None:
+    c = Client(shm_server.address, timeout_s=60)
+    region = c.create_shared_memory(4096)
+    c.close()  # the holding call breaks; the thread finds the channel closed and stops
+    with pytest.raises(RuntimeError):
+        c.create_shared_memory(4096)
+    region.close()
+    assert not (SHM / region.name[1:]).exists()
+    with Client(shm_server.address, timeout_s=60) as other:
+        assert wait_for(lambda: region.name not in other.list_shared_memory(), timeout_s=30)
+
+
 def test_the_region_is_registered_again_when_the_server_drops_it(
     client: Client, shm_server: RunningServer
 ) -> None:

@@ -7,6 +7,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+
 	visionrpcv1 "github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1"
 )
 
@@ -53,6 +56,7 @@ type SharedMemoryRegion struct {
 
 	memory     []byte
 	path       string
+	conn       *grpc.ClientConn
 	service    visionrpcv1.SharedMemoryServiceClient
 	cancel     context.CancelFunc
 	done       chan struct{}
@@ -81,7 +85,7 @@ func (c *Client) CreateSharedMemory(ctx context.Context, size int, opts ...Share
 	}
 	holdCtx, cancel := context.WithCancel(context.Background())
 	r := &SharedMemoryRegion{
-		Name: name, Size: size, memory: memory, path: path,
+		Name: name, Size: size, memory: memory, path: path, conn: c.conn,
 		service: visionrpcv1.NewSharedMemoryServiceClient(c.conn), cancel: cancel, done: make(chan struct{}),
 	}
 	first := make(chan error, 1)
@@ -126,6 +130,9 @@ func (r *SharedMemoryRegion) hold(ctx context.Context, first chan<- error) {
 		}
 		if !everRegistered {
 			first <- fromError(ctx, err)
+			return
+		}
+		if r.conn.GetState() == connectivity.Shutdown { // the client was closed: nothing to register with
 			return
 		}
 		// Ended (io.EOF: unregistered by someone, or the server stopped) or broke: register again.

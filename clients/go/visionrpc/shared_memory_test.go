@@ -173,6 +173,30 @@ func TestSharedMemoryCloseUnregistersAndRemoves(t *testing.T) {
 	}
 }
 
+func TestSharedMemoryRegionClosesCleanlyAfterItsClient(t *testing.T) {
+	client := dial(t, serverAddress(t, "VISIONRPC_ADDRESS"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	region, err := client.CreateSharedMemory(ctx, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = client.Close() // the holding call breaks; the goroutine finds the connection shut down and stops
+	done := make(chan error, 1)
+	go func() { done <- region.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Close did not return")
+	}
+	if _, err := os.Stat(filepath.Join("/dev/shm", region.Name[1:])); !os.IsNotExist(err) {
+		t.Errorf("region file still there: %v", err)
+	}
+}
+
 func TestSharedMemoryRegionIsRegisteredAgainWhenTheServerDropsIt(t *testing.T) {
 	client := dialServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
