@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import RunningServer
 from google.protobuf import descriptor_pb2
-from visionrpc.v1 import inference_pb2, models_pb2
+from visionrpc.v1 import inference_pb2, models_pb2, pipelines_pb2, shared_memory_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR_SET = ROOT / "proto" / "visionrpc.binpb"
@@ -31,7 +31,7 @@ def served_methods() -> set[str]:
     """Every method of the generated Python code the server registers, as "package.Service/Method"."""
     return {
         f"{service.full_name}/{method.name}"
-        for module in (inference_pb2, models_pb2)
+        for module in (inference_pb2, models_pb2, pipelines_pb2, shared_memory_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
