@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev extra yet
+import yaml
 
 from ..domain import InferOptions
 from ..errors import VisionRpcError
