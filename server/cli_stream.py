@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from visionrpc.client import StreamFrame, StreamStatus
+from visionrpc.client import StreamEvents, StreamFrame, StreamStatus
 
 from .cli_common import EXIT_OK, CommandAdder, UsageError, client_for, parse_classes, write_json
 
@@ -39,6 +39,11 @@ def add_stream_command(commands: CommandAdder, parents: list[argparse.ArgumentPa
     stream.add_argument(
         "--every-frame", action="store_true", help="receive every result (single subscriber, files only)"
     )
+    stream.add_argument(
+        "--events",
+        action="store_true",
+        help="receive only analytics events (zone entries and exits, line crossings) and status messages",
+    )
     stream.set_defaults(handler=_cmd_stream)
 
 
@@ -58,6 +63,7 @@ def _cmd_stream(ns: argparse.Namespace) -> int:
             classes=parse_classes(ns.classes),
             every_frame_delivery=ns.every_frame,
             timeout_s=ns.timeout,
+            content="events" if ns.events else "frames",
         )
         with subscription:
             if ns.json:
@@ -71,7 +77,15 @@ def _cmd_stream(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_event(event: StreamFrame | StreamStatus) -> None:
+def _write_event(event: StreamFrame | StreamEvents | StreamStatus) -> None:
+    if isinstance(event, StreamEvents):
+        for e in event.events:
+            how = f" {e.direction}" if e.direction else (f" after {e.dwell_ms:.0f} ms" if e.dwell_ms else "")
+            sys.stdout.write(
+                f"source {e.source_index} frame {e.sequence_number}: {e.class_name} #{e.track_id} "
+                f"{e.kind} {e.name}{how}\n"
+            )
+        return
     if isinstance(event, StreamStatus):
         detail = ", ".join(f"#{s.source_index} {s.width}x{s.height} {s.fps:.1f} fps" for s in event.sources)
         extra = f" attempt {event.attempt}" if event.attempt else ""
@@ -81,7 +95,14 @@ def _write_event(event: StreamFrame | StreamStatus) -> None:
         )
         sys.stdout.write(f" ({detail})\n" if detail else "\n")
         return
-    found = ", ".join(f"{d.class_name} {d.confidence:.2f}" for d in event.prediction.detections)
+    found = ", ".join(
+        f"{d.class_name}{f' #{d.track_id}' if d.track_id else ''} {d.confidence:.2f}"
+        for d in event.prediction.detections
+    )
+    if event.analytics is not None:
+        counts = [f"{ln.name} {ln.left_to_right}/{ln.right_to_left}" for ln in event.analytics.lines]
+        counts += [f"{z.name} {z.count} inside" for z in event.analytics.zones]
+        found += f" [{', '.join(counts)}]" if counts else ""
     drops = (
         f" (skipped {event.frames_skipped}, dropped {event.results_dropped})"
         if (event.frames_skipped or event.results_dropped)

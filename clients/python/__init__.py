@@ -15,6 +15,17 @@ server.
 
 from visionrpc.common.annotate import annotate
 
+from ._analytics import (
+    Analytics,
+    AnalyticsEvent,
+    FrameAnalytics,
+    Line,
+    LineState,
+    Tracking,
+    Zone,
+    ZoneOccupant,
+    ZoneState,
+)
 from ._channel import DEFAULT_SERVICE_CONFIG, tls_credentials
 from ._client import DEFAULT_ADDRESS, USE_CLIENT_DEFAULT, Client, UseClientDefault
 from ._convert import ImageInput
@@ -40,7 +51,15 @@ from ._pipeline_key import PIPELINE_KEY_HEADER, pipeline_key
 from ._pipelines import LineCounts, PipelineInfo, Pipelines, PipelineState, SinkStatus, ZoneCounts
 from ._resume import ResumePolicy
 from ._shared_memory import SharedMemoryImage, SharedMemoryRegion
-from ._stream import PredictionStream, ResumeInfo, SourceInfo, StreamEvent, StreamFrame, StreamStatus
+from ._stream import (
+    PredictionStream,
+    ResumeInfo,
+    SourceInfo,
+    StreamEvent,
+    StreamEvents,
+    StreamFrame,
+    StreamStatus,
+)
 from ._types import (
     BoundingBox,
     ChannelOrder,
@@ -67,6 +86,8 @@ __all__ = [
     "DEFAULT_SERVICE_CONFIG",
     "PIPELINE_KEY_HEADER",
     "USE_CLIENT_DEFAULT",
+    "Analytics",
+    "AnalyticsEvent",
     "BoundingBox",
     "CancelledError",
     "ChannelOrder",
@@ -79,6 +100,7 @@ __all__ = [
     "EngineInfo",
     "FailedPreconditionError",
     "FieldViolation",
+    "FrameAnalytics",
     "FrameResult",
     "ImageInput",
     "ImagePrediction",
@@ -89,7 +111,9 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "Keypoint",
+    "Line",
     "LineCounts",
+    "LineState",
     "Mask",
     "ModelDefaults",
     "ModelInfo",
@@ -110,15 +134,20 @@ __all__ = [
     "SinkStatus",
     "SourceInfo",
     "StreamEvent",
+    "StreamEvents",
     "StreamFrame",
     "StreamStatus",
     "Timings",
+    "Tracking",
     "UnauthenticatedError",
     "UnavailableError",
     "UnexpectedStatusError",
     "UseClientDefault",
     "VisionRpcError",
+    "Zone",
     "ZoneCounts",
+    "ZoneOccupant",
+    "ZoneState",
     "annotate",
     "from_rpc_error",
     "from_status",

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
 from visionrpc.v1 import (
+    analytics_pb2,
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
@@ -27,6 +28,7 @@ from visionrpc.v1 import (
     shared_memory_pb2_grpc,
 )
 
+from ._analytics import Analytics, analytics_to_proto
 from ._channel import DEFAULT_SERVICE_CONFIG, open_channel
 from ._convert import (
     ImageInput,
@@ -232,6 +234,9 @@ class Client:
         classes: Iterable[str | int] | None = None,
         timeout_s: float | None = None,
         resume: ResumePolicy | None = None,
+        analytics: Analytics | analytics_pb2.StreamAnalytics | None = None,
+        face_redaction: Literal["blur", "pixelate"] | None = None,
+        content: Literal["frames", "events"] = "frames",
     ) -> PredictionStream:
         """Subscribes to the predictions of a server-side video pipeline.
 
@@ -248,6 +253,11 @@ class Client:
             every_frame_delivery: receive every result, making the pipeline wait for you (one subscriber,
                 file sources only). By default a slow subscriber loses its own oldest results instead.
             frame_image: "raw" or "annotated" to receive each frame as JPEG.
+            analytics: tracking, zones and lines (`Analytics`); frames then carry `analytics` (their zones'
+                and lines' state and events) and detections a `track_id`.
+            face_redaction: "blur" or "pixelate" hides faces in the frame images returned.
+            content: "events" receives only `StreamEvents` (frames that caused analytics events) besides
+                status events: cheap to watch a busy camera.
             timeout_s: deadline of the whole stream; None (the default) streams until the server ends it.
             resume: how a broken subscription (UNAVAILABLE) resumes; default `ResumePolicy()`: up to 8
                 attempts 50 ms..2 s apart; `ResumePolicy(enabled=False)` ends the stream at the first break.
@@ -271,6 +281,9 @@ class Client:
             every_frame_delivery=every_frame_delivery,
             frame_image=frame_image,
             jpeg_quality=jpeg_quality,
+            analytics=analytics,
+            face_redaction=face_redaction,
+            content=content,
         )
         metadata = pipeline_metadata(request)  # stream affinity: identical subscriptions, one replica
         return PredictionStream(
@@ -291,7 +304,7 @@ class Client:
         iou: float | None = None,
         max_detections: int | None = None,
         classes: Iterable[str | int] | None = None,
-        analytics: Any = None,
+        analytics: Analytics | analytics_pb2.StreamAnalytics | None = None,
         max_in_flight: int | None = None,
         drop: bool = False,
         channel_order: Literal["bgr", "rgb"] = "bgr",
@@ -303,7 +316,8 @@ class Client:
             frames: images (encoded bytes, paths, uint8 arrays, as for `infer`), numbered 0, 1, 2, ... on
                 source 0, or `InputFrame`s with their own numbering, source and timestamp. Read lazily, on
                 gRPC's sending thread, as the server accepts them.
-            analytics: a `visionrpc.v1.StreamAnalytics` message (tracking, zones, lines) applied per source.
+            analytics: tracking, zones and lines (`Analytics`, or a `visionrpc.v1.StreamAnalytics`) applied
+                per source; results then carry `analytics` and detections a `track_id`.
             max_in_flight: frames the server holds unanswered (None: the server's default, 8; at most 64).
             drop: past `max_in_flight`, the server answers frames `dropped` at once (a live camera stays
                 live) instead of reading no further until one is answered (the default: nothing is lost).
@@ -322,7 +336,7 @@ class Client:
             options=options_to_proto(
                 confidence=confidence, iou=iou, max_detections=max_detections, classes=classes, top_k=None
             ),
-            analytics=analytics,
+            analytics=None if analytics is None else analytics_to_proto(analytics),
             max_in_flight=max_in_flight,
             drop=drop,
         )

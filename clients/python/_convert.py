@@ -230,6 +230,7 @@ def _detection(message: types_pb2.Detection) -> Detection:
         confidence=message.confidence,
         keypoints=tuple(Keypoint(k.x, k.y, k.confidence, k.name) for k in message.keypoints),
         mask=_mask(message.mask) if message.HasField("mask") else None,
+        track_id=message.track_id,
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from visionrpc.v1 import analytics_pb2, inference_pb2
 
+from ._analytics import FrameAnalytics, frame_analytics_from_proto
 from ._convert import ImageInput, image_prediction_from_proto, image_to_proto
 from ._exceptions import VisionRpcError, from_status, map_rpc_errors
 from ._types import ImagePrediction
@@ -54,7 +55,7 @@ class FrameResult:
     """The answer to one frame: exactly one of `prediction`, `dropped` or `error`.
 
     `analytics`: with analytics configured, the zones and lines watching this source and the events this
-    frame caused (the `visionrpc.v1.FrameAnalytics` message), else None.
+    frame caused, else None.
     """
 
     sequence_number: int
@@ -64,7 +65,7 @@ class FrameResult:
     prediction: ImagePrediction | None = None
     dropped: bool = False
     error: VisionRpcError | None = None
-    analytics: analytics_pb2.FrameAnalytics | None = None
+    analytics: FrameAnalytics | None = None
 
 
 def build_infer_stream_config(
@@ -98,7 +99,7 @@ def result_from_proto(message: inference_pb2.InferStreamResponse) -> FrameResult
         prediction=image_prediction_from_proto(message.prediction) if outcome == "prediction" else None,
         dropped=outcome == "dropped" and message.dropped,
         error=from_status(message.error) if outcome == "error" else None,
-        analytics=message.analytics if message.HasField("analytics") else None,
+        analytics=frame_analytics_from_proto(message.analytics) if message.HasField("analytics") else None,
     )
 
 

@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
-from visionrpc.v1 import inference_pb2
+from visionrpc.v1 import analytics_pb2, inference_pb2
 
+from ._analytics import (
+    Analytics,
+    AnalyticsEvent,
+    FrameAnalytics,
+    analytics_event_from_proto,
+    analytics_to_proto,
+    frame_analytics_from_proto,
+)
 from ._convert import image_prediction_from_proto
 from ._exceptions import CancelledError, UnavailableError, map_rpc_errors
 from ._resume import Backoff, ResumePolicy, ResumeState
@@ -36,6 +44,7 @@ __all__ = [
     "ResumeInfo",
     "SourceInfo",
     "StreamEvent",
+    "StreamEvents",
     "StreamFrame",
     "StreamStatus",
     "build_stream_request",
@@ -104,6 +113,16 @@ class StreamFrame:
     results_dropped: int  # cumulative: results this subscriber lost by falling behind
     frame_jpeg: bytes = field(default=b"", repr=False)
     cursor: int = 0  # position of the message in its stream
+    analytics: FrameAnalytics | None = None  # streams with analytics: zones and lines after it, its events
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvents:
+    """The analytics events one frame caused (subscriptions with content="events")."""
+
+    stream_id: str
+    events: tuple[AnalyticsEvent, ...]
+    cursor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +141,15 @@ _FRAME_POLICIES = {
     None: inference_pb2.FRAME_POLICY_UNSPECIFIED,
     "every_frame": inference_pb2.FRAME_POLICY_EVERY_FRAME,
     "newest_frame": inference_pb2.FRAME_POLICY_NEWEST_FRAME,
+}
+_FACE_REDACTIONS = {
+    None: inference_pb2.FACE_REDACTION_UNSPECIFIED,
+    "blur": inference_pb2.FACE_REDACTION_BLUR,
+    "pixelate": inference_pb2.FACE_REDACTION_PIXELATE,
+}
+_CONTENTS = {
+    "frames": inference_pb2.STREAM_CONTENT_FRAMES,
+    "events": inference_pb2.STREAM_CONTENT_EVENTS,
 }
 _FRAME_IMAGES = {
     None: inference_pb2.FRAME_IMAGE_UNSPECIFIED,
@@ -150,15 +178,21 @@ def build_stream_request(
     every_frame_delivery: bool,
     frame_image: Literal["raw", "annotated"] | None,
     jpeg_quality: int | None,
+    analytics: Analytics | analytics_pb2.StreamAnalytics | None = None,
+    face_redaction: Literal["blur", "pixelate"] | None = None,
+    content: Literal["frames", "events"] = "frames",
 ) -> inference_pb2.StreamPredictionsRequest:
     stream_options = inference_pb2.StreamOptions(
         frame_policy=_FRAME_POLICIES[frame_policy],
         delivery=inference_pb2.DELIVERY_EVERY_FRAME if every_frame_delivery else inference_pb2.DELIVERY_LOSSY,
         frame_image=_FRAME_IMAGES[frame_image],
         jpeg_quality=jpeg_quality or 0,
+        face_redaction=_FACE_REDACTIONS[face_redaction],
     )
     if max_fps is not None:
         stream_options.max_fps = max_fps
+    if analytics is not None:
+        stream_options.analytics.CopyFrom(analytics_to_proto(analytics))
     return inference_pb2.StreamPredictionsRequest(
         stream_id=stream_id or "",
         model_id=model or "",
@@ -166,13 +200,21 @@ def build_stream_request(
         options=options,
         stream_options=stream_options,
         pipeline=pipeline or "",
+        content=_CONTENTS[content],
     )
 
 
 def stream_message_from_proto(
     message: inference_pb2.StreamPredictionsResponse, downtime_s: float = 0.0
-) -> StreamFrame | StreamStatus:
-    if message.WhichOneof("payload") == "frame":
+) -> StreamFrame | StreamEvents | StreamStatus:
+    payload = message.WhichOneof("payload")
+    if payload == "events":
+        return StreamEvents(
+            stream_id=message.stream_id,
+            events=tuple(analytics_event_from_proto(e) for e in message.events.events),
+            cursor=message.cursor,
+        )
+    if payload == "frame":
         frame = message.frame
         return StreamFrame(
             stream_id=message.stream_id,
@@ -185,6 +227,7 @@ def stream_message_from_proto(
             results_dropped=frame.drops.results_dropped,
             frame_jpeg=frame.frame_jpeg,
             cursor=message.cursor,
+            analytics=frame_analytics_from_proto(frame.analytics) if frame.HasField("analytics") else None,
         )
     status = message.status
     resume = None
@@ -245,7 +288,7 @@ class PredictionStream:
         """The stream's id as last received ("" before the first message)."""
         return self._state.stream_id
 
-    def __iter__(self) -> Iterator[StreamFrame | StreamStatus]:
+    def __iter__(self) -> Iterator[StreamFrame | StreamEvents | StreamStatus]:
         for message in self.messages():
             downtime = 0.0
             if message.HasField("status") and message.status.event == inference_pb2.STREAM_EVENT_RESUMED:

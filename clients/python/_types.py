@@ -155,6 +155,7 @@ class Detection:
     confidence: float
     keypoints: tuple[Keypoint, ...] = ()
     mask: Mask | None = None  # segmentation models only
+    track_id: int = 0  # streams that track: the object's id on its source, from 1; 0 when untracked
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import pytest
 from conftest import RunningServer, start_server, wait_for
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from visionrpc.client import Client, ResumePolicy, StreamFrame, StreamStatus
+from visionrpc.client import Client, ResumePolicy, StreamEvents, StreamFrame, StreamStatus
 from visionrpc.server.config import ServerConfig
 from visionrpc.server.models.repository import ModelId
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
@@ -30,7 +30,7 @@ def stub(server: RunningServer) -> Iterator[inference_pb2_grpc.InferenceServiceS
         yield inference_pb2_grpc.InferenceServiceStub(channel)
 
 
-def frames_of(events: list[StreamFrame | StreamStatus]) -> list[StreamFrame]:
+def frames_of(events: list[StreamFrame | StreamEvents | StreamStatus]) -> list[StreamFrame]:
     return [e for e in events if isinstance(e, StreamFrame)]
 
 
