@@ -8,11 +8,8 @@ import (
 	"iter"
 	"sync"
 
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	visionrpcv1 "github.com/visionrpc/visionrpc/clients/go/gen/visionrpc/v1"
 )
@@ -145,46 +142,9 @@ func (s *FrameStream) Close() { s.closeOnce.Do(s.cancel) }
 // AnswerError is the *Error of an answer whose frame the server refused (its google.rpc.Status, details
 // decoded as for a failed call), or nil for a prediction or a dropped frame.
 func AnswerError(answer *visionrpcv1.InferStreamResponse) *Error {
-	st := answerStatus(answer)
+	st := answer.GetError()
 	if st == nil {
 		return nil
 	}
 	return decodeStatus(status.FromProto(st))
-}
-
-// answerErrorField is InferStreamResponse.error's field number.
-const answerErrorField protowire.Number = 7
-
-// answerStatus reads InferStreamResponse.error. The generated Go code has no field for it: buf.gen.yaml
-// excludes the google.rpc types from Go generation (Go uses genproto's), which drops the fields of those types
-// too, so the status arrives among the message's unknown fields (which protobuf-go keeps) and is read here.
-func answerStatus(answer *visionrpcv1.InferStreamResponse) *spb.Status {
-	if answer == nil || answer.GetPrediction() != nil || answer.GetDropped() {
-		return nil
-	}
-	unknown := answer.ProtoReflect().GetUnknown()
-	for len(unknown) > 0 {
-		number, kind, n := protowire.ConsumeTag(unknown)
-		if n < 0 {
-			return nil
-		}
-		unknown = unknown[n:]
-		if number == answerErrorField && kind == protowire.BytesType {
-			value, m := protowire.ConsumeBytes(unknown)
-			if m < 0 {
-				return nil
-			}
-			st := &spb.Status{}
-			if proto.Unmarshal(value, st) != nil {
-				return nil
-			}
-			return st
-		}
-		m := protowire.ConsumeFieldValue(number, kind, unknown)
-		if m < 0 {
-			return nil
-		}
-		unknown = unknown[m:]
-	}
-	return nil
 }

@@ -7,6 +7,7 @@
 package visionrpcv1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -1737,6 +1738,7 @@ type InferStreamResponse struct {
 	//
 	//	*InferStreamResponse_Prediction
 	//	*InferStreamResponse_Dropped
+	//	*InferStreamResponse_Error
 	Outcome isInferStreamResponse_Outcome `protobuf_oneof:"outcome"`
 	// With analytics: the zones and lines watching this source, and the events this frame caused.
 	Analytics     *FrameAnalytics `protobuf:"bytes,8,opt,name=analytics,proto3" json:"analytics,omitempty"`
@@ -1827,6 +1829,15 @@ func (x *InferStreamResponse) GetDropped() bool {
 	return false
 }
 
+func (x *InferStreamResponse) GetError() *status.Status {
+	if x != nil {
+		if x, ok := x.Outcome.(*InferStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
 func (x *InferStreamResponse) GetAnalytics() *FrameAnalytics {
 	if x != nil {
 		return x.Analytics
@@ -1847,15 +1858,24 @@ type InferStreamResponse_Dropped struct {
 	Dropped bool `protobuf:"varint,6,opt,name=dropped,proto3,oneof"`
 }
 
+type InferStreamResponse_Error struct {
+	// This frame was refused (an undecodable image, a sequence number that did not increase); the call goes
+	// on. Same codes and details as Infer's errors. Errors of the call itself (a bad config, an unknown model)
+	// end the call instead.
+	Error *status.Status `protobuf:"bytes,7,opt,name=error,proto3,oneof"`
+}
+
 func (*InferStreamResponse_Prediction) isInferStreamResponse_Outcome() {}
 
 func (*InferStreamResponse_Dropped) isInferStreamResponse_Outcome() {}
+
+func (*InferStreamResponse_Error) isInferStreamResponse_Outcome() {}
 
 var File_visionrpc_v1_inference_proto protoreflect.FileDescriptor
 
 const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\n" +
-	"\x1cvisionrpc/v1/inference.proto\x12\fvisionrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cvisionrpc/v1/analytics.proto\x1a\x18visionrpc/v1/types.proto\"\x8c\x01\n" +
+	"\x1cvisionrpc/v1/inference.proto\x12\fvisionrpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1cvisionrpc/v1/analytics.proto\x1a\x18visionrpc/v1/types.proto\"\x8c\x01\n" +
 	"\fInferRequest\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12+\n" +
 	"\x06images\x18\x02 \x03(\v2\x13.visionrpc.v1.ImageR\x06images\x124\n" +
@@ -1954,7 +1974,7 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\x12InferStreamRequest\x129\n" +
 	"\x06config\x18\x01 \x01(\v2\x1f.visionrpc.v1.InferStreamConfigH\x00R\x06config\x120\n" +
 	"\x05frame\x18\x02 \x01(\v2\x18.visionrpc.v1.InputFrameH\x00R\x05frameB\t\n" +
-	"\amessage\"\xc9\x02\n" +
+	"\amessage\"\xf5\x02\n" +
 	"\x13InferStreamResponse\x12'\n" +
 	"\x0fsequence_number\x18\x01 \x01(\x04R\x0esequenceNumber\x12!\n" +
 	"\fsource_index\x18\x02 \x01(\rR\vsourceIndex\x12\x1d\n" +
@@ -1964,7 +1984,8 @@ const file_visionrpc_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"prediction\x18\x05 \x01(\v2\x1d.visionrpc.v1.ImagePredictionH\x00R\n" +
 	"prediction\x12\x1a\n" +
-	"\adropped\x18\x06 \x01(\bH\x00R\adropped\x12:\n" +
+	"\adropped\x18\x06 \x01(\bH\x00R\adropped\x12*\n" +
+	"\x05error\x18\a \x01(\v2\x12.google.rpc.StatusH\x00R\x05error\x12:\n" +
 	"\tanalytics\x18\b \x01(\v2\x1c.visionrpc.v1.FrameAnalyticsR\tanalyticsB\t\n" +
 	"\aoutcome*h\n" +
 	"\vFramePolicy\x12\x1c\n" +
@@ -2060,6 +2081,7 @@ var file_visionrpc_v1_inference_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
 	(*FrameAnalytics)(nil),            // 30: visionrpc.v1.FrameAnalytics
 	(*AnalyticsEvents)(nil),           // 31: visionrpc.v1.AnalyticsEvents
+	(*status.Status)(nil),             // 32: google.rpc.Status
 }
 var file_visionrpc_v1_inference_proto_depIdxs = []int32{
 	24, // 0: visionrpc.v1.InferRequest.images:type_name -> visionrpc.v1.Image
@@ -2094,18 +2116,19 @@ var file_visionrpc_v1_inference_proto_depIdxs = []int32{
 	20, // 29: visionrpc.v1.InferStreamRequest.config:type_name -> visionrpc.v1.InferStreamConfig
 	21, // 30: visionrpc.v1.InferStreamRequest.frame:type_name -> visionrpc.v1.InputFrame
 	27, // 31: visionrpc.v1.InferStreamResponse.prediction:type_name -> visionrpc.v1.ImagePrediction
-	30, // 32: visionrpc.v1.InferStreamResponse.analytics:type_name -> visionrpc.v1.FrameAnalytics
-	8,  // 33: visionrpc.v1.InferenceService.Infer:input_type -> visionrpc.v1.InferRequest
-	12, // 34: visionrpc.v1.InferenceService.StreamPredictions:input_type -> visionrpc.v1.StreamPredictionsRequest
-	22, // 35: visionrpc.v1.InferenceService.InferStream:input_type -> visionrpc.v1.InferStreamRequest
-	9,  // 36: visionrpc.v1.InferenceService.Infer:output_type -> visionrpc.v1.InferResponse
-	19, // 37: visionrpc.v1.InferenceService.StreamPredictions:output_type -> visionrpc.v1.StreamPredictionsResponse
-	23, // 38: visionrpc.v1.InferenceService.InferStream:output_type -> visionrpc.v1.InferStreamResponse
-	36, // [36:39] is the sub-list for method output_type
-	33, // [33:36] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	32, // 32: visionrpc.v1.InferStreamResponse.error:type_name -> google.rpc.Status
+	30, // 33: visionrpc.v1.InferStreamResponse.analytics:type_name -> visionrpc.v1.FrameAnalytics
+	8,  // 34: visionrpc.v1.InferenceService.Infer:input_type -> visionrpc.v1.InferRequest
+	12, // 35: visionrpc.v1.InferenceService.StreamPredictions:input_type -> visionrpc.v1.StreamPredictionsRequest
+	22, // 36: visionrpc.v1.InferenceService.InferStream:input_type -> visionrpc.v1.InferStreamRequest
+	9,  // 37: visionrpc.v1.InferenceService.Infer:output_type -> visionrpc.v1.InferResponse
+	19, // 38: visionrpc.v1.InferenceService.StreamPredictions:output_type -> visionrpc.v1.StreamPredictionsResponse
+	23, // 39: visionrpc.v1.InferenceService.InferStream:output_type -> visionrpc.v1.InferStreamResponse
+	37, // [37:40] is the sub-list for method output_type
+	34, // [34:37] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_visionrpc_v1_inference_proto_init() }
@@ -2133,6 +2156,7 @@ func file_visionrpc_v1_inference_proto_init() {
 	file_visionrpc_v1_inference_proto_msgTypes[15].OneofWrappers = []any{
 		(*InferStreamResponse_Prediction)(nil),
 		(*InferStreamResponse_Dropped)(nil),
+		(*InferStreamResponse_Error)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
