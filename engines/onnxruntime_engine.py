@@ -25,8 +25,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .base import EngineError, EngineInfo, Tensor, TensorSpec
+from .onnxruntime_memory import release_freed_heap, shared_cpu_arena
 
-__all__ = ["OnnxRuntimeEngine", "available_cores", "resolve_providers"]
+__all__ = ["OnnxRuntimeEngine", "available_cores", "resolve_providers", "threads_per_instance"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ class OnnxRuntimeEngine:
             inter_op_threads: threads running independent operators in parallel; only used by the parallel
                 execution mode, which we do not enable, so 1 is right for nearly every model.
             allow_spinning: let idle intra-op threads busy-wait for the next operator (ONNX Runtime's
-                default). Off: the server's batch scheduler runs one batch per model at a time, and the cores
-                a spinning pool burns between operators are the ones request threads need for decoding,
-                letterboxing and NMS (measured on 2 cores: equal or better throughput, less CPU).
+                default). Off: the server's batch scheduler runs one batch per engine instance at a time,
+                and the cores a spinning pool burns between operators are the ones request threads need for
+                decoding, letterboxing and NMS (measured on 2 cores: equal or better throughput, less CPU).
 
         Raises:
             EngineError: an unknown provider name, a missing or invalid model file, or a failed session.
@@ -107,6 +108,10 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = intra_op_threads or available_cores()
         options.inter_op_num_threads = inter_op_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        # Memory: one shared arena growing by what is asked, no per-shape blocks (onnxruntime_memory.py).
+        options.enable_mem_pattern = False
+        if shared_cpu_arena():
+            options.add_session_config_entry("session.use_env_allocators", "1")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind11 classes, all plain Exception subclasses
@@ -114,6 +119,7 @@ class OnnxRuntimeEngine:
                 raise EngineError(f"{path} is not a valid ONNX model: {exc}") from exc
             raise EngineError(f"onnxruntime could not create a session for {path}: {exc}") from exc
 
+        release_freed_heap()  # what parsing and optimising the graph freed
         used = session.get_providers()
         # A provider that is offered but cannot start (say the CUDA EP without a usable GPU or CUDA library)
         # is skipped by ONNX Runtime with only a line on stderr; make it visible in our log too.
@@ -130,6 +136,36 @@ class OnnxRuntimeEngine:
             ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in engine.inputs),
         )
         return engine
+
+    @classmethod
+    def load_instances(
+        cls,
+        path: Path,
+        count: int,
+        *,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+    ) -> list[OnnxRuntimeEngine]:
+        """`count` independent sessions of one model (engine instances), sharing the intra-op threads.
+
+        Each instance gets `threads_per_instance(count, intra_op_threads)` threads, so two instances on two
+        cores run two batches on one core each instead of fighting over both.
+
+        Raises:
+            EngineError: as `load`, or a count below 1; instances already created are closed first.
+        """
+        if count < 1:
+            raise EngineError(f"expected at least one engine instance, got {count}")
+        threads = threads_per_instance(count, intra_op_threads)
+        engines: list[OnnxRuntimeEngine] = []
+        try:
+            for _ in range(count):
+                engines.append(cls.load(path, providers=providers, intra_op_threads=threads))
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        return engines
 
     @property
     def info(self) -> EngineInfo:
@@ -277,6 +313,17 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
     if _CPU not in chosen:
         chosen.append(_CPU)
     return chosen
+
+
+def threads_per_instance(instances: int, intra_op_threads: int | None = None) -> int:
+    """Intra-op threads for each of `instances` engine instances: the threads one engine would have
+    (`intra_op_threads`, or 0/None for the cores this process may use) split evenly, at least one each.
+
+    Example: on 2 cores, `threads_per_instance(2) == 1` and `threads_per_instance(1) == 2`.
+    """
+    if instances < 1:
+        raise EngineError(f"expected at least one engine instance, got {instances}")
+    return max(1, (intra_op_threads or available_cores()) // instances)
 
 
 def available_cores() -> int:

@@ -29,6 +29,7 @@ from .domain import ChannelOrder, Task
 __all__ = [
     "ENGINE_CHOICES",
     "MANIFEST_FILE",
+    "MAX_INSTANCES",
     "Decoder",
     "FileSignature",
     "Interpolation",
@@ -41,6 +42,8 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 ENGINE_CHOICES = ("onnxruntime", "tensorrt", "auto")
+# More engine instances than this per model is a typo, not a plan: each holds its own session and buffers.
+MAX_INSTANCES = 16
 
 
 class Decoder(enum.Enum):
@@ -132,6 +135,9 @@ class ModelManifest:
     # follows the server. E.g. max_batch_size 1 for a model that misbehaves batched.
     max_batch_size: int | None = None
     max_queue_delay_ms: float | None = None
+    # Engine instances serving this model at once (Triton's instance groups): each its own ONNX Runtime
+    # session with a share of the intra-op threads (or TensorRT context and stream); None follows the server.
+    instances: int | None = None
     extra: dict[str, Any] = field(default_factory=dict[str, Any], compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +157,10 @@ class ModelManifest:
             raise ValueError(
                 f"expected max_queue_delay_ms in [0, 1000] or null, got {self.max_queue_delay_ms}"
             )
+        if self.instances is not None and (
+            type(self.instances) is not int or not 1 <= self.instances <= MAX_INSTANCES
+        ):
+            raise ValueError(f"expected instances in [1, {MAX_INSTANCES}] or null, got {self.instances!r}")
         if self.keypoint_dims not in (2, 3):
             raise ValueError(f"expected keypoint_dims 2 or 3, got {self.keypoint_dims}")
         if self.decoder is Decoder.YOLOV8_POSE and not self.keypoint_names:

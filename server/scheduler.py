@@ -18,7 +18,9 @@ work is still being preprocessed (then it waits for it, at most max_queue_delay_
 engine runs in its caller's thread; unary and stream work alternate first pick of each batch; each origin's
 queue is bounded (RESOURCE_EXHAUSTED with RetryInfo past it); items whose deadline passed or whose caller
 left are dropped before compute; an engine that raises fails its batch with EngineFailedError; a batch is
-capped by the engine's fixed batch or TensorRT profile and leases its engine for its whole run.
+capped by the engine's fixed batch or TensorRT profile and leases its engine for its whole run. A model with
+several engine instances (`EngineSlot`) runs up to that many batches at once, one per instance, each from a
+scheduler thread of its own (or inline in a caller's): a free instance takes the next batch.
 
 Example:
     scheduler = BatchScheduler(slot, BatchSettings(max_batch_size=8, max_queue_delay_ms=2.0))
@@ -120,6 +122,7 @@ class SchedulerStats:
     dropped_deadline: int = 0  # submissions dropped before compute: the deadline had passed
     dropped_cancelled: int = 0  # submissions dropped before compute: the caller had gone
     rejected: int = 0  # images refused with RESOURCE_EXHAUSTED
+    instance_batches: tuple[int, ...] = ()  # batches run on each engine instance (index in the slot's group)
 
 
 def engine_batch_limit(engine: Engine) -> tuple[int | None, bool]:
@@ -153,8 +156,8 @@ class BatchScheduler:
         self._reserved: dict[Origin, int] = dict.fromkeys(Origin, 0)  # admitted, still preprocessing
         self._turn = Origin.UNARY
         self._closed = False
-        self._thread: threading.Thread | None = None
-        self._running = False  # a batch is running (in the scheduler thread or inline in a caller's)
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # batches running (in scheduler threads or inline in callers'), <= slot.instances
         self._batch_s = 0.0  # moving average of a batch's engine time, for RetryInfo
         self._stats = SchedulerStats()
 
@@ -222,11 +225,11 @@ class BatchScheduler:
                 return ticket
             now = time.monotonic()
             self._queues[admission.origin].extend(_Item(ticket, i, t, now) for i, t in enumerate(tensors))
-            # Idle engine, nobody else preparing work: the batch would start at once anyway, so run it here
-            # and spare the two thread hand-offs (~0.1-0.3 ms at concurrency 1).
-            inline = not self._running and not any(self._reserved.values())
+            # A free engine instance, nobody else preparing work: the batch would start at once anyway, so run
+            # it here and spare the two thread hand-offs (~0.1-0.3 ms at concurrency 1).
+            inline = self._running < self._slot.instances and not any(self._reserved.values())
             if inline:
-                self._running = True
+                self._running += 1
             else:
                 self._cond.notify_all()
         if inline:
@@ -248,9 +251,11 @@ class BatchScheduler:
                         item.ticket.fail(error)
                     queue.clear()
                 self._cond.notify_all()
-            thread = self._thread
-        if wait_s > 0 and thread is not None and thread is not threading.current_thread():
-            thread.join(wait_s)
+            threads = list(self._threads)
+        deadline = time.monotonic() + wait_s
+        for thread in threads:
+            if wait_s > 0 and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- the scheduler thread ----------------------------------------------------------------------------
 
@@ -271,12 +276,15 @@ class BatchScheduler:
             self._cond.notify_all()
 
     def _start_thread(self) -> None:
-        """Started on first use: predictors only ever used directly (warm-up, benchmarks) start no thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._loop, name=f"visionrpc-batch-{self._slot.key}", daemon=True
+        """One thread per engine instance, started on first use (predictors only ever used directly, as in
+        warm-up and benchmarks, start none); a swap to more instances starts the missing ones. Lock held."""
+        while len(self._threads) < self._slot.instances:
+            suffix = f"-{len(self._threads)}" if self._threads else ""
+            thread = threading.Thread(
+                target=self._loop, name=f"visionrpc-batch-{self._slot.key}{suffix}", daemon=True
             )
-            self._thread.start()
+            self._threads.append(thread)
+            thread.start()
 
     def _queue_full(self, origin: Origin, queued: int) -> ResourceExhaustedError:
         batch, _ = self.settings.limits(self._slot.info.device)
@@ -296,25 +304,25 @@ class BatchScheduler:
             with self._cond:
                 if not self._gather():
                     return
-                self._running = True
+                self._running += 1
             self._run_claimed_batch()
 
     def _run_claimed_batch(self) -> None:
-        """Runs one batch in this thread (the scheduler's, or a caller's); `_running` was set by the caller
-        under the lock, so no other batch of this model runs meanwhile."""
+        """Runs one batch in this thread (a scheduler thread, or a caller's); the caller counted it in
+        `_running` under the lock, so no more batches of this model run than it has engine instances."""
         try:
             self._run_batch()
         except Exception:  # never let a bug escape: callers would wait forever
             logger.exception("bug in the batch scheduler of %s", self._slot.key)
         finally:
             with self._cond:
-                self._running = False
-                self._cond.notify_all()  # the scheduler thread takes over whatever queued meanwhile
+                self._running -= 1
+                self._cond.notify_all()  # a scheduler thread takes over whatever queued meanwhile
 
     def _gather(self) -> bool:
-        """Waits (lock held) until a batch should start and no other is running; False once closed."""
+        """Waits (lock held) until a batch should start and an engine instance is free; False once closed."""
         while True:
-            while not self._closed and (self._running or not any(self._queues.values())):
+            while not self._closed and (self._busy() or not any(self._queues.values())):
                 self._cond.wait()
             if self._closed:
                 return False
@@ -329,12 +337,17 @@ class BatchScheduler:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            # While this thread waited, a caller may have run the queue inline (or be running it).
-            if self._closed or (not self._running and any(self._queues.values())):
+            # While this thread waited, a caller (or another scheduler thread) may have taken the queue or
+            # the last free instance.
+            if self._closed or (not self._busy() and any(self._queues.values())):
                 return not self._closed
 
+    def _busy(self) -> bool:
+        """Every engine instance runs a batch (lock held)."""
+        return self._running >= self._slot.instances
+
     def _run_batch(self) -> None:
-        with self._slot.lease() as engine:
+        with self._slot.lease_instance() as (instance, engine):
             configured, _ = self.settings.limits(engine.info.device)
             limit, exact = engine_batch_limit(engine)
             capacity = min(configured, limit) if limit is not None else configured
@@ -363,7 +376,7 @@ class BatchScheduler:
                     for item in items:
                         item.ticket.fail(error)
                 return
-        self._deliver(items, outputs, engine.info, start, end, rows=len(tensors))
+        self._deliver(items, outputs, engine.info, start, end, rows=len(tensors), instance=instance)
 
     def _take(self, capacity: int) -> list[_Item]:
         """Pops up to `capacity` live items, fairly between origins (lock held); drops dead ones."""
@@ -409,6 +422,7 @@ class BatchScheduler:
         start: float,
         end: float,
         rows: int,
+        instance: int,
     ) -> None:
         inference_ms = (end - start) * 1000.0
         if metrics.ON:
@@ -428,6 +442,8 @@ class BatchScheduler:
             self._batch_s = (end - start) if not self._batch_s else 0.8 * self._batch_s + 0.2 * (end - start)
             unary = sum(1 for item in items if item.ticket.origin is Origin.UNARY)
             stats = self._stats
+            per_instance = list(stats.instance_batches) + [0] * (instance + 1 - len(stats.instance_batches))
+            per_instance[instance] += 1
             self._stats = replace(
                 stats,
                 batches=stats.batches + 1,
@@ -435,4 +451,5 @@ class BatchScheduler:
                 unary_images=stats.unary_images + unary,
                 stream_images=stats.stream_images + len(items) - unary,
                 largest_batch=max(stats.largest_batch, len(items)),
+                instance_batches=tuple(per_instance),
             )

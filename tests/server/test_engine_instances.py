@@ -1,0 +1,288 @@
+"""Several engine instances per model: the slot hands each batch a free instance, the scheduler runs one batch
+per instance at once, and the manifest and ONNX Runtime settings that size them.
+
+Two real yolov3-tiny ONNX Runtime sessions serve as the instances. `GatedEngine` wraps a real one and holds
+its calls until the test opens the gate (counted and ordered by events, never by wall-clock time), so that
+"the second batch ran while the first was still running" is a fact the test observes, and the instances
+used are read from the scheduler's public per-instance counter (`SchedulerStats.instance_batches`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from conftest import cache_root, wait_for
+from media import media
+from visionrpc.engines import EngineError, EngineInfo, OnnxRuntimeEngine, TensorSpec
+from visionrpc.engines.base import Tensor
+from visionrpc.engines.onnxruntime_engine import available_cores, threads_per_instance
+from visionrpc.server.domain import ChannelOrder, InferOptions
+from visionrpc.server.engine_slot import EngineSlot
+from visionrpc.server.errors import UnavailableError
+from visionrpc.server.manifest import MAX_INSTANCES, ModelManifest, ResolvedModel
+from visionrpc.server.models.repository import ModelId, ModelRepository
+from visionrpc.server.processing import decode_batch, preprocess, resolve_options
+from visionrpc.server.scheduler import BatchScheduler, BatchSettings, Origin, Ticket
+
+PHOTOS = ("coffee.png", "motorcycle_left.png", "astronaut.png", "grace_hopper.jpg")
+
+
+class GatedEngine:
+    """A real engine whose calls wait at a gate while it is closed; counts the calls that entered and those
+    that returned."""
+
+    def __init__(self, inner: OnnxRuntimeEngine) -> None:
+        self._inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = 0
+        self.returned = 0
+        self._lock = threading.Lock()
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._inner.info
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inner.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._inner.outputs
+
+    def infer(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        with self._lock:
+            self.entered += 1
+        assert self.gate.wait(60), "the test never opened the gate"
+        outputs = self._inner.infer(inputs)
+        with self._lock:
+            self.returned += 1
+        return outputs
+
+    def warmup(self, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        self._inner.warmup(shapes)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+
+@pytest.fixture(scope="module")
+def model() -> ResolvedModel:
+    root = cache_root() / "downloads"
+    repository = ModelRepository(root / "unused-user-models", root / "builtin-models", root)
+    return repository.resolve(ModelId("yolov3-tiny-coco"))
+
+
+@pytest.fixture(scope="module")
+def tensors(model: ResolvedModel) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
+    result = []
+    for name in PHOTOS:
+        pixels = cv2.imread(str(media(name)), cv2.IMREAD_COLOR)
+        assert pixels is not None
+        tensor, _ = preprocess(np.asarray(pixels, np.uint8), ChannelOrder.BGR, model.manifest)
+        result.append(tensor)
+    return result
+
+
+@pytest.fixture
+def instances(model: ResolvedModel) -> Iterator[list[GatedEngine]]:
+    """Two instances with the machine's cores split between them, as a model with `instances: 2` gets."""
+    engines = [GatedEngine(e) for e in OnnxRuntimeEngine.load_instances(model.onnx_path, 2)]
+    yield engines
+    for engine in engines:
+        engine.gate.set()
+        engine.close()
+
+
+def submit_in_thread(scheduler: BatchScheduler, tensor: np.ndarray[Any, Any]) -> Callable[[], Ticket]:
+    """Admits and submits one image from a thread of its own (a submission may run its batch inline)."""
+    box: list[Ticket] = []
+
+    def run() -> None:
+        admission = scheduler.admit(1, Origin.UNARY)
+        box.append(scheduler.submit(admission, [tensor]))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def ticket() -> Ticket:
+        assert wait_for(lambda: bool(box), timeout_s=60)
+        return box[0]
+
+    return ticket
+
+
+def detections(model: ResolvedModel, outputs: Mapping[str, Tensor]) -> list[tuple[str, float]]:
+    manifest = model.manifest
+    options = resolve_options(InferOptions(), manifest)
+    transform = preprocess(np.zeros((416, 416, 3), np.uint8), ChannelOrder.BGR, manifest)[1]
+    (decoded,) = decode_batch(manifest, outputs, [transform], options)
+    return [(d.class_name, round(d.confidence, 4)) for d in decoded.detections]
+
+
+def test_a_second_batch_runs_on_the_free_instance_while_the_first_is_held(
+    model: ResolvedModel, instances: list[GatedEngine], tensors: list[np.ndarray[Any, Any]]
+) -> None:
+    first, second = instances
+    slot = EngineSlot(model.key, first, second)
+    scheduler = BatchScheduler(slot, BatchSettings(max_batch_size=1, max_queue_delay_ms=0.0))
+    first.gate.clear()
+    try:
+        held = submit_in_thread(scheduler, tensors[0])
+        assert wait_for(lambda: first.entered == 1, timeout_s=60)
+
+        others = [submit_in_thread(scheduler, tensor) for tensor in tensors[1:]]
+
+        # All three finish on the second instance while the first still holds its batch (the held
+        # submission runs inline, so its ticket only comes back once its batch is done).
+        assert wait_for(lambda: all(t().finished for t in others), timeout_s=60)
+        assert (first.returned, second.returned) == (0, 3)
+        assert scheduler.stats().instance_batches == (0, 3)
+        first.gate.set()
+        assert wait_for(lambda: held().finished, timeout_s=60)
+        assert scheduler.stats().instance_batches == (1, 3)
+    finally:
+        first.gate.set()
+        scheduler.close()
+    with OnnxRuntimeEngine.load(model.onnx_path) as alone:
+        for ticket, tensor in zip([held, *others], tensors, strict=True):
+            (item,) = ticket().result()
+            expected = alone.infer({slot.input_name: tensor[np.newaxis]})
+            assert detections(model, item.outputs) == detections(model, expected)
+            got, want = (np.asarray(o["output"], np.float32) for o in (item.outputs, expected))
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_concurrent_requests_use_both_instances_and_get_their_own_answers(
+    model: ResolvedModel, instances: list[GatedEngine], tensors: list[np.ndarray[Any, Any]]
+) -> None:
+    """Eight requests from eight threads, batches of one: every answer is its own image's, and with one
+    instance held until both have entered a batch, both instances must have served."""
+    first, second = instances
+    slot = EngineSlot(model.key, first, second)
+    scheduler = BatchScheduler(slot, BatchSettings(max_batch_size=1, max_queue_delay_ms=0.0))
+    first.gate.clear()
+    second.gate.clear()
+    try:
+        tickets = [submit_in_thread(scheduler, tensors[i % len(tensors)]) for i in range(8)]
+        assert wait_for(lambda: first.entered >= 1 and second.entered >= 1, timeout_s=60)
+        first.gate.set()
+        second.gate.set()
+        assert wait_for(lambda: all(t().finished for t in tickets), timeout_s=120)
+    finally:
+        first.gate.set()
+        second.gate.set()
+        scheduler.close()
+    served = scheduler.stats().instance_batches
+    assert sum(served) == 8 and len(served) == 2 and min(served) >= 1, served
+    with OnnxRuntimeEngine.load(model.onnx_path) as alone:
+        expected = [detections(model, alone.infer({slot.input_name: t[np.newaxis]})) for t in tensors]
+    for index, ticket in enumerate(tickets):
+        (item,) = ticket().result()
+        assert detections(model, item.outputs) == expected[index % len(tensors)]
+
+
+def test_a_swap_replaces_every_instance_and_closes_each_after_its_batch(
+    model: ResolvedModel, instances: list[GatedEngine]
+) -> None:
+    first, second = instances
+    slot = EngineSlot(model.key, first, second)
+    replacement = OnnxRuntimeEngine.load(model.onnx_path, intra_op_threads=1)
+    with slot.lease() as busy:
+        assert busy is first
+        assert slot.swap(replacement)
+        assert slot.instances == 1
+        assert second.closed and not first.closed  # the idle one at once, the busy one after its batch
+    assert first.closed
+    with slot.lease() as engine:
+        assert engine is replacement
+    slot.close()
+    assert replacement.closed
+    with pytest.raises(UnavailableError), slot.lease():
+        pass
+
+
+class RenamedInput(GatedEngine):
+    """A real engine reporting another input name: what an instance of a different model would have."""
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        spec = super().inputs[0]
+        return (TensorSpec("pixels", spec.dtype, spec.shape),)
+
+
+def test_instances_must_have_the_same_tensors(model: ResolvedModel, instances: list[GatedEngine]) -> None:
+    other = RenamedInput(OnnxRuntimeEngine.load(model.onnx_path))
+    try:
+        with pytest.raises(EngineError, match="differ from the current engine's"):
+            EngineSlot(model.key, instances[0], other)
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "threads", "expected"),
+    [
+        pytest.param(1, 2, 2, id="one-instance-keeps-all"),
+        pytest.param(2, 2, 1, id="two-on-two-cores-one-each"),
+        pytest.param(2, 8, 4, id="two-on-eight"),
+        pytest.param(3, 8, 2, id="uneven-rounds-down"),
+        pytest.param(4, 2, 1, id="more-instances-than-threads-still-one"),
+        pytest.param(2, 0, max(1, available_cores() // 2), id="zero-means-the-machine"),
+        pytest.param(2, None, max(1, available_cores() // 2), id="none-means-the-machine"),
+    ],
+)
+def test_threads_per_instance(count: int, threads: int | None, expected: int) -> None:
+    assert threads_per_instance(count, threads) == expected
+
+
+def test_load_instances_makes_independent_sessions(model: ResolvedModel) -> None:
+    engines = OnnxRuntimeEngine.load_instances(model.onnx_path, 2, intra_op_threads=2)
+    try:
+        assert len(engines) == 2 and engines[0] is not engines[1]
+        engines[0].close()
+        assert not engines[1].closed  # closing one leaves the other serving
+    finally:
+        for engine in engines:
+            engine.close()
+    with pytest.raises(EngineError, match="at least one engine instance, got 0"):
+        OnnxRuntimeEngine.load_instances(model.onnx_path, 0)
+
+
+BASE = {"task": "detection", "decoder": "yolov5", "input_width": 32, "input_height": 32}
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        pytest.param(None, None, id="null-follows-the-server"),
+        pytest.param(1, None, id="one"),
+        pytest.param(MAX_INSTANCES, None, id="the-most"),
+        pytest.param(0, "expected instances in [1, 16] or null, got 0", id="zero"),
+        pytest.param(-2, "got -2", id="negative"),
+        pytest.param(MAX_INSTANCES + 1, "got 17", id="too-many"),
+        pytest.param("2", "got '2'", id="a-string"),
+        pytest.param(2.0, "got 2.0", id="a-float"),
+        pytest.param(True, "got True", id="a-boolean"),
+    ],
+)
+def test_manifest_instances(value: object, error: str | None) -> None:
+    data = {**BASE, "instances": value}
+    if error is None:
+        manifest = ModelManifest.from_dict(data)
+        assert manifest.instances == value
+        assert ModelManifest.from_dict(manifest.to_dict()) == manifest
+    else:
+        with pytest.raises(ValueError) as caught:
+            ModelManifest.from_dict(data)
+        assert error in str(caught.value)
