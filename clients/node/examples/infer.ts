@@ -22,7 +22,7 @@ try {
           `[${event.event}]`,
           event.reason || event.sources.map((s) => `${s.width}x${s.height}@${s.fps}`).join(" "),
         );
-      } else {
+      } else if (event.kind === "frame") {
         const names = event.prediction?.detections.map((d) => d.className) ?? [];
         console.log(`frame ${event.sequenceNumber}: ${names.join(", ") || "-"}`);
       }

@@ -39,6 +39,9 @@ function eventLine(event: StreamMessage): Record<string, unknown> {
       sequence_number: event.sequenceNumber,
     };
   }
+  if (event.kind === "events") {
+    return { kind: "events", stream_id: event.streamId, cursor: event.cursor, events: event.events.length };
+  }
   const line: Record<string, unknown> = {
     kind: "status",
     event: event.event.toUpperCase(),

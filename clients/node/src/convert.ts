@@ -8,12 +8,15 @@ import { readFile } from "node:fs/promises";
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
+import { StreamAnalyticsSchema, type AnalyticsEvent, type FrameAnalytics } from "./gen/visionrpc/v1/analytics_pb.js";
 import {
   Delivery,
+  FaceRedaction,
   FrameImage,
   FramePolicy,
   InferRequestSchema,
   ResumeOutcome,
+  StreamContent,
   StreamEvent,
   StreamPredictionsRequestSchema,
   StreamResumeSchema,
@@ -87,7 +90,28 @@ export interface StreamRequest extends Omit<InferOptions, "topK"> {
   frameImage?: "raw" | "annotated";
   /** JPEG quality 1-100 for frame images; the server's default when omitted. */
   jpegQuality?: number;
+  /** Watch a pipeline declared in the server's pipelines file by name; the other fields are then ignored. */
+  pipeline?: string;
+  /**
+   * Tracking, zones and lines (the contract's StreamAnalytics, e.g.
+   * `{ lines: [{ name: "gate", start: { x: 320, y: 0 }, end: { x: 320, y: 272 } }] }`): frames then carry
+   * `analytics` and detections a `trackId`.
+   */
+  analytics?: MessageInitShape<typeof StreamAnalyticsSchema>;
+  /** Hide faces in the frame images returned. */
+  faceRedaction?: "blur" | "pixelate";
+  /** "events": receive only analytics events (kind "events") and statuses, not every frame. */
+  content?: "frames" | "events";
 }
+
+const FACE_REDACTIONS: Readonly<Record<string, FaceRedaction>> = {
+  blur: FaceRedaction.BLUR,
+  pixelate: FaceRedaction.PIXELATE,
+};
+const CONTENTS: Readonly<Record<string, StreamContent>> = {
+  frames: StreamContent.FRAMES,
+  events: StreamContent.EVENTS,
+};
 
 const CHANNEL_ORDERS: Readonly<Record<ChannelOrderName, readonly [ChannelOrder, number]>> = {
   rgb: [ChannelOrder.RGB, 3],
@@ -191,6 +215,15 @@ export function buildStreamRequest(request: StreamRequest): StreamPredictionsReq
   if (frameImage === undefined) {
     throw new TypeError(`frameImage: expected "raw" or "annotated", got ${String(request.frameImage)}`);
   }
+  const faceRedaction =
+    request.faceRedaction === undefined ? FaceRedaction.UNSPECIFIED : FACE_REDACTIONS[request.faceRedaction];
+  if (faceRedaction === undefined) {
+    throw new TypeError(`faceRedaction: expected "blur" or "pixelate", got ${String(request.faceRedaction)}`);
+  }
+  const content = request.content === undefined ? StreamContent.UNSPECIFIED : CONTENTS[request.content];
+  if (content === undefined) {
+    throw new TypeError(`content: expected "frames" or "events", got ${String(request.content)}`);
+  }
   return create(StreamPredictionsRequestSchema, {
     streamId: request.streamId ?? "",
     modelId: request.model ?? "",
@@ -202,7 +235,11 @@ export function buildStreamRequest(request: StreamRequest): StreamPredictionsReq
       delivery: request.everyFrameDelivery === true ? Delivery.EVERY_FRAME : Delivery.LOSSY,
       frameImage,
       jpegQuality: request.jpegQuality ?? 0,
+      faceRedaction,
+      analytics: request.analytics === undefined ? undefined : create(StreamAnalyticsSchema, request.analytics),
     },
+    pipeline: request.pipeline ?? "",
+    content,
   });
 }
 
@@ -281,6 +318,16 @@ export interface StreamFrame {
   readonly resultsDropped: number;
   /** The frame as JPEG when `frameImage` asked for it, else empty. */
   readonly frameJpeg: Uint8Array;
+  /** Streams with analytics: the zones and lines watching this source after the frame, and its events. */
+  readonly analytics: FrameAnalytics | undefined;
+}
+
+/** The analytics events one frame caused (subscriptions with `content: "events"`). */
+export interface StreamEvents {
+  readonly kind: "events";
+  readonly streamId: string;
+  readonly cursor: number;
+  readonly events: readonly AnalyticsEvent[];
 }
 
 /**
@@ -302,7 +349,7 @@ export interface StreamStatus {
   readonly resume: ResumeInfo | undefined;
 }
 
-export type StreamMessage = StreamFrame | StreamStatus;
+export type StreamMessage = StreamFrame | StreamEvents | StreamStatus;
 
 /**
  * A raw response -> a frame or a status; undefined for a payload this client does not know (a newer server).
@@ -326,7 +373,11 @@ export function streamMessageFromProto(message: StreamPredictionsResponse, downt
       framesSkipped: Number(frame.drops?.framesSkipped ?? 0n),
       resultsDropped: Number(frame.drops?.resultsDropped ?? 0n),
       frameJpeg: frame.frameJpeg,
+      analytics: frame.analytics,
     };
+  }
+  if (payload.case === "events") {
+    return { kind: "events", streamId: message.streamId, cursor: Number(message.cursor), events: payload.value.events };
   }
   if (payload.case === "status") {
     const status = payload.value;

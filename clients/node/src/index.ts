@@ -28,6 +28,7 @@ export type {
   ResumeOutcomeName,
   SourceInfo,
   StreamEventName,
+  StreamEvents,
   StreamFrame,
   StreamMessage,
   StreamRequest,
@@ -52,7 +53,14 @@ export type {
 } from "./gen/visionrpc/v1/types_pb.js";
 export type { InferResponse, InferStreamResponse, StreamPredictionsResponse } from "./gen/visionrpc/v1/inference_pb.js";
 export { Backpressure } from "./gen/visionrpc/v1/inference_pb.js";
-export type { FrameAnalytics, StreamAnalytics } from "./gen/visionrpc/v1/analytics_pb.js";
+export type {
+  AnalyticsEvent,
+  FrameAnalytics,
+  LineState,
+  StreamAnalytics,
+  ZoneState,
+} from "./gen/visionrpc/v1/analytics_pb.js";
+export { AnalyticsEventKind, CrossingDirection } from "./gen/visionrpc/v1/analytics_pb.js";
 export {
   ModelState,
   ModelTask,

@@ -149,6 +149,29 @@ if (server !== undefined) {
       assert.equal(err.reason, "STREAM_NOT_FOUND");
     });
 
+    test("analytics: frames carry the line's counts and detections their track ids", { timeout: 120_000 }, async () => {
+      const stream = client.stream({
+        sources: ["bikes.mp4"],
+        everyFrameDelivery: true,
+        analytics: { lines: [{ name: "gate", start: { x: 320, y: 0 }, end: { x: 320, y: 272 } }] },
+      });
+      const lineNames = new Set<string>();
+      const trackIds = new Set<bigint>();
+      let frames = 0;
+      for await (const event of stream) {
+        if (event.kind !== "frame") {
+          continue;
+        }
+        event.analytics?.lines.forEach((line) => lineNames.add(line.name));
+        event.prediction?.detections.forEach((d) => d.trackId > 0n && trackIds.add(d.trackId));
+        if (++frames === 40) {
+          break;
+        }
+      }
+      assert.deepEqual([...lineNames], ["gate"]);
+      assert.ok(trackIds.size > 0, "people and bicycles are tracked within 40 frames");
+    });
+
     test("cancel() ends the iteration without an error", { timeout: 60_000 }, async () => {
       const stream = client.stream({ sources: ["bikes.mp4"], maxFps: 8 });
       let frames = 0;

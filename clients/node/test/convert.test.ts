@@ -16,10 +16,13 @@ import {
   streamMessageFromProto,
   type ImageInput,
 } from "../src/convert.js";
+import { AnalyticsEventKind } from "../src/gen/visionrpc/v1/analytics_pb.js";
 import {
   Delivery,
+  FaceRedaction,
   FrameImage,
   FramePolicy,
+  StreamContent,
   StreamEvent,
   StreamPredictionsResponseSchema,
 } from "../src/gen/visionrpc/v1/inference_pb.js";
@@ -156,6 +159,24 @@ describe("stream requests", () => {
     assert.deepEqual(request.options?.classNames, ["face"]);
   });
 
+  test("analytics, face redaction, content and a declared pipeline", () => {
+    const request = buildStreamRequest({
+      pipeline: "gate",
+      analytics: { tracking: { enabled: true }, lines: [{ name: "gate", start: { x: 1, y: 2 }, end: { x: 3, y: 4 } }] },
+      faceRedaction: "pixelate",
+      content: "events",
+    });
+    assert.equal(request.pipeline, "gate");
+    assert.equal(request.content, StreamContent.EVENTS);
+    assert.equal(request.streamOptions?.faceRedaction, FaceRedaction.PIXELATE);
+    assert.equal(request.streamOptions?.analytics?.tracking?.enabled, true);
+    assert.equal(request.streamOptions?.analytics?.lines[0]?.end?.y, 4);
+  });
+
+  test("a bad content is refused", () => {
+    assert.throws(() => buildStreamRequest({ content: "all" as "events" }), /expected "frames" or "events", got all/);
+  });
+
   test("a bad frame policy is refused", () => {
     assert.throws(
       () => buildStreamRequest({ framePolicy: "sometimes" as "every_frame" }),
@@ -208,6 +229,22 @@ describe("stream messages", () => {
     assert.ok(event?.kind === "status");
     assert.equal(event.event, "started");
     assert.deepEqual(event.sources, [{ sourceIndex: 0, width: 640, height: 272, fps: 25, frameCount: 250 }]);
+  });
+
+  test("events: a frame's analytics events", () => {
+    const message = create(StreamPredictionsResponseSchema, {
+      streamId: "abc",
+      cursor: 7n,
+      payload: {
+        case: "events",
+        value: { events: [{ kind: AnalyticsEventKind.LINE_CROSSED, name: "gate", trackId: 3n }] },
+      },
+    });
+    const event = streamMessageFromProto(message);
+    assert.ok(event?.kind === "events");
+    assert.equal(event.cursor, 7);
+    assert.equal(event.events[0]?.name, "gate");
+    assert.equal(event.events[0]?.trackId, 3n);
   });
 
   test("an empty payload (from a newer server) is skipped", () => {

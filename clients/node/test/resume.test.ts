@@ -247,7 +247,7 @@ describe("PredictionStream resumes", () => {
     const events = await collect(subscription);
 
     assert.deepEqual(
-      events.map((e) => (e.kind === "frame" ? `frame ${e.sequenceNumber}` : e.event)),
+      events.map((e) => (e.kind === "frame" ? `frame ${e.sequenceNumber}` : e.kind === "status" ? e.event : e.kind)),
       ["started", "frame 0", "resumed", "frame 1", "source_ended"],
     );
     assert.equal(calls.requests[0], ORIGINAL, "the first call is the original request");
