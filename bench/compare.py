@@ -40,7 +40,7 @@ from .stats import latency_summary, median_ci
 from .streams import stream_fps_async
 from .unary import CHANNEL_OPTIONS, INFER_METHOD
 
-__all__ = ["Side", "compare_servers", "summarise_pairs", "window_rate"]
+__all__ = ["Side", "compare_servers", "summarise_pairs", "throughput_segment", "window_rate"]
 
 SIDES = ("current", "previous")
 
@@ -81,7 +81,7 @@ async def _latency_segment(
     }
 
 
-async def _throughput_segment(
+async def throughput_segment(
     infer: Infer, requests: Sequence[bytes], concurrency: int, warm_s: float, seconds: float, pid: int
 ) -> dict[str, Any]:
     """Closed-loop workers; the window opens after `warm_s` once every worker has had an answer (the
@@ -188,7 +188,7 @@ class _Comparison:
     def throughput(
         self, concurrency: int, warm_s: float, seconds: float
     ) -> Callable[[Side], Awaitable[dict[str, Any]]]:
-        return lambda side: _throughput_segment(
+        return lambda side: throughput_segment(
             self.infers[side.label], self.requests, concurrency, warm_s, seconds, side.pid
         )
 

@@ -22,12 +22,16 @@ class Mode:
     # RSS checkpoints: Infer requests after the warm-up, sent at the highest concurrency before any other
     # phase (the later phases then run on a server in its steady state).
     memory_checkpoints: tuple[int, int]
-    # The targets' interleaved comparisons (paired.py).
+    # The targets' interleaved comparisons (paired.py): pairs of short alternating segments.
     latency_pairs: int  # one in-process call + one Infer each
-    rounds: int  # rounds of each side for throughput, stream and fan-out
-    round_images: int  # images per throughput round and side
-    stream_frames: int | None  # frames per stream round and side (None: the whole file, 250 frames)
+    throughput_pairs: int
+    throughput_segment_s: float  # each side's segment (the served one after `throughput_warm_s`)
+    throughput_warm_s: float
+    stream_pairs: int
+    stream_frames: int | None  # frames per stream segment (None: the whole file, 250 frames)
+    fanout_pairs: int
     fanout_frames: int | None  # frames per fan-out window (None: to the end of the file)
+    cold_starts: int  # fresh server processes timed from exec to SERVING, and their first Infer
     # Current vs previous server (--baseline-ref, compare.py): cycles of one pair of segments per measure
     # (c=1: `compare_latency_segments` pairs per cycle), each segment short, the order flipping per pair.
     compare_cycles: int
@@ -49,10 +53,14 @@ FULL = Mode(
     warmup_requests=32,
     memory_checkpoints=(1_000, 10_000),
     latency_pairs=300,
-    rounds=2,
-    round_images=240,
+    throughput_pairs=16,
+    throughput_segment_s=4.0,
+    throughput_warm_s=1.0,
+    stream_pairs=10,
     stream_frames=None,
+    fanout_pairs=4,
     fanout_frames=None,
+    cold_starts=3,
     compare_cycles=12,
     compare_latency_segments=2,
     compare_latency_requests=10,
@@ -70,12 +78,16 @@ QUICK = Mode(
     unary_requests=((1, 20), (4, 24), (16, 32)),
     png_requests=10,
     warmup_requests=16,
-    memory_checkpoints=(100, 500),
+    memory_checkpoints=(100, 300),
     latency_pairs=20,
-    rounds=1,
-    round_images=16,
-    stream_frames=40,
+    throughput_pairs=2,
+    throughput_segment_s=0.6,
+    throughput_warm_s=0.4,
+    stream_pairs=2,
+    stream_frames=30,
+    fanout_pairs=1,
     fanout_frames=30,
+    cold_starts=1,
     compare_cycles=2,
     compare_latency_segments=1,
     compare_latency_requests=4,

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NoiseMeter", "cpu_seconds", "machine_info", "quiesce", "rss_bytes"]
+__all__ = ["NoiseMeter", "cpu_seconds", "machine_info", "precise_cpu_seconds", "quiesce", "rss_bytes"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -30,7 +30,7 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _precise_cpu_seconds(pid: int) -> float:
+def precise_cpu_seconds(pid: int) -> float:
     """Like cpu_seconds, from the per-thread scheduler statistics (nanoseconds) where Linux has them."""
     try:
         total = 0
@@ -49,10 +49,10 @@ def quiesce(*pids: int, step_s: float = 0.002, idle_share: float = 0.1, limit_s:
     start = time.perf_counter()
     while True:
         # Our own clock is read inside the others', so reading /proc is not counted as our work.
-        servers = sum(_precise_cpu_seconds(pid) for pid in pids)
+        servers = sum(precise_cpu_seconds(pid) for pid in pids)
         own = time.process_time()
         time.sleep(step_s)
-        used = (time.process_time() - own) + (sum(_precise_cpu_seconds(pid) for pid in pids) - servers)
+        used = (time.process_time() - own) + (sum(precise_cpu_seconds(pid) for pid in pids) - servers)
         waited = time.perf_counter() - start
         if used < idle_share * step_s or waited >= limit_s:
             return waited

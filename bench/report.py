@@ -1,122 +1,29 @@
-"""Targets as ratios of this run's own measurements, and the JSON and Markdown reports."""
+"""The JSON and Markdown reports of a run (targets: targets.py), and the agreement of repeated runs."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMPARED", "Target", "comparison_reading", "evaluate_targets", "render_markdown", "write_reports"]
+from .stats import agreement
+from .targets import Target, evaluate_targets
 
-# DESIGN.md, "Performance yardsticks": the server's overhead is a ratio to the in-process pipeline.
-UNARY_P50_OVERHEAD_MS = 1.5
-THROUGHPUT_RATIO = 0.95
-STREAM_RATIO = 0.95
-FANOUT_CPU_RATIO = 1.15
-RSS_GROWTH_MB = 30.0
+__all__ = [
+    "COMPARED",
+    "Target",
+    "comparison_reading",
+    "evaluate_targets",
+    "render_markdown",
+    "render_repeat",
+    "repeat_agreement",
+    "verdict",
+    "write_reports",
+]
+
 NOISY_SHARE = 0.05  # other processes' share of the machine's CPU above which a run is flagged as noisy
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    name: str
-    measured: str  # the measurement, in words and units
-    target: str
-    ratio: float  # measured against the limit, oriented so that <= 1.0 always means met
-    met: bool
-
-
-def _unary_latency(pairs: dict[str, Any], floor: dict[str, Any]) -> Target:
-    base, served = pairs["in_process"]["p50_ms"], pairs["served"]["p50_ms"]
-    limit = base + UNARY_P50_OVERHEAD_MS
-    return Target(
-        "unary p50 latency, c=1",
-        f"{served:.2f} ms vs in-process {base:.2f} ms: {served - base:+.2f} ms ({pairs['pairs']} interleaved "
-        f"pairs; median pair difference {pairs['median_pair_difference_ms']:+.2f} ms; gRPC's own floor here "
-        f"+{floor['outside_handler_p50_ms']:.2f} ms)",
-        f"<= in-process + {UNARY_P50_OVERHEAD_MS} ms = {limit:.2f} ms",
-        served / limit,
-        served <= limit,
-    )
-
-
-def _ratio_target(
-    name: str,
-    measured: str,
-    ratio: float,
-    *,
-    at_least: float | None = None,
-    at_most: float | None = None,
-    of: str = "",
-) -> Target:
-    """A target on served / baseline, with the limit in words and the ratio oriented so <= 1 means met."""
-    of = f" {of}" if of else ""
-    if at_least is not None:
-        return Target(name, measured, f">= {at_least} x{of}", at_least / ratio, ratio >= at_least)
-    assert at_most is not None, "a ratio target needs at_least or at_most"
-    return Target(name, measured, f"<= {at_most} x{of}", ratio / at_most, ratio <= at_most)
-
-
-def _unary_throughput(paired: dict[str, Any]) -> Target:
-    local, served = paired["in_process"], paired["served"]
-    ratio = served["requests_per_s"] / local["images_per_s"]
-    return _ratio_target(
-        f"unary throughput, c={served['concurrency']}",
-        f"{served['requests_per_s']:.1f} img/s = {ratio:.3f} x in-process best {local['images_per_s']:.1f} "
-        f"img/s (batch {local['batch']}, {local['threads']} thread(s); {paired['rounds']} rounds each)",
-        ratio,
-        at_least=THROUGHPUT_RATIO,
-        of="in-process best",
-    )
-
-
-def _stream(paired: dict[str, Any]) -> Target:
-    served, loop = paired["served"]["fps"], paired["in_process"]["fps"]
-    ratio = served / loop
-    return _ratio_target(
-        "stream frames/s, every-frame delivery",
-        f"{served:.1f} fps = {ratio:.3f} x in-process loop {loop:.1f} fps ({paired['rounds']} rounds each)",
-        ratio,
-        at_least=STREAM_RATIO,
-        of="in-process loop",
-    )
-
-
-def _fanout(paired: dict[str, Any]) -> Target:
-    one, many = paired["1"]["server_cpu_ms_per_frame"], paired["8"]["server_cpu_ms_per_frame"]
-    ratio = many / one
-    return _ratio_target(
-        "fan-out: server CPU per frame, 8 subscribers vs 1",
-        f"{many:.1f} vs {one:.1f} ms/frame = {ratio:.3f} x ({paired['rounds']} rounds each)",
-        ratio,
-        at_most=FANOUT_CPU_RATIO,
-    )
-
-
-def _memory(memory: dict[str, Any], full: bool) -> Target:
-    first, last = memory["checkpoints"]
-    growth = memory["growth_mb"]
-    return Target(
-        f"server RSS growth, {first['requests']:,} -> {last['requests']:,} requests",
-        f"{growth:+.1f} MB ({first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB)",
-        f"<= {RSS_GROWTH_MB:.0f} MB" + ("" if full else " (defined for 1k -> 10k)"),
-        max(growth, 0.0) / RSS_GROWTH_MB,
-        growth <= RSS_GROWTH_MB,
-    )
-
-
-def evaluate_targets(results: dict[str, Any]) -> list[Target]:
-    """The targets, each from the interleaved comparison of its two sides (paired.py), memory aside."""
-    paired = results["paired"]
-    return [
-        _unary_latency(paired["latency"], results["floor"]),
-        _unary_throughput(paired["throughput"]),
-        _stream(paired["stream"]),
-        _fanout(paired["fanout"]),
-        _memory(results["memory"], results["mode"] == "full"),
-    ]
 
 
 def _row(*cells: object) -> str:
@@ -174,20 +81,19 @@ def _measurements(results: dict[str, Any]) -> list[str]:
     for side in ("in_process", "served"):
         rows.append(_row(f"interleaved latency pairs, {side.replace('_', '-')}", _latency(pairs[side])))
     throughput = paired["throughput"]
-    rows.append(
-        _row(
-            "interleaved throughput rounds (img/s)",
-            f"in-process {throughput['in_process_rounds']}, served {throughput['served_rounds']}",
-        )
-    )
+    for side, key in (("in_process", "images_per_s"), ("served", "requests_per_s")):
+        values = ", ".join(f"{float(r[key]):.1f}" for r in throughput[side]["segments"])
+        rows.append(_row(f"throughput segments, {side.replace('_', '-')} (img/s, in order)", f"{values}"))
     stream = paired["stream"]
     for side, label in (
         ("served", "StreamPredictions, 1 every-frame subscriber"),
         ("in_process", "in-process loop: cv2.VideoCapture + infer"),
     ):
-        runs = ", ".join(f"{r['fps']:.1f}" for r in stream[side]["runs"])
-        frames = sum(int(r["frames"]) for r in stream[side]["runs"])
-        rows.append(_row(label, f"{stream[side]['fps']:.1f} fps ({frames} frames; rounds: {runs} fps)"))
+        runs = ", ".join(f"{r['fps']:.1f}" for r in stream[side]["segments"])
+        frames = sum(int(r["frames"]) for r in stream[side]["segments"])
+        rows.append(
+            _row(label, f"{stream[side]['fps_total']:.1f} fps ({frames} frames; segments: {runs} fps)")
+        )
     for key in ("1", "8"):
         side = paired["fanout"][key]
         runs = side["runs"]
@@ -200,6 +106,37 @@ def _measurements(results: dict[str, Any]) -> list[str]:
                 f"({fps} fps); results dropped (max) {dropped}",
             )
         )
+    shm = results.get("shared_memory", {"measured": False, "reason": "not run"})
+    if shm["measured"]:
+        rows.append(
+            _row("interleaved latency pairs, shared-memory input", _latency(shm["latency"]["served"]))
+        )
+    else:
+        rows.append(_row("shared-memory input", f"not measured: {shm['reason']}"))
+    cold = results.get("cold_start")
+    if cold is not None:
+        rows.append(
+            _row(
+                f"cold start: exec -> SERVING on the health service (median of {cold['starts']})",
+                f"{cold['exec_to_serving_s']:.2f} s; RSS then {cold['rss_mb_at_serving']:.1f} MB",
+            )
+        )
+        rows.append(
+            _row(
+                "cold start: first Infer on a fresh channel (with the connection), then the second",
+                f"{cold['first_request_ms']:.1f} ms, then {cold['second_request_ms']:.1f} ms",
+            )
+        )
+    counter = results.get("instructions", {"available": False, "reason": "not probed"})
+    if counter["available"]:
+        rows.append(
+            _row(
+                "user-space instructions per image (perf stat)",
+                f"in-process {counter.get('in_process_per_image')}, server {counter.get('served_per_image')}",
+            )
+        )
+    else:
+        rows.append(_row("instruction counts", f"not measured: {counter['reason']}"))
     warm = memory["warmup"]
     rows.append(_row("server RSS after warm-up", f"{warm['rss_mb']:.1f} MB ({warm['requests']} requests)"))
     for point in memory["checkpoints"]:
@@ -311,6 +248,14 @@ def _comparison_section(comparison: dict[str, Any], quick: bool) -> list[str]:
     return lines
 
 
+def verdict(target: Target) -> str:
+    """met / missed / not measured, and whether the run could tell (the limit outside the interval)."""
+    if target.met is None:
+        return "not measured"
+    word = "met" if target.met else "**missed**"
+    return word + ("" if target.decided else " *(within the interval)*")
+
+
 def render_markdown(results: dict[str, Any], targets: Sequence[Target]) -> str:
     settings, quick, noise = results["settings"], results["mode"] != "full", results["noise"]
     title = f"# visionrpc benchmark, {results['mode']} mode"
@@ -323,12 +268,13 @@ def render_markdown(results: dict[str, Any], targets: Sequence[Target]) -> str:
         *_noise_warning(noise),
         "## Targets",
         "",
-        _row("target", "measured", "limit", "ratio (<= 1 met)", "result"),
-        _row("---", "---", "---", "---:", "---"),
-        *(
-            _row(t.name, t.measured, t.target, f"{t.ratio:.3f}", "met" if t.met else "**missed**")
-            for t in targets
-        ),
+        _row("target", "measured", "limit", "spread", "ratio (<= 1 met)", "result"),
+        _row("---", "---", "---", "---", "---:", "---"),
+        *(_row(t.name, t.measured, t.target, t.spread, f"{t.ratio:.3f}", verdict(t)) for t in targets),
+        "",
+        "Each ratio is the median over pairs of short alternating segments (in-process, served, the order "
+        "flipping per pair); a result marked *(within the interval)* has the limit inside the median's 95% "
+        "interval: this run cannot tell met from missed.",
         "",
         *(_comparison_section(results["comparison"], quick) if "comparison" in results else []),
         "## Measurements",
@@ -361,3 +307,52 @@ def write_reports(results: dict[str, Any], targets: Sequence[Target], out_dir: P
     json_path.write_text(json.dumps({**results, "targets": [asdict(t) for t in targets]}, indent=2) + "\n")
     md_path.write_text(render_markdown(results, targets))
     return json_path, md_path
+
+
+def repeat_agreement(runs: Sequence[Sequence[Target]], tolerance: float = 0.03) -> list[dict[str, Any]]:
+    """Per target, the first two runs' figures side by side: whether each ratio agrees within
+    `tolerance` (relative to the first run), and whether the target held in both."""
+    first, second = runs[0], runs[1]
+    rows = []
+    for a, b in zip(first, second, strict=True):
+        row: dict[str, Any] = {
+            "name": a.name,
+            "met": [a.met, b.met],
+            "held_in_both": a.met is True and b.met is True,
+        }
+        if a.figure is not None and b.figure is not None:
+            row |= agreement(a.figure, b.figure, tolerance)
+        rows.append(row)
+    return rows
+
+
+def render_repeat(rows: Sequence[dict[str, Any]], tolerance: float = 0.03) -> str:
+    """The two-run table: every ratio of run 1 against run 2."""
+    ratios = [row for row in rows if "agree" in row]
+    agree = all(row["agree"] for row in ratios)
+    lines = [
+        "# visionrpc benchmark, two runs in a row",
+        "",
+        f"Every ratio within ±{tolerance:.0%} of the first run: **{'yes' if agree else 'no'}** "
+        f"({sum(row['agree'] for row in ratios)} of {len(ratios)} ratios). Each run's own report: "
+        "run-1/latest.md, run-2/latest.md.",
+        "",
+        _row("target", "run 1", "run 2", "change", "within ±3%", "met: run 1, run 2"),
+        _row("---", "---:", "---:", "---:", "---", "---"),
+    ]
+    for row in rows:
+        met = ", ".join("n/a" if m is None else ("met" if m else "missed") for m in row["met"])
+        if "agree" in row:
+            lines.append(
+                _row(
+                    row["name"],
+                    f"{row['first']:.3f}",
+                    f"{row['second']:.3f}",
+                    f"{row['change']:+.1%}",
+                    "yes" if row["agree"] else "**no**",
+                    met,
+                )
+            )
+        else:
+            lines.append(_row(row["name"], "", "", "", "(not a ratio)", met))
+    return "\n".join(lines) + "\n"

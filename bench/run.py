@@ -4,6 +4,7 @@ targets' interleaved comparisons (paired.py), with the predictor and the server 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import subprocess
 import sys
@@ -14,16 +15,21 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import visionrpc.server
 from visionrpc.engines.onnxruntime_engine import available_cores
+from visionrpc.v1 import inference_pb2
 
-from . import assets, paired, previous, procstat
+from . import assets, instructions, paired, previous, procstat
+from .coldstart import measure_cold_start
 from .compare import Side, compare_servers
 from .floor import measure_floor
 from .inprocess import Baseline, loaded_predictor
 from .modes import Mode
 from .report import NOISY_SHARE, Target, evaluate_targets
 from .server_process import ServerProcess, accepted_flags, server_config, unaccepted_settings
+from .shm import shared_memory_requests
+from .stats import spread_summary
 from .unary import LoadResult, encoded_requests, one_response, raw_requests, run_load
 
 __all__ = ["run_benchmark"]
@@ -41,6 +47,9 @@ def _phase(meter: procstat.NoiseMeter, label: str) -> Iterator[None]:
     noise = meter.phases.get(label, 0.0)
     warning = f" (other processes took {noise:.0%} of the CPU)" if noise > NOISY_SHARE else ""
     _say(f"{label}: {time.perf_counter() - start:.1f} s{warning}")
+
+
+SHARED_MEMORY_FLAG = "--shared-memory"
 
 
 def _server_source() -> Path:
@@ -107,21 +116,31 @@ def run_benchmark(
             "intra_op_threads": config.intra_op_threads or available_cores(),
             "worker_threads": config.cpu_workers,  # 0 means one per core: the count it comes to
         }
+        counter = instructions.probe()
+        results["instructions"] = counter
+        # Shared-memory inputs: only the measured server gets the flag (a --baseline-ref server may lack it).
+        shm = SHARED_MEMORY_FLAG in flags
         with loaded_predictor(config) as predictor:
             info = predictor.engine_info
             results["engine"] = f"{info.engine} ({info.provider}, {info.device}, {info.precision})"
             baseline = Baseline(predictor, images)
             results["in_process"] = _sweep(mode, baseline, meter)
-            with ServerProcess(settings, root / "server.log", accepted=flags) as server:
+            if counter["available"]:
+                counter["in_process_per_image"] = _instructions_in_process(baseline, mode.latency_images)
+            extra = [SHARED_MEMORY_FLAG] if shm else []
+            with ServerProcess(settings, root / "server.log", accepted=flags, extra=extra) as server:
                 meter.server_pids.add(server.pid)
                 results["server_argv"] = server.argv
                 with _phase(meter, "server start-up"):
                     ready_s = server.wait_ready()
                 results.update(_served(mode, server, raw, encoded_requests(images), meter))
                 results["memory"]["server_ready_s"] = round(ready_s, 2)
+                if counter["available"]:
+                    counter["served_per_image"] = _instructions_served(server, raw, mode.latency_images)
                 results["paired"] = _paired(
                     mode, baseline, server, raw, video, meter, config.pipeline_linger_s
                 )
+                results["shared_memory"] = _shared_memory(mode, baseline, server, images, meter, shm)
                 if tree is not None:
                     results["comparison"] = _comparison(
                         mode, tree, settings, flags, server, raw, video.name, meter, root
@@ -138,6 +157,8 @@ def run_benchmark(
                     raise RuntimeError(f"the server exited with {status} after SIGTERM:\n{server.log_tail()}")
             with _phase(meter, "transport floor"):
                 results["floor"] = measure_floor(settings, raw, response, mode.latency_pairs, root)
+            with _phase(meter, "cold start"):
+                results["cold_start"] = measure_cold_start(settings, raw, mode.cold_starts, root)
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["noise"] = meter.report()
     return results, evaluate_targets(results)
@@ -199,14 +220,98 @@ def _paired(
     with _phase(meter, "paired latency"):
         out["latency"] = paired.paired_latency(baseline, server, raw, mode.latency_pairs)
     with _phase(meter, "paired throughput"):
-        out["throughput"] = paired.paired_throughput(
-            baseline, server, raw, concurrency=top, images=mode.round_images, rounds=mode.rounds
-        )
+        out["throughput"] = _paired_throughput(mode, baseline, server, raw, top)
     with _phase(meter, "paired stream"):
-        out["stream"] = paired.paired_stream(baseline, server, video, mode.stream_frames, mode.rounds)
+        out["stream"] = paired.paired_stream(
+            baseline, server, video, mode.stream_frames, mode.stream_pairs, linger_s
+        )
     with _phase(meter, "paired fan-out"):
-        out["fanout"] = paired.paired_fanout(server, video.name, mode.fanout_frames, mode.rounds, linger_s)
+        out["fanout"] = paired.paired_fanout(
+            server, video.name, mode.fanout_frames, mode.fanout_pairs, linger_s
+        )
     return out
+
+
+def _paired_throughput(
+    mode: Mode, baseline: Baseline, server: ServerProcess, requests: Sequence[bytes], concurrency: int
+) -> dict[str, Any]:
+    return paired.paired_throughput(
+        baseline,
+        server,
+        requests,
+        concurrency=concurrency,
+        pairs=mode.throughput_pairs,
+        seconds=mode.throughput_segment_s,
+        warm_s=mode.throughput_warm_s,
+    )
+
+
+def _shared_memory(
+    mode: Mode,
+    baseline: Baseline,
+    server: ServerProcess,
+    images: Sequence[Any],
+    meter: procstat.NoiseMeter,
+    available: bool,
+) -> dict[str, Any]:
+    """c=1 and c=16 against the in-process side again, the pixels passed through shared memory."""
+    if not available:
+        return {"measured": False, "reason": f"the server has no {SHARED_MEMORY_FLAG} flag"}
+    top = max(c for c, _ in mode.unary_requests)
+    with shared_memory_requests(server.address, images) as requests:
+        with _phase(meter, "paired latency, shared memory"):
+            latency = paired.paired_latency(baseline, server, requests, mode.latency_pairs)
+        with _phase(meter, "paired throughput, shared memory"):
+            throughput = _paired_throughput(mode, baseline, server, requests, top)
+    return {"measured": True, "latency": latency, "throughput": throughput}
+
+
+def _postprocess_pairs(
+    current: ServerProcess, previous: ServerProcess, requests: Sequence[bytes], pairs: int, block: int = 10
+) -> dict[str, Any]:
+    """The responses' `postprocess` timing per image, current vs previous server: `pairs` pairs of blocks of
+    `block` c=1 calls, alternating; the median of the per-pair ratios of the blocks' medians, and the
+    detections each server found in each request (post-processing must keep them)."""
+    medians: dict[str, list[float]] = {"current": [], "previous": []}
+    detections: dict[str, list[int]] = {}
+    for i in range(pairs):
+        order = [("current", current), ("previous", previous)]
+        for label, server in order if i % 2 == 0 else order[::-1]:
+            procstat.quiesce(current.pid, previous.pid)
+            load = run_load(server.address, requests, concurrency=1, count=block, warmup=0)
+            medians[label].append(float(np.median([t["postprocess_ms"] for t in load.server_timings])))
+    for label, server in (("current", current), ("previous", previous)):
+        detections[label] = [_detections(one_response(server.address, r)) for r in requests]
+    return {
+        "current_ms": round(float(np.median(medians["current"])), 3),
+        "previous_ms": round(float(np.median(medians["previous"])), 3),
+        "ratio": spread_summary(
+            [c / p for c, p in zip(medians["current"], medians["previous"], strict=True)]
+        ),
+        "detections": detections,
+        "same_detections": detections["current"] == detections["previous"],
+    }
+
+
+def _detections(response: bytes) -> int:
+    return sum(len(p.detections) for p in inference_pb2.InferResponse.FromString(response).predictions)
+
+
+def _instructions_in_process(baseline: Baseline, count: int) -> float | None:
+    """User-space instructions per single-image infer in this process (all its threads)."""
+    counted: dict[str, Any] = {}
+    with instructions.count_instructions(os.getpid(), counted):
+        for i in range(count):
+            baseline.predict_one(i)
+    return None if counted["instructions"] is None else round(counted["instructions"] / count)
+
+
+def _instructions_served(server: ServerProcess, requests: Sequence[bytes], count: int) -> float | None:
+    """The server's user-space instructions per Infer at c=1 (the load generator's are not counted)."""
+    counted: dict[str, Any] = {}
+    with instructions.count_instructions(server.pid, counted):
+        run_load(server.address, requests, concurrency=1, count=count, warmup=0)
+    return None if counted["instructions"] is None else round(counted["instructions"] / (count + 1))
 
 
 def _comparison(
@@ -259,6 +364,8 @@ def _comparison(
                 linger_s,
             )
         rss = {"current": round(current.rss_mb(), 1), "previous": round(server.rss_mb(), 1)}
+        with _phase(meter, "post-processing, current vs previous"):
+            postprocess = _postprocess_pairs(current, server, raw, max(2, mode.png_requests // 10))
         info["log_tail"] = server.log_tail(5).splitlines()
         info["exit_status"] = server.stop()
         meter.server_pids.discard(server.pid)
@@ -268,5 +375,6 @@ def _comparison(
         "previous": info,
         "current": {"argv": current.argv},
         "rss_mb_after": rss,
+        "postprocess": postprocess,
         **out,
     }

@@ -134,6 +134,7 @@ class ServerProcess:
         argv += [*server_flags(settings, accepted), *extra]
         self.argv = argv
         self._log = log_path.open("wb")
+        self.started = time.perf_counter()  # just before exec: cold start is measured from here
         self._process = subprocess.Popen(
             argv,
             stdout=self._log,
@@ -153,8 +154,9 @@ class ServerProcess:
     def rss_mb(self) -> float:
         return procstat.rss_bytes(self.pid) / (1024 * 1024)
 
-    def wait_ready(self, timeout_s: float = 300.0) -> float:
-        """Waits until the inference service is SERVING (default model loaded and warm); returns the seconds.
+    def wait_ready(self, timeout_s: float = 300.0, poll_s: float = 0.1) -> float:
+        """Waits until the inference service is SERVING (default model loaded and warm), asking every
+        `poll_s`; returns the seconds waited.
 
         Raises:
             RuntimeError: the process exited or did not get ready in time (with the end of its log).
@@ -176,7 +178,7 @@ class ServerProcess:
                         return time.perf_counter() - start
                 except grpc.RpcError:
                     pass  # not listening yet
-                time.sleep(0.1)
+                time.sleep(poll_s)
         raise RuntimeError(f"the server was not SERVING within {timeout_s} s:\n{self.log_tail()}")
 
     def wait_listening(self, timeout_s: float = 60.0) -> None:

@@ -1,13 +1,14 @@
-"""Latency summaries: percentiles over measured samples, in milliseconds."""
+"""Summaries: latency percentiles in milliseconds, and the median of paired values with its spread."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TIMING_FIELDS", "latency_summary", "median_ci", "median_timings"]
+__all__ = ["TIMING_FIELDS", "agreement", "latency_summary", "median_ci", "median_timings", "spread_summary"]
 
 # The pipeline's own per-image timings (Prediction.timings / the Timings message), in ms.
 TIMING_FIELDS = ("decode_ms", "queue_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
@@ -51,3 +52,35 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
         return None
     ordered = sorted(values)
     return ordered[k - 1], ordered[n - k]
+
+
+def spread_summary(values: Sequence[float], digits: int = 4) -> dict[str, Any]:
+    """The median of per-pair `values` (ratios or differences) with its spread: quartiles, extremes, the
+    median's distribution-free 95% interval (None with fewer than 6 values), and the relative half-width of
+    the interquartile range (`iqr_half_width`: (q3 - q1) / 2 / |median|, a drift gauge for ratios)."""
+    if not values:
+        raise ValueError("expected at least one paired value")
+    median = float(np.median(values))
+    q1, q3 = (float(q) for q in np.percentile(values, [25, 75]))
+    ci = median_ci(values)
+    return {
+        "pairs": len(values),
+        "values": [round(v, digits) for v in values],
+        "median": round(median, digits),
+        "q1": round(q1, digits),
+        "q3": round(q3, digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "ci95": None if ci is None else [round(ci[0], digits), round(ci[1], digits)],
+        "iqr_half_width": round((q3 - q1) / 2.0 / abs(median), digits) if median else None,
+    }
+
+
+def agreement(first: float, second: float, tolerance: float = 0.03) -> dict[str, Any]:
+    """Whether two runs' figures for one ratio agree within `tolerance`, relative to the first."""
+    if first <= 0 or second <= 0:
+        raise ValueError(f"expected positive figures, got {first} and {second}")
+    change = second / first - 1.0
+    # Rounded first: 0.97 / 1.0 - 1 is -0.030000000000000027 in floating point.
+    agree = abs(round(change, 9)) <= tolerance
+    return {"first": first, "second": second, "change": round(change, 4), "agree": agree}

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 _NOT_POSITIVE = {
     "results_dropped", "results_dropped_max", "growth_mb", "noise", "targets", "pipeline_p50_ms",
     "server_pipeline_p50_ms", "median_pair_difference_ms", "outside_pipeline_p50_ms",
-    "outside_handler_p50_ms", "comparison",
+    "outside_handler_p50_ms", "comparison", "difference_ms", "instructions", "shared_memory", "q1", "min",
+    "iqr_half_width",
 }  # fmt: skip
 
 
@@ -90,7 +91,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
 def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
     report = quick_run.report
     assert report["mode"] == "quick"
-    for section in ("machine", "in_process", "unary", "memory", "paired", "floor", "targets"):
+    for section in ("machine", "in_process", "unary", "memory", "paired", "floor", "cold_start", "targets"):
         assert report[section], section
     for key in ("latency", "throughput"):
         assert _positive_numbers(report["in_process"][key], key) > 0
@@ -100,9 +101,16 @@ def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
         assert phase["detections_in_checked_response"] > 0  # real photos, real detections
     paired = report["paired"]
     assert paired["latency"]["in_process"]["p50_ms"] > 0 and paired["latency"]["served"]["p50_ms"] > 0
-    assert paired["throughput"]["in_process"]["images_per_s"] > 0
-    assert paired["throughput"]["served"]["requests_per_s"] > 0
-    assert paired["stream"]["served"]["fps"] > 0 and paired["stream"]["in_process"]["fps"] > 0
+    assert paired["latency"]["server_cpu_ms_per_image"] > 0
+    assert paired["latency"]["difference_ms"]["pairs"] == 20
+    throughput, stream = paired["throughput"], paired["stream"]
+    for measure, per in ((throughput, "image"), (stream, "frame")):
+        # Alternating segments: one per side per pair, each with its CPU time; a ratio per pair.
+        assert len(measure["in_process"]["segments"]) == len(measure["served"]["segments"]) == 2
+        assert measure["ratio"]["pairs"] == 2 and all(r > 0 for r in measure["ratio"]["values"])
+        assert measure["ratio"]["min"] <= measure["ratio"]["median"] <= measure["ratio"]["max"]
+        assert measure["in_process"][f"cpu_ms_per_{per}"] > 0 and measure["served"][f"cpu_ms_per_{per}"] > 0
+    assert paired["fanout"]["ratio"]["pairs"] == 1
     for key in ("1", "8"):
         assert paired["fanout"][key]["server_cpu_ms_per_frame"] > 0
         for run in paired["fanout"][key]["runs"]:
@@ -113,12 +121,24 @@ def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
     assert isinstance(floor["outside_handler_p50_ms"], float)
     memory = report["memory"]
     assert memory["warmup"]["rss_mb"] > 0
-    assert [point["requests"] for point in memory["checkpoints"]] == [100, 500]
+    assert [point["requests"] for point in memory["checkpoints"]] == [100, 300]
     assert all(point["rss_mb"] > 0 for point in memory["checkpoints"])
     assert _positive_numbers({k: v for k, v in report.items() if k != "machine"}, "report") > 50
-    assert len(report["targets"]) == 5
-    assert all(target["ratio"] >= 0 and isinstance(target["met"], bool) for target in report["targets"])
+    cold = report["cold_start"]  # a fresh server: exec -> SERVING, then its first request
+    assert cold["starts"] == 1 and cold["exec_to_serving_s"] > 0 and cold["first_request_ms"] > 0
+    assert isinstance(report["instructions"]["available"], bool)
+    if not report["instructions"]["available"]:
+        assert report["instructions"]["reason"]  # says why nothing was counted
+    shm = report["shared_memory"]
+    if shm["measured"]:
+        assert shm["latency"]["served"]["p50_ms"] > 0 and shm["throughput"]["ratio"]["median"] > 0
+    names = [target["name"] for target in report["targets"]]
+    assert len(names) == 10 and "server RSS after warm-up, default model" in names
+    for target in report["targets"]:
+        assert target["ratio"] >= 0 and target["met"] in (True, False, None), target
+        assert (target["met"] is None) == target["measured"].startswith("not measured"), target
     assert "## Targets" in quick_run.markdown and "onnxruntime" in quick_run.markdown
+    assert "cold start: exec -> SERVING" in quick_run.markdown
 
 
 @pytest.mark.slow
@@ -162,6 +182,9 @@ def test_baseline_ref_compares_with_the_previous_server(quick_run: QuickRun) -> 
         assert measure["ratio_min"] <= measure["ratio_median"] <= measure["ratio_max"]
         assert measure["ratio_ci95"] is None and measure["within_noise"] is None  # 2 pairs: too few
     assert all(mb > 0 for mb in comparison["rss_mb_after"].values())
+    post = comparison["postprocess"]  # the responses' postprocess timing, both servers, alternating blocks
+    assert post["current_ms"] > 0 and post["previous_ms"] > 0 and isinstance(post["same_detections"], bool)
+    assert all(count > 0 for count in post["detections"]["previous"])
     assert "## Current vs previous server" in quick_run.markdown
     for label in ("unary p50 latency, c=1", "unary throughput, c=4", "unary throughput, c=16"):
         assert f"| {label} (" in quick_run.markdown
