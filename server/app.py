@@ -263,11 +263,25 @@ class VisionRpcServer:
                 for status in self.models.list_models()
             ]
 
+        def declared_pipelines() -> list[tuple[str, str, int, int]]:
+            statuses = self.supervisor.list() if self.supervisor is not None else []
+            return [(p.name, p.state.value, p.restarts, p.frames_processed) for p in statuses]
+
+        def sinks() -> list[tuple[str, str, str, int, int, int, int]]:
+            statuses = self.supervisor.list() if self.supervisor is not None else []
+            return [
+                (p.name, s.name, s.kind, s.delivered, s.failed, s.dropped, s.queued)
+                for p in statuses
+                for s in p.sinks
+            ]
+
         return metrics.ServerState(
             queue_depths=queue_depths,
             pipelines=lambda: len(self.streams.pipelines()),
             subscribers=lambda: self.streams.subscriber_count,
             model_states=model_states,
+            declared_pipelines=declared_pipelines,
+            sinks=sinks,
         )
 
     async def _drain(self, grace: float) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -152,6 +152,10 @@ class ServerState:
     pipelines: Callable[[], int]
     subscribers: Callable[[], int]
     model_states: Callable[[], Iterable[tuple[str, str]]]  # (model, state)
+    # Declared pipelines (--pipelines): (pipeline, state, restarts, frames processed by its running stream)
+    declared_pipelines: Callable[[], Iterable[tuple[str, str, int, int]]] = lambda: ()
+    # Their sinks: (pipeline, sink, kind, delivered, failed, dropped, queued); counts restart with each run
+    sinks: Callable[[], Iterable[tuple[str, str, str, int, int, int, int]]] = lambda: ()
 
 
 class StateCollector(Collector):
@@ -179,6 +183,44 @@ class StateCollector(Collector):
         for model, state in self._state.model_states():
             states.add_metric([model, state], 1)
         yield states
+        yield from self._declared()
+
+    def _declared(self) -> Iterator[Metric]:
+        pipeline_state = GaugeMetricFamily(
+            "visionrpc_pipeline_state",
+            "1 for each declared pipeline's current state.",
+            labels=["pipeline", "state"],
+        )
+        restarts = CounterMetricFamily(
+            "visionrpc_pipeline_restarts",
+            "Restarts of a declared pipeline after failures.",
+            labels=["pipeline"],
+        )
+        frames = GaugeMetricFamily(
+            "visionrpc_pipeline_frames",
+            "Frames inferred by a declared pipeline's running stream.",
+            labels=["pipeline"],
+        )
+        for name, state, restart_count, frame_count in self._state.declared_pipelines():
+            pipeline_state.add_metric([name, state], 1)
+            restarts.add_metric([name], restart_count)
+            frames.add_metric([name], frame_count)
+        yield from (pipeline_state, restarts, frames)
+        messages = CounterMetricFamily(
+            "visionrpc_sink_messages",
+            "Sink messages by outcome: delivered, failed (attempts, retries included), dropped (given up).",
+            labels=["pipeline", "sink", "kind", "outcome"],
+        )
+        queued = GaugeMetricFamily(
+            "visionrpc_sink_queued",
+            "Messages waiting in a sink's queue.",
+            labels=["pipeline", "sink", "kind"],
+        )
+        for pipeline, sink, kind, delivered, failed, dropped, waiting in self._state.sinks():
+            for outcome, count in (("delivered", delivered), ("failed", failed), ("dropped", dropped)):
+                messages.add_metric([pipeline, sink, kind, outcome], count)
+            queued.add_metric([pipeline, sink, kind], waiting)
+        yield from (messages, queued)
 
 
 def serve_metrics(host: str, port: int, state: ServerState) -> tuple[Callable[[], None], int]:

@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import grpc
 import pytest
 from conftest import RunningServer, start_server, wait_for
 from media import media
+from prometheus_client.parser import text_string_to_metric_families
 from sink_receivers import MqttSubscriber, Receiver, running_broker, running_receiver
+from streaming import free_port
 from visionrpc.client import Client, FailedPreconditionError, NotFoundError, PipelineState
 from visionrpc.server.config import ServerConfig
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, pipelines_pb2, pipelines_pb2_grpc
@@ -106,6 +109,7 @@ def declared(base_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
             media_root=media_root,
             pipelines_file=str(pipelines),
             preload_default_model=False,
+            metrics_port=free_port(),
         )
         running = start_server(config)
         try:
@@ -213,9 +217,28 @@ def test_a_hanging_sink_does_not_slow_the_pipeline(declared: Declared) -> None:
         assert wait_for(lambda: declared.get("hanging").frames_processed >= before + 20, 120)
         assert sink().dropped > 0 and declared.hanging_hook.attempts >= 1
         assert declared.get("hanging").state == STATE.PIPELINE_STATE_RUNNING
+        # The same counts on /metrics (read at scrape time): the state, the sink's failures and drops.
+        samples = scrape(declared.server)
+        assert samples[("visionrpc_pipeline_state", ("pipeline", "hanging"), ("state", "running"))] == 1
+        sink_labels = (("kind", "webhook"), ("pipeline", "hanging"), ("sink", "webhook"))
+        for outcome in ("failed", "dropped"):
+            key = ("visionrpc_sink_messages_total", *sorted((*sink_labels, ("outcome", outcome))))
+            assert samples[key] >= 1, outcome
     finally:
         stopped = declared.stub.StopPipeline(pipelines_pb2.StopPipelineRequest(name="hanging"), timeout=60)
     assert stopped.pipeline.state == STATE.PIPELINE_STATE_STOPPED
+
+
+def scrape(server: RunningServer) -> dict[tuple[object, ...], float]:
+    """/metrics as {(sample name, *sorted label pairs): value}."""
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, *sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_start_watch_by_name_and_stop(declared: Declared) -> None:
