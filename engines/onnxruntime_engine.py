@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .base import EngineError, EngineInfo, Tensor, TensorSpec
+from .onnxruntime_memory import release_freed_heap, shared_cpu_arena
 
 __all__ = ["OnnxRuntimeEngine", "available_cores", "resolve_providers", "threads_per_instance"]
 
@@ -107,6 +108,10 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = intra_op_threads or available_cores()
         options.inter_op_num_threads = inter_op_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        # Memory: one shared arena growing by what is asked, no per-shape blocks (onnxruntime_memory.py).
+        options.enable_mem_pattern = False
+        if shared_cpu_arena():
+            options.add_session_config_entry("session.use_env_allocators", "1")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind11 classes, all plain Exception subclasses
@@ -114,6 +119,7 @@ class OnnxRuntimeEngine:
                 raise EngineError(f"{path} is not a valid ONNX model: {exc}") from exc
             raise EngineError(f"onnxruntime could not create a session for {path}: {exc}") from exc
 
+        release_freed_heap()  # what parsing and optimising the graph freed
         used = session.get_providers()
         # A provider that is offered but cannot start (say the CUDA EP without a usable GPU or CUDA library)
         # is skipped by ONNX Runtime with only a line on stderr; make it visible in our log too.

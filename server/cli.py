@@ -188,6 +188,10 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     # the server writes nothing under ~/.cache besides its own (and runs with a read-only home).
     os.environ["XDG_CACHE_HOME"] = str(config.cache_dir / "xdg")
     # Imported on use, not to break a cycle: client commands must not pay for loading engines and onnx.
+    from visionrpc.engines.onnxruntime_engine import available_cores
+    from visionrpc.engines.onnxruntime_memory import limit_malloc_arenas
+
+    limit_malloc_arenas(available_cores())  # before the threads start (docs/memory.md)
     from .app import serve
 
     return serve(config)
