@@ -117,7 +117,7 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 def onnxruntime_engine_factory(config: ServerConfig) -> OnnxRuntimeEngineFactory:
     """ONNX Runtime with `--providers`, or (left empty) the best providers this onnxruntime build offers."""
     providers = config.providers or best_ort_providers(tuple(ort.get_available_providers()))
-    return OnnxRuntimeEngineFactory(providers, config.intra_op_threads or None)
+    return OnnxRuntimeEngineFactory(providers, config.intra_op_threads or None, config.engine_instances)
 
 
 def tensorrt_settings(config: ServerConfig) -> TensorRTSettings:
@@ -138,12 +138,19 @@ def batch_settings(config: ServerConfig) -> BatchSettings:
 
 @dataclass(frozen=True, slots=True)
 class OnnxRuntimeEngineFactory:
+    """A model's ONNX Runtime engine instances: its manifest's `instances`, else `instances` (the server's
+    --engine-instances), sharing the intra-op threads one engine would have."""
+
     providers: tuple[str, ...]
     intra_op_threads: int | None
+    instances: int = 1
 
-    def __call__(self, model: ResolvedModel) -> Engine:
-        return OnnxRuntimeEngine.load(
-            model.onnx_path, providers=self.providers, intra_op_threads=self.intra_op_threads
+    def __call__(self, model: ResolvedModel) -> Sequence[Engine]:
+        return OnnxRuntimeEngine.load_instances(
+            model.onnx_path,
+            model.manifest.instances or self.instances,
+            providers=self.providers,
+            intra_op_threads=self.intra_op_threads,
         )
 
 

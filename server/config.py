@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .manifest import MAX_INSTANCES
+
 __all__ = ["ServerConfig", "add_server_arguments", "default_cache_dir"]
 
 MIB = 1024 * 1024
@@ -41,6 +43,9 @@ class ServerConfig:
     # ONNX Runtime execution providers in order; empty: the best available (cuda,cpu with onnxruntime-gpu).
     providers: tuple[str, ...] = ()
     intra_op_threads: int = 0  # 0: sized to the machine
+    # Engine instances per model for models whose manifest does not say (`instances`): each its own ONNX
+    # Runtime session, the intra-op threads split between them, so batches overlap (docs/performance.md).
+    engine_instances: int = 1
     # TensorRT: built engines are cached on disk ("" = <cache_dir>/engines); builds get this much scratch
     # memory; the optimisation profile spans batch 1..trt_max_batch; fp16 where the GPU has fast FP16.
     engine_cache_dir: str = ""
@@ -167,6 +172,10 @@ class ServerConfig:
             raise ValueError(
                 f"expected max_queue_delay_ms <= 1000 (negative: the device default), got "
                 f"{self.max_queue_delay_ms}"
+            )
+        if not 1 <= self.engine_instances <= MAX_INSTANCES:
+            raise ValueError(
+                f"expected engine_instances in [1, {MAX_INSTANCES}], got {self.engine_instances}"
             )
         if self.engine not in ("onnxruntime", "auto", "tensorrt"):
             raise ValueError(f"expected engine onnxruntime, tensorrt or auto, got {self.engine!r}")

@@ -8,11 +8,18 @@ halves so that an asyncio front end holds no thread while a batch computes:
     result = predictor.finish(pending, options)              # decode + NMS (worker thread)
 
 `infer` does both in the calling thread (stream pipelines, tests, the benchmark's in-process baseline).
+
+Images may arrive smaller than they are: a JPEG decoded at 1/2, 1/4 or 1/8 of its size (`decode_size` says
+how small a model's preprocessing allows). `InputImage.size` and `scale` say so, the preprocessing's
+transform is composed with the scale, and predictions refer to the image's own size as if it had been
+decoded in full.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -23,7 +30,7 @@ from visionrpc.engines import Engine, EngineInfo
 
 from .domain import ChannelOrder, ImageArray, ImageSize, InferOptions, Prediction, Timings
 from .engine_slot import EngineSlot
-from .manifest import ResolvedModel
+from .manifest import Decoder, ModelManifest, ResizeMode, ResolvedModel
 from .processing import (
     Decoded,
     DecodeOptions,
@@ -35,19 +42,33 @@ from .processing import (
 )
 from .scheduler import BatchScheduler, BatchSettings, Origin, SchedulerStats, Ticket
 
-__all__ = ["BatchResult", "InputImage", "Pending", "Predictor"]
+__all__ = ["BatchResult", "InputImage", "Pending", "Predictor", "decode_size"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class InputImage:
-    """Decoded pixels ready for a model, with what decoding them cost."""
+    """Decoded pixels ready for a model, with what decoding them cost.
+
+    `size`: the image's own size, which predictions refer to (None: the pixels' size). `scale`: the pixels'
+    size relative to it (1, or 1/2, 1/4, 1/8 for a JPEG decoded at reduced size; pixel edges map back by
+    exactly 1 / scale).
+    """
 
     pixels: ImageArray
     order: ChannelOrder
     decode_ms: float = 0.0
     queue_ms: float = 0.0
+    size: ImageSize | None = None
+    scale: float = 1.0
+
+    @property
+    def image_size(self) -> ImageSize:
+        """The size predictions refer to."""
+        if self.size is not None:
+            return self.size
+        return ImageSize(width=int(self.pixels.shape[1]), height=int(self.pixels.shape[0]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +96,18 @@ class Predictor:
     TensorRT engine): see `EngineSlot`.
     """
 
-    def __init__(self, model: ResolvedModel, engine: Engine, batching: BatchSettings | None = None) -> None:
-        """Wraps a loaded engine. `batching`: the scheduler's settings (default: the device defaults)."""
+    def __init__(
+        self, model: ResolvedModel, engine: Engine | Sequence[Engine], batching: BatchSettings | None = None
+    ) -> None:
+        """Wraps a loaded engine, or several instances of one that run batches at once (`EngineSlot`).
+        `batching`: the scheduler's settings (default: the device defaults)."""
         self.model = model
-        self._slot = EngineSlot(model.key, engine)
+        engines = tuple(engine) if isinstance(engine, Sequence) else (engine,)
+        if not engines:
+            raise ValueError(f"{model.key}: expected at least one engine instance, got none")
+        self._slot = EngineSlot(model.key, *engines)
         self._scheduler = BatchScheduler(self._slot, batching)
+        self._instances = engines  # the current group, for warmup (a swap replaces it)
 
     @property
     def name(self) -> str:
@@ -101,6 +129,11 @@ class Predictor:
     @property
     def engine_info(self) -> EngineInfo:
         return self._slot.info
+
+    @property
+    def instances(self) -> int:
+        """How many instances of the engine serve this model: how many batches may run at once."""
+        return self._slot.instances
 
     @property
     def batching(self) -> BatchSettings:
@@ -141,7 +174,7 @@ class Predictor:
                 t0 = time.perf_counter()
                 tensor, transform = preprocess(image.pixels, image.order, manifest)
                 tensors.append(tensor)
-                transforms.append(transform)
+                transforms.append(_to_image(transform, image))
                 preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
         except BaseException:
             self._scheduler.cancel(admission)
@@ -189,8 +222,10 @@ class Predictor:
         return self.finish(self.start(images, origin=origin, deadline=deadline, cancelled=cancelled), options)
 
     def warmup(self) -> None:
-        """Runs a blank image through the whole path so the first request pays no lazy initialisation."""
-        warm_up(self.model, self._slot.engine)
+        """Runs a blank image through the whole path on every engine instance, so the first request on any
+        of them pays no lazy initialisation."""
+        for engine in self._instances:
+            warm_up(self.model, engine)
 
     def swap_engine(self, engine: Engine, *, warm: bool = True) -> bool:
         """Makes `engine` serve every later batch; batches already running finish on the old one. The new
@@ -206,7 +241,10 @@ class Predictor:
         self._slot.check_compatible(engine)
         if warm:
             warm_up(self.model, engine)
-        return self._slot.swap(engine)
+        swapped = self._slot.swap(engine)
+        if swapped:
+            self._instances = (engine,)
+        return swapped
 
     def close(self) -> None:
         """Fails images still queued, then closes the engine once no batch runs on it. Idempotent."""
@@ -224,9 +262,47 @@ def warm_up(model: ResolvedModel, engine: Engine) -> None:
     decode_batch(manifest, outputs, [transform], resolve_options(InferOptions(), manifest))
 
 
+def decode_size(manifest: ModelManifest, width: int, height: int) -> ImageSize | None:
+    """How small the pixels of a `width` x `height` image may be decoded for this model: at least what its
+    preprocessing resizes the image to (letterbox: the fitted size; stretch: the input size; centre-crop: the
+    resized size before the crop), so the preprocessing still only shrinks. A bound, rounded up: the exact
+    geometry is the preprocessing's, and the predictions are mapped back through its transform.
+
+    None where predictions from reduced pixels would not map back simply and exactly: segmentation masks
+    (run-length encoded on the image's own pixel grid) and classifiers (whose scores depend on how the image
+    was shrunk, and which were not measured that way). Decode those at full size.
+    """
+    if manifest.decoder not in _REDUCIBLE or width < 1 or height < 1:
+        return None
+    in_w, in_h = manifest.input_width, manifest.input_height
+    if manifest.resize is ResizeMode.STRETCH:
+        return ImageSize(in_w, in_h)
+    if manifest.resize is ResizeMode.CENTRE_CROP:
+        ratio = max(in_w / width, in_h / height) / manifest.crop_fraction
+    else:
+        ratio = min(in_w / width, in_h / height)
+    return ImageSize(math.ceil(width * ratio), math.ceil(height * ratio))
+
+
+# Decoders whose results are boxes and keypoints, which the composed transform maps back exactly.
+_REDUCIBLE = frozenset({Decoder.YOLOV5, Decoder.YOLOV8, Decoder.YOLOV8_POSE, Decoder.CENTERFACE})
+
+
+def _to_image(transform: Transform, image: InputImage) -> Transform:
+    """The preprocessing's transform of the pixels, composed with their scale: it maps to the image itself."""
+    if image.scale == 1.0 and image.size is None:
+        return transform
+    return dataclasses.replace(
+        transform,
+        scale_x=transform.scale_x * image.scale,
+        scale_y=transform.scale_y * image.scale,
+        original=image.image_size,
+    )
+
+
 def _prediction(image: InputImage, decoded: Decoded, timings: Timings) -> Prediction:
     return Prediction(
-        image_size=ImageSize(width=image.pixels.shape[1], height=image.pixels.shape[0]),
+        image_size=image.image_size,
         detections=decoded.detections,
         classifications=decoded.classifications,
         timings=timings,

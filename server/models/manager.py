@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from visionrpc.engines import Engine, EngineError, EngineInfo
@@ -41,7 +41,9 @@ __all__ = ["EngineFactory", "EngineSelectorFn", "ModelLease", "ModelManager", "M
 logger = logging.getLogger(__name__)
 
 # Creates the engine a model loads with (ONNX Runtime): fast, and the fallback while a better engine builds.
-EngineFactory = Callable[[ResolvedModel], Engine]
+# One engine, or several instances of it (the manifest's `instances`, else the server's default) that the
+# model's scheduler runs batches on at once.
+EngineFactory = Callable[[ResolvedModel], Engine | Sequence[Engine]]
 # Decides a model's engine; raises FailedPreconditionError when the engine it insists on cannot run.
 EngineSelectorFn = Callable[[ResolvedModel], EngineSelection]
 
@@ -150,6 +152,21 @@ class ModelManager:
     @property
     def repository(self) -> ModelRepository:
         return self._repository
+
+    def manifest(self, model_id: ModelId) -> ModelManifest | None:
+        """The manifest a lease of `model_id` would run with, without loading or installing anything: the
+        loaded model's, else the repository's. None for an unknown model, a built-in not installed yet or an
+        unreadable manifest: the lease that follows reports those. Cheap (a few stats), for callers that
+        prepare a request's input before leasing, such as sizing image decoding to the model's input.
+        """
+        try:
+            resolved = self._repository.resolve(model_id, install=False)
+        except VisionRpcError:
+            return None
+        with self._lock:
+            slot = self._slots.get(resolved.key)
+            predictor = slot.predictor if slot is not None else None
+        return predictor.model.manifest if predictor is not None else resolved.manifest
 
     def lease(self, model_id: ModelId) -> ModelLease:
         """The loaded model, loading it first if needed (blocking: never call it on an event loop); it stays
@@ -285,9 +302,9 @@ class ModelManager:
         try:
             # Before any engine reads them: changed files are FAILED with the file named, never served.
             check_integrity(model.directory, model.key)
-            engine, build, start_build = self._initial_engine(model)
-            _check_fits(model, engine)
-            predictor, build = self._warm_predictor(model, engine, build)
+            engines, build, start_build = self._initial_engine(model)
+            _check_fits(model, engines)
+            predictor, build = self._warm_predictor(model, engines, build)
         except (EngineError, VisionRpcError, ValueError, OSError) as exc:
             reason = str(exc) if not isinstance(exc, VisionRpcError) else exc.message
             logger.warning("model %s failed to load: %s", model.key, reason)
@@ -321,8 +338,9 @@ class ModelManager:
                 target=self._build, args=(slot,), name=f"visionrpc-build-{model.key}", daemon=True
             ).start()
 
-    def _initial_engine(self, model: ResolvedModel) -> tuple[Engine, BuildStatus, bool]:
-        """The engine to serve with now, the build status, and whether a background build should start."""
+    def _initial_engine(self, model: ResolvedModel) -> tuple[tuple[Engine, ...], BuildStatus, bool]:
+        """The engine instances to serve with now, the build status, and whether a background build should
+        start."""
         selection = self._select(model)
         builder = self._builder
         if selection is None or builder is None or selection.engine != builder.target:
@@ -331,13 +349,13 @@ class ModelManager:
                     f"engine {selection.engine} was selected but this server has no builder for it",
                     reason="ENGINE_UNAVAILABLE",
                 )
-            return self._engine_factory(model), NOT_NEEDED, False
+            return self._fallback(model), NOT_NEEDED, False
         target = builder.target
         with self._lock:
             failure = self._build_failures.get(model.key)
         if failure is not None:
             logger.info("model %s: not rebuilding %s after a failed build: %s", model.key, target, failure)
-            return self._engine_factory(model), BuildStatus(BuildState.FAILED, target, None, failure), False
+            return self._fallback(model), BuildStatus(BuildState.FAILED, target, None, failure), False
         try:
             cached = builder.load_cached(model)
         except EngineError as exc:
@@ -345,19 +363,25 @@ class ModelManager:
             logger.warning("model %s: %s; serving on the fallback engine", model.key, reason)
             with self._lock:
                 self._build_failures[model.key] = reason
-            return self._engine_factory(model), BuildStatus(BuildState.FAILED, target, None, reason), False
+            return self._fallback(model), BuildStatus(BuildState.FAILED, target, None, reason), False
         if cached is not None:
-            return cached, BuildStatus(BuildState.READY, target, 1.0, "loaded from the engine cache"), False
+            loaded = BuildStatus(BuildState.READY, target, 1.0, "loaded from the engine cache")
+            return (cached,), loaded, False
         queued = BuildStatus(BuildState.BUILDING, target, None, "queued")
-        return self._engine_factory(model), queued, True
+        return self._fallback(model), queued, True
+
+    def _fallback(self, model: ResolvedModel) -> tuple[Engine, ...]:
+        """The factory's engine instances for `model` (ONNX Runtime)."""
+        made = self._engine_factory(model)
+        return tuple(made) if isinstance(made, Sequence) else (made,)
 
     def _warm_predictor(
-        self, model: ResolvedModel, engine: Engine, build: BuildStatus
+        self, model: ResolvedModel, engines: tuple[Engine, ...], build: BuildStatus
     ) -> tuple[Predictor, BuildStatus]:
         """A warmed-up predictor; a cached target engine failing its warm-up is replaced by the fallback."""
         manifest = model.manifest
         batching = self._batching.overridden(manifest.max_batch_size, manifest.max_queue_delay_ms)
-        predictor = Predictor(model, engine, batching)
+        predictor = Predictor(model, engines, batching)
         try:
             predictor.warmup()
             return predictor, build
@@ -369,7 +393,7 @@ class ModelManager:
         logger.warning("model %s: %s; serving on the fallback engine", model.key, reason)
         with self._lock:
             self._build_failures[model.key] = reason
-        fallback = Predictor(model, self._engine_factory(model), batching)
+        fallback = Predictor(model, self._fallback(model), batching)
         fallback.warmup()
         return fallback, BuildStatus(BuildState.FAILED, build.target_engine, None, reason)
 
@@ -466,13 +490,14 @@ class ModelManager:
             slot.predictor = None
 
 
-def _check_fits(model: ResolvedModel, engine: Engine) -> None:
+def _check_fits(model: ResolvedModel, engines: tuple[Engine, ...]) -> None:
     """Runs the model as it will serve (probe.py) before it serves: a model that does not fit its manifest
     (say, a dynamic-axes YOLOv8 export declared yolov5) is FAILED with the reason instead of serving
-    nonsense. The engine is closed when it does not fit."""
+    nonsense. Instances are alike, so the first is run; all are closed when it does not fit."""
     try:
         check_export_size(read_metadata(model.onnx_path), model.manifest)
-        check_by_running(engine, model.manifest)
+        check_by_running(engines[0], model.manifest)
     except (ValueError, OSError):
-        engine.close()
+        for engine in engines:
+            engine.close()
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import threading
@@ -22,13 +23,13 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from visionrpc.v1 import inference_pb2, inference_pb2_grpc
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 from .. import metrics
 from ..budget import PixelBudget, Reservation
 from ..config import ServerConfig
 from ..declared.supervisor import Supervisor
-from ..domain import InferOptions
+from ..domain import ImageSize, InferOptions
 from ..errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -36,9 +37,11 @@ from ..errors import (
     NotFoundError,
     UnavailableError,
 )
+from ..imaging import DecodedImage, decode_image, read_image_header
+from ..manifest import ModelManifest
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
-from ..predictor import InputImage, Pending
+from ..predictor import InputImage, Pending, decode_size
 from ..processing import DecodeOptions
 from ..scheduler import Origin
 from ..shared_memory import SharedMemoryRegistry
@@ -137,12 +140,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         inline and its outputs are decoded here too; otherwise the thread that completes the batch hands the
         decoding to a worker. Either way the event loop hears of the call once, with its response."""
         started = (time.time_ns(), time.perf_counter())
-        images = []
-        for index, image in enumerate(request.images):
-            decoded = decode_request_image(
-                image, index, max_pixels=self._config.max_image_pixels, shared_memory=self._shared_memory
-            )
-            images.append(InputImage(decoded.pixels, decoded.order, decode_ms=decoded.decode_ms))
+        # The model's input size, to decode large JPEGs only as large as it needs; read without loading it.
+        manifest = self._models.manifest(model_id)
+        images = [self._decode(image, index, manifest) for index, image in enumerate(request.images)]
         lease = self._models.lease(model_id)
         try:
             predictor = lease.predictor
@@ -160,6 +160,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             finish()
         else:
             pending.ticket.add_done_callback(functools.partial(self._in_a_worker, reply, finish))
+
+    def _decode(self, image: types_pb2.Image, index: int, manifest: ModelManifest | None) -> InputImage:
+        """`images[index]` as the model's input. A JPEG at least twice as large as what the model's
+        preprocessing resizes it to is decoded at 1/2, 1/4 or 1/8 of its size (`decode_size`); the predictor
+        maps the predictions back to the image's own size. Other images, and models whose predictions would
+        not map back exactly, get the image as it is."""
+        max_pixels = self._config.max_image_pixels
+        needed = _reduced_size(image, manifest)
+        if needed is None or manifest is None:
+            decoded = decode_request_image(
+                image, index, max_pixels=max_pixels, shared_memory=self._shared_memory
+            )
+        else:
+            decoded = _decode_jpeg(image.encoded, index, max_pixels, needed)
+            # The header's size is the stored one; an EXIF orientation that transposes the image (5-8) may
+            # leave the reduced pixels short of what a non-square input needs: decode those in full.
+            displayed = decode_size(manifest, decoded.size.width, decoded.size.height)
+            if displayed is not None and not _covers(decoded.pixel_size, displayed):
+                first_ms = decoded.decode_ms
+                decoded = decode_request_image(image, index, max_pixels=max_pixels)
+                decoded = dataclasses.replace(decoded, decode_ms=first_ms + decoded.decode_ms)
+        return InputImage(
+            decoded.pixels, decoded.order, decode_ms=decoded.decode_ms, size=decoded.size, scale=decoded.scale
+        )
 
     def _finish(
         self,
@@ -316,6 +340,32 @@ def _raise_for_end(end: StreamEnd, stream_id: str) -> None:
             reason="SOURCE_ERROR",
             metadata={"stream_id": stream_id},
         )
+
+
+def _reduced_size(image: types_pb2.Image, manifest: ModelManifest | None) -> ImageSize | None:
+    """The smallest pixels an encoded JPEG may be decoded to for this model, from its header; None: decode
+    as usual (not a JPEG, a bad header that decoding reports, no manifest, a model that needs full size)."""
+    if manifest is None or image.WhichOneof("source") != "encoded":
+        return None
+    try:
+        header = read_image_header(image.encoded)
+    except InvalidArgumentError:
+        return None
+    if header.format != "JPEG":
+        return None
+    return decode_size(manifest, header.width, header.height)
+
+
+def _decode_jpeg(data: bytes, index: int, max_pixels: int, min_size: ImageSize) -> DecodedImage:
+    """`decode_image` with `min_size`; errors name the request's field, as `decode_request_image`'s do."""
+    try:
+        return decode_image(data, max_pixels=max_pixels, min_size=min_size)
+    except InvalidArgumentError as exc:
+        raise exc.with_field_prefix(f"images[{index}]") from None
+
+
+def _covers(size: ImageSize, needed: ImageSize) -> bool:
+    return size.width >= needed.width and size.height >= needed.height
 
 
 def _release_when_done(reservation: Reservation) -> Any:  # grpc-stubs type the callback as a class

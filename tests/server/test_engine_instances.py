@@ -1,5 +1,7 @@
 """Several engine instances per model: the slot hands each batch a free instance, the scheduler runs one batch
-per instance at once, and the manifest and ONNX Runtime settings that size them.
+per instance at once, and the manifest and ONNX Runtime settings that size them; then the same through the
+server: the engine factory makes the manifest's `instances` (else --engine-instances), and a served model
+with two answers concurrent Infer calls on both.
 
 Two real yolov3-tiny ONNX Runtime sessions serve as the instances. `GatedEngine` wraps a real one and holds
 its calls until the test opens the gate (counted and ordered by events, never by wall-clock time), so that
@@ -9,11 +11,19 @@ used are read from the scheduler's public per-instance counter (`SchedulerStats.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import re
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import cv2
+import grpc
 import numpy as np
 import pytest
 from conftest import cache_root, wait_for
@@ -21,13 +31,18 @@ from media import media
 from visionrpc.engines import EngineError, EngineInfo, OnnxRuntimeEngine, TensorSpec
 from visionrpc.engines.base import Tensor
 from visionrpc.engines.onnxruntime_engine import available_cores, threads_per_instance
+from visionrpc.server.app import build_model_manager, create_server, onnxruntime_engine_factory
+from visionrpc.server.config import ServerConfig, add_server_arguments
 from visionrpc.server.domain import ChannelOrder, InferOptions
 from visionrpc.server.engine_slot import EngineSlot
 from visionrpc.server.errors import UnavailableError
 from visionrpc.server.manifest import MAX_INSTANCES, ModelManifest, ResolvedModel
+from visionrpc.server.models.integrity import write_integrity_record
+from visionrpc.server.models.manager import ModelManager
 from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.processing import decode_batch, preprocess, resolve_options
 from visionrpc.server.scheduler import BatchScheduler, BatchSettings, Origin, Ticket
+from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 PHOTOS = ("coffee.png", "motorcycle_left.png", "astronaut.png", "grace_hopper.jpg")
 
@@ -286,3 +301,111 @@ def test_manifest_instances(value: object, error: str | None) -> None:
         with pytest.raises(ValueError) as caught:
             ModelManifest.from_dict(data)
         assert error in str(caught.value)
+
+
+# -- wired into the server: the engine factory, the model manager and Infer ------------------------------
+
+
+def user_model(root: Path, model: ResolvedModel, name: str, instances: int | None) -> None:
+    """yolov3-tiny copied as user model `name`/1, its manifest asking for `instances` (None: the server's)."""
+    version = root / name / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(model.onnx_path, version / model.manifest.onnx_file)
+    manifest = dataclasses.replace(model.manifest, instances=instances)
+    (version / "manifest.json").write_text(json.dumps(manifest.to_dict()))
+    write_integrity_record(version)
+
+
+@pytest.mark.parametrize(
+    ("in_manifest", "server_default", "expected"),
+    [
+        pytest.param(None, 1, 1, id="neither-says-one"),
+        pytest.param(None, 2, 2, id="the-server-flag"),
+        pytest.param(2, 1, 2, id="the-manifest"),
+        pytest.param(1, 2, 1, id="the-manifest-wins"),
+    ],
+)
+def test_a_loaded_model_has_the_instances_its_manifest_or_the_server_asks_for(
+    tmp_path: Path, model: ResolvedModel, in_manifest: int | None, server_default: int, expected: int
+) -> None:
+    user_model(tmp_path / "models", model, "twin", in_manifest)
+    config = ServerConfig(
+        model_repository=tmp_path / "models",
+        cache_dir=cache_root() / "downloads",
+        intra_op_threads=2,
+        engine_instances=server_default,
+    )
+    repository = ModelRepository(config.model_repository, config.builtin_repository, config.cache_dir)
+    manager = ModelManager(repository, onnxruntime_engine_factory(config), max_loaded=1)
+    try:
+        with manager.acquire(ModelId("twin")) as predictor:
+            assert predictor.instances == expected
+    finally:
+        manager.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param([], 1, id="default-one"),
+        pytest.param(["--engine-instances", "3"], 3, id="flag"),
+        pytest.param(["--engine-instances", "0"], "expected engine_instances in [1, 16], got 0", id="zero"),
+        pytest.param(["--engine-instances", "17"], "got 17", id="too-many"),
+    ],
+)
+def test_engine_instances_flag(argv: list[str], expected: int | str) -> None:
+    parser = argparse.ArgumentParser()
+    add_server_arguments(parser)
+    namespace = parser.parse_args(argv)
+    if isinstance(expected, int):
+        assert ServerConfig.from_namespace(namespace, environ={}).engine_instances == expected
+    else:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            ServerConfig.from_namespace(namespace, environ={})
+
+
+EXPECTED = {"coffee.png": "cup", "motorcycle_left.png": "motorbike"}
+
+
+def test_a_served_model_with_two_instances_answers_concurrent_calls_on_both(
+    tmp_path: Path, model: ResolvedModel
+) -> None:
+    user_model(tmp_path / "models", model, "twin", 2)
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        model_repository=tmp_path / "models",
+        cache_dir=cache_root() / "downloads",
+        intra_op_threads=2,
+        preload_default_model=False,
+        shutdown_grace_s=1.0,
+    )
+    manager = build_model_manager(config)
+    server, port = create_server(config, models=manager)
+    server.start()
+    photos = {name: media(name).read_bytes() for name in EXPECTED}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, ThreadPoolExecutor(8) as pool:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+
+            def infer(name: str) -> tuple[str, list[str], tuple[int, int]]:
+                request = inference_pb2.InferRequest(
+                    model_id="twin", images=[types_pb2.Image(encoded=photos[name])]
+                )
+                response: inference_pb2.InferResponse = stub.Infer(request, timeout=120)
+                (prediction,) = response.predictions
+                size = (prediction.image_size.width, prediction.image_size.height)
+                return name, [d.class_name for d in prediction.detections], size
+
+            def both_used() -> bool:
+                # Waves of 16 concurrent calls until each instance has run batches: which one a batch gets
+                # depends on what else is running then, so the test waits for the fact, not for a count.
+                for name, classes, size in pool.map(infer, list(EXPECTED) * 8):
+                    assert EXPECTED[name] in classes, f"{name}: {classes}"  # each call its own image's answer
+                    assert size == {"coffee.png": (600, 400), "motorcycle_left.png": (741, 500)}[name]
+                batches = manager.scheduler_stats()["twin/1"].instance_batches
+                return len(batches) == 2 and min(batches) > 0
+
+            assert wait_for(both_used, timeout_s=120), manager.scheduler_stats()["twin/1"]
+    finally:
+        server.stop(grace_s=1.0)
