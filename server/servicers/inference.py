@@ -175,9 +175,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         else:
             decoded = _decode_jpeg(image.encoded, index, max_pixels, needed)
             # The header's size is the stored one; an EXIF orientation that transposes the image (5-8) may
-            # leave the reduced pixels short of what a non-square input needs: decode those in full.
+            # leave the reduced pixels short of what a non-square input needs: decode those in full. (Pixels
+            # decoded in full are all there is: a small image is enlarged by the preprocessing as before.)
             displayed = decode_size(manifest, decoded.size.width, decoded.size.height)
-            if displayed is not None and not _covers(decoded.pixel_size, displayed):
+            if decoded.scale < 1.0 and displayed is not None and not _covers(decoded.pixel_size, displayed):
+                logger.debug("images[%d]: reduced JPEG short of %s, decoding it in full", index, displayed)
                 first_ms = decoded.decode_ms
                 decoded = decode_request_image(image, index, max_pixels=max_pixels)
                 decoded = dataclasses.replace(decoded, decode_ms=first_ms + decoded.decode_ms)

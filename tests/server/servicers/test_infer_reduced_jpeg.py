@@ -12,9 +12,13 @@ time it saves is the benchmark's business (docs/performance.md), not asserted he
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import shutil
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import grpc
@@ -141,6 +145,52 @@ def test_a_large_jpeg_is_decoded_reduced_with_the_full_decodes_detections(
     assert [d for d in full if d[1] >= COMPARED], "the photo should have a confident detection to compare"
     assert unmatched(full, reduced) == [], f"full-size detections lost: {full} -> {reduced}"
     assert unmatched(reduced, full) == [], f"detections that appear only reduced: {full} -> {reduced}"
+
+
+def test_a_sideways_jpeg_on_a_non_square_input_that_reduced_falls_short_is_decoded_in_full(
+    fresh_server: RunningServer, tmp_path: Path
+) -> None:
+    """The one case where the header's stored size misleads: stored 3580x3903 and turned upright by EXIF
+    orientation 6, the JPEG's 1/8 decode is 488x448 as displayed where a 576x448 letterbox needs 489x448 (the
+    servicer sized it from the stored orientation). The servicer sees the shortfall and decodes in full; the
+    answer is the photo's face, in the image's own coordinates."""
+    config = fresh_server.config
+    repository = ModelRepository(tmp_path / "unused", config.builtin_repository, config.cache_dir)
+    centerface = repository.resolve(ModelId("centerface"))
+    version = config.model_repository / "wide-faces" / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(centerface.onnx_path, version / centerface.manifest.onnx_file)
+    manifest = dataclasses.replace(centerface.manifest, input_width=576, input_height=448)
+    (version / "manifest.json").write_text(json.dumps(manifest.to_dict()))
+    photo = cv2.imread(str(media("astronaut.png")), cv2.IMREAD_COLOR)
+    assert photo is not None
+    upright = cv2.resize(photo, (3903, 3580), interpolation=cv2.INTER_CUBIC)
+    ok, encoded = cv2.imencode(".jpg", cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE))
+    assert ok
+    jpeg = with_exif_orientation(encoded.tobytes(), 6)
+    # The case is the one described: reduced to 1/8 from the stored size, and short of the displayed need.
+    stored = decode_size(manifest, 3580, 3903)
+    assert stored is not None and jpeg_scale(3580, 3903, ImageSize(stored.height, stored.width)) == 0.125
+    assert decode_size(manifest, 3903, 3580) == ImageSize(489, 448)  # 1/8 of 3903 is 488
+
+    with grpc.insecure_channel(fresh_server.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        request = inference_pb2.InferRequest(model_id="wide-faces", images=[types_pb2.Image(encoded=jpeg)])
+        response: inference_pb2.InferResponse = stub.Infer(request, timeout=120)
+
+    (prediction,) = response.predictions
+    assert (prediction.image_size.width, prediction.image_size.height) == (3903, 3580)
+    sx, sy = 3903 / 512, 3580 / 512
+    faces = [
+        (d.confidence, [d.box.x_min / sx, d.box.y_min / sy, d.box.x_max / sx, d.box.y_max / sy])
+        for d in prediction.detections
+        if d.class_name == "face" and len(d.keypoints) == 5
+    ]
+    # The conformance case's face on astronaut.png, at the photo's own size: >= 0.8, within 12 px.
+    assert any(
+        confidence >= 0.8 and max(abs(a - b) for a, b in zip(box, [181, 58, 269, 177], strict=True)) <= 12
+        for confidence, box in faces
+    ), faces
 
 
 LETTERBOX = {"task": "detection", "decoder": "yolov5", "input_width": 416, "input_height": 416}
