@@ -526,4 +526,3 @@ def _every_frame_unavailable(message: str) -> InvalidArgumentError:
     return InvalidArgumentError.for_field(
         "stream_options.delivery", message, reason="EVERY_FRAME_DELIVERY_UNAVAILABLE"
     )
-
