@@ -1,8 +1,9 @@
 """The benchmark harness must keep running: `python -m bench --quick` end to end, against a real server, and
 `--baseline-ref` measuring it against an earlier commit's server in the same run.
 
-One run serves both tests (a quick run takes about a minute on 2 cores): `--baseline-ref HEAD`, so the
-"previous" server is the last commit's code from a temporary worktree, whatever the working tree holds; it
+One run serves both tests (a quick run takes 1-2 minutes on 2 idle cores, several on a busy one):
+`--baseline-ref HEAD`, so the "previous" server is the last commit's code from a temporary worktree, whatever
+the working tree holds; it
 checks the plumbing (checkout, imports, both servers, the report's comparison table), not old code's speed.
 Only that it runs and measures something is checked, never whether a target is met or the current server is
 faster: timings on a shared CI machine are not pass/fail material (bench/README.md).
@@ -78,7 +79,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=420,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "latest.json").read_text())
@@ -87,7 +88,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
     report = quick_run.report
     assert report["mode"] == "quick"
@@ -133,7 +134,7 @@ def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
     if shm["measured"]:
         assert shm["latency"]["served"]["p50_ms"] > 0 and shm["throughput"]["ratio"]["median"] > 0
     names = [target["name"] for target in report["targets"]]
-    assert len(names) == 10 and "server RSS after warm-up, default model" in names
+    assert len(names) == 9 and "server RSS after warm-up, default model" in names
     for target in report["targets"]:
         assert target["ratio"] >= 0 and target["met"] in (True, False, None), target
         assert (target["met"] is None) == target["measured"].startswith("not measured"), target
@@ -142,7 +143,7 @@ def test_quick_mode_runs_end_to_end(quick_run: QuickRun) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_baseline_ref_compares_with_the_previous_server(quick_run: QuickRun) -> None:
     if not quick_run.compared:
         pytest.skip("not a git checkout: --baseline-ref needs one")
@@ -193,7 +194,7 @@ def test_baseline_ref_compares_with_the_previous_server(quick_run: QuickRun) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_report_without_comparison_has_no_comparison_table(quick_run: QuickRun) -> None:
     """A run without --baseline-ref renders as before (the same report, minus the comparison)."""
     results = {k: v for k, v in quick_run.report.items() if k not in ("comparison", "targets")}
