@@ -335,7 +335,8 @@ def render_repeat(rows: Sequence[dict[str, Any]], tolerance: float = 0.03) -> st
         "",
         f"Every ratio within ±{tolerance:.0%} of the first run: **{'yes' if agree else 'no'}** "
         f"({sum(row['agree'] for row in ratios)} of {len(ratios)} ratios). Each run's own report: "
-        "run-1/latest.md, run-2/latest.md.",
+        "run-1/latest.md, run-2/latest.md. For c=1 latency the figure compared is the median per-pair ratio "
+        "served / in-process (the target itself is on the difference in ms).",
         "",
         _row("target", "run 1", "run 2", "change", "within ±3%", "met: run 1, run 2"),
         _row("---", "---:", "---:", "---:", "---", "---"),
