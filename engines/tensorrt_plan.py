@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import helper
 
 from .base import EngineError, TensorSpec
 
@@ -233,6 +231,10 @@ def onnx_input_specs(path: Path) -> tuple[TensorSpec, ...]:
     Raises:
         EngineError: the file is missing or not an ONNX model, or an input is not a tensor.
     """
+    # Imported here: `onnx` costs ~0.6-1 s and ~15 MB at start, and only engine builds read ONNX files.
+    import onnx
+    from onnx import helper
+
     try:
         # Weights are not needed for shapes: skip external data, which may be gigabytes.
         model = onnx.load(str(path), load_external_data=False)

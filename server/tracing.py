@@ -15,12 +15,6 @@ from typing import Any, cast
 
 import grpc.aio
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
 from .domain import Prediction
 
@@ -37,6 +31,15 @@ def enable_tracing(
 ) -> tuple[grpc.aio.ServerInterceptor[Any, Any], Callable[[], None]]:
     """Exports spans over OTLP/gRPC to `endpoint` ("http://collector:4317"); returns the server
     interceptor that opens each call's span and a function that flushes and stops the exporter."""
+    # Imported only when tracing is on: the SDK, the exporter and the instrumentation add ~0.15 s and ~10 MB
+    # to every start otherwise.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+
     global _tracer
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from ..domain import ChannelOrder
 from ..manifest import Decoder, ModelManifest, ResizeMode
 from .metadata import ExportMetadata, read_metadata
 from .shapes import expected_task
+
+if TYPE_CHECKING:  # imported where used: `onnx` costs ~1 s and ~15 MB at start; serving never needs it
+    import onnx
 
 __all__ = ["Filled", "fill_manifest", "implied_fields"]
 

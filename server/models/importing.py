@@ -21,13 +21,10 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
 from visionrpc.engines import EngineError, OnnxRuntimeEngine
-from visionrpc.engines.importers import darknet
 
 from ..domain import ChannelOrder, Task
 from ..errors import InvalidArgumentError
@@ -37,6 +34,9 @@ from .integrity import write_integrity_record
 from .metadata import read_metadata
 from .probe import check_by_running, check_export_size
 from .shapes import check_declared
+
+if TYPE_CHECKING:  # imported where used: `onnx` costs ~1 s and ~15 MB at start; serving never needs it
+    import onnx
 
 __all__ = [
     "add_model",
@@ -71,6 +71,8 @@ def darknet_model(
         ValueError: the number of class names differs from the cfg's `classes=` (DarknetCfgError and
             DarknetWeightsError, both ValueErrors, for a cfg or weights file the importer refuses).
     """
+    from visionrpc.engines.importers import darknet  # deferred with onnx, which it builds on
+
     conversion = darknet.convert_darknet(cfg, weights)
     names = tuple(class_names)
     if len(names) != conversion.class_count:
@@ -128,6 +130,8 @@ def add_model(
         FileExistsError: the version exists already; versions are never overwritten.
         FileNotFoundError: `model` is a path that does not exist.
     """
+    import onnx  # deferred: see TYPE_CHECKING above
+
     _check_id(name, version)
     graph = load_onnx(model) if isinstance(model, Path) else model
     try:
@@ -178,6 +182,8 @@ def write_version_dir(version_dir: Path, model: onnx.ModelProto | Path, manifest
         if isinstance(model, Path):
             shutil.copyfile(model, target)
         else:
+            import onnx  # deferred: see TYPE_CHECKING above
+
             onnx.save(model, str(target))
         manifest.write(staging)
         write_integrity_record(staging)  # in the same rename as the files it covers (integrity.py)
@@ -246,6 +252,9 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     Raises:
         FileNotFoundError: no such file.  ValueError: not an ONNX model, or weights in external files.
     """
+    import onnx  # deferred: see TYPE_CHECKING above
+    from onnx import external_data_helper
+
     if not path.is_file():
         raise FileNotFoundError(f"no such ONNX file: {path}")
     try:

@@ -22,9 +22,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import onnx
+if TYPE_CHECKING:  # imported where used: `onnx` costs ~1 s and ~15 MB at start; serving never needs it
+    import onnx
 
 __all__ = ["ExportMetadata", "parse_metadata", "read_metadata", "read_metadata_props"]
 
@@ -99,6 +100,8 @@ def read_metadata_props(path: Path) -> dict[str, str]:
                 length = _varint(stream)
                 assert length is not None
                 if field == _METADATA_FIELD:
+                    import onnx  # deferred: see TYPE_CHECKING above
+
                     entry = onnx.StringStringEntryProto.FromString(stream.read(length))
                     props[entry.key] = entry.value
                 else:

@@ -6,7 +6,6 @@ from ..analytics.types import StreamAnalytics
 from .base import Sink
 from .config import JsonLinesSinkConfig, MqttSinkConfig, SinkConfig, VideoSinkConfig, WebhookSinkConfig
 from .jsonl import JsonLinesSink
-from .mqtt import MqttSink
 from .video import VideoSink
 from .webhook import WebhookSink
 
@@ -25,6 +24,8 @@ def open_sink(config: SinkConfig, *, analytics: StreamAnalytics | None = None) -
     if isinstance(config, WebhookSinkConfig):
         return WebhookSink(config)
     if isinstance(config, MqttSinkConfig):
+        from .mqtt import MqttSink  # paho-mqtt is imported only by servers that publish to MQTT
+
         return MqttSink(config)
     if isinstance(config, JsonLinesSinkConfig):
         return JsonLinesSink(config)
