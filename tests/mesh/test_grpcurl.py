@@ -23,6 +23,8 @@ SERVICES = [
     "grpc.reflection.v1alpha.ServerReflection",
     "visionrpc.v1.InferenceService",
     "visionrpc.v1.ModelService",
+    "visionrpc.v1.PipelineService",
+    "visionrpc.v1.SharedMemoryService",
 ]
 LIST_MODELS = "visionrpc.v1.ModelService/ListModels"
 
