@@ -2,6 +2,7 @@
 server that answers or hangs, a real mosquitto broker, and an MQTT subscriber.
 
     with running_receiver() as hook:            # hook.url; hook.bodies(): the JSON bodies received, in order
+    with running_receiver(500, 200) as hook:    # answers each POST in turn (the last answer repeats)
     with running_receiver(hang=True) as hook:   # reads each request and never answers (until the test ends)
     with running_broker(tmp_path) as broker, MqttSubscriber(broker.port, "visionrpc/#") as mqtt:
         mqtt.payloads()                         # the JSON payloads received, in order
@@ -27,46 +28,69 @@ from conftest import wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 from streaming import free_port
 
-__all__ = ["MOSQUITTO", "Broker", "MqttSubscriber", "Receiver", "running_broker", "running_receiver"]
+__all__ = [
+    "MOSQUITTO",
+    "Broker",
+    "MqttSubscriber",
+    "Received",
+    "Receiver",
+    "running_broker",
+    "running_receiver",
+]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
 @dataclass
 class Receiver:
-    hang: bool = False
-    port: int = 0
-    received: list[bytes] = field(default_factory=list)
+    """A real HTTP server on loopback. `answers`: the status of each POST in turn (the last one repeats);
+    "hang" reads the request and never answers (until the test ends)."""
+
+    answers: tuple[int | str, ...] = (200,)
+    received: list[Received] = field(default_factory=list)  # answered 2xx
     attempts: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
     released: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://127.0.0.1:{self.port}/hooks/visionrpc?token=abc"
 
     def bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies answered 2xx, in order."""
         with self.lock:
-            return [json.loads(body) for body in self.received]
+            return [json.loads(r.body) for r in self.received]
+
+    def handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        with self.lock:
+            answer = self.answers[min(self.attempts, len(self.answers) - 1)]
+            self.attempts += 1
+            if answer == 200:
+                self.received.append(Received(handler.path, dict(handler.headers.items()), body))
+        if answer == "hang":
+            self.released.wait()
+            return
+        handler.send_response(int(answer))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
 
 
 @contextlib.contextmanager
-def running_receiver(*, hang: bool = False) -> Iterator[Receiver]:
-    receiver = Receiver(hang)
+def running_receiver(*answers: int | str, hang: bool = False) -> Iterator[Receiver]:
+    receiver = Receiver(("hang",) if hang else (answers or (200,)))
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with receiver.lock:
-                receiver.attempts += 1
-            if receiver.hang:
-                receiver.released.wait()
-                return
-            with receiver.lock:
-                receiver.received.append(body)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            receiver.handle(self)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import http.server
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from conftest import wait_for
+from sink_receivers import running_receiver
 from streaming import free_port
 from visionrpc.server.sinks import RetryPolicy, Sink, WebhookSinkConfig, open_sink
 from visionrpc.server.sinks.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -21,69 +20,6 @@ from visionrpc.server.streams.types import FrameResult, StreamMessage
 
 SECRET = "correct horse battery staple"
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_s=0.01, max_backoff_s=0.05)
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """A real HTTP server on loopback. `answer`: the status of each POST in turn (the last one repeats);
-    "hang" reads the request and never answers (until the test ends)."""
-
-    answers: tuple[int | str, ...] = (200,)
-    received: list[Received] = field(default_factory=list)  # answered 2xx
-    attempts: int = 0
-    port: int = 0
-    released: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/visionrpc?token=abc"
-
-    def handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
-        with self.lock:
-            answer = self.answers[min(self.attempts, len(self.answers) - 1)]
-            self.attempts += 1
-            if answer == 200:
-                self.received.append(Received(handler.path, dict(handler.headers.items()), body))
-        if answer == "hang":
-            self.released.wait()
-            return
-        handler.send_response(int(answer))
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-
-
-@contextlib.contextmanager
-def running_receiver(*answers: int | str) -> Iterator[Receiver]:
-    receiver = Receiver(answers or (200,))
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            receiver.handle(self)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, name="test-receiver", daemon=True)
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        receiver.released.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @contextlib.contextmanager
