@@ -209,7 +209,15 @@ def test_a_hanging_sink_does_not_slow_the_pipeline(declared: Declared) -> None:
     try:
 
         def sink() -> pipelines_pb2.SinkStatus:
-            return declared.get("hanging").sinks[0]
+            # Sinks are listed once the pipeline has opened them: not yet in the moment after the start.
+            statuses: list[pipelines_pb2.PipelineStatus] = []
+
+            def listed() -> bool:
+                statuses.append(declared.get("hanging"))
+                return bool(statuses[-1].sinks)
+
+            assert wait_for(listed, 60), statuses[-1]
+            return statuses[-1].sinks[0]
 
         assert wait_for(lambda: sink().failed >= 1 and sink().dropped >= 1, 120), declared.get("hanging")
         before = declared.get("hanging").frames_processed
@@ -217,13 +225,19 @@ def test_a_hanging_sink_does_not_slow_the_pipeline(declared: Declared) -> None:
         assert wait_for(lambda: declared.get("hanging").frames_processed >= before + 20, 120)
         assert sink().dropped > 0 and declared.hanging_hook.attempts >= 1
         assert declared.get("hanging").state == STATE.PIPELINE_STATE_RUNNING
-        # The same counts on /metrics (read at scrape time): the state, the sink's failures and drops.
-        samples = scrape(declared.server)
-        assert samples[("visionrpc_pipeline_state", ("pipeline", "hanging"), ("state", "running"))] == 1
+        # The same on /metrics (read at scrape time): the state, the sink's failures and drops. Waited for:
+        # the pipeline loops its file, and a scrape in the moment it starts again sees STARTING.
         sink_labels = (("kind", "webhook"), ("pipeline", "hanging"), ("sink", "webhook"))
-        for outcome in ("failed", "dropped"):
-            key = ("visionrpc_sink_messages_total", *sorted((*sink_labels, ("outcome", outcome))))
-            assert samples[key] >= 1, outcome
+        wanted = [
+            ("visionrpc_pipeline_state", ("pipeline", "hanging"), ("state", "running")),
+            *(
+                ("visionrpc_sink_messages_total", *sorted((*sink_labels, ("outcome", outcome))))
+                for outcome in ("failed", "dropped")
+            ),
+        ]
+        assert wait_for(lambda: all(scrape(declared.server).get(key, 0) >= 1 for key in wanted), 60), {
+            key: scrape(declared.server).get(key) for key in wanted
+        }
     finally:
         stopped = declared.stub.StopPipeline(pipelines_pb2.StopPipelineRequest(name="hanging"), timeout=60)
     assert stopped.pipeline.state == STATE.PIPELINE_STATE_STOPPED
