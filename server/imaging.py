@@ -73,9 +73,6 @@ _SUPPORTED_TEXT = "JPEG, PNG, BMP, WebP or GIF"
 _ENCODED = "encoded"
 _RAW = "raw"
 _RAW_DATA = "raw.data"
-_RAW_WIDTH = "raw.width"
-_RAW_HEIGHT = "raw.height"
-_RAW_ORDER = "raw.channel_order"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,18 +260,8 @@ def raw_image(
     """
     _check_limit(max_pixels)
     started = time.perf_counter()
-    if order is None:
-        choices = ", ".join(o.value for o in ChannelOrder)
-        raise InvalidArgumentError.for_field(
-            _RAW_ORDER, f"expected a channel order ({choices}), got none", reason="INVALID_CHANNEL_ORDER"
-        )
-    for field_name, value in ((_RAW_WIDTH, width), (_RAW_HEIGHT, height)):
-        if value <= 0:
-            raise InvalidArgumentError.for_field(
-                field_name, f"expected a positive {field_name[4:]}, got {value}", reason="INVALID_DIMENSIONS"
-            )
-    if width * height > max_pixels:
-        raise _too_large(_RAW, "raw", width, height, max_pixels)
+    check_pixel_layout(_RAW, "raw", width, height, order, max_pixels=max_pixels)
+    assert order is not None  # check_pixel_layout refused None
     if not data:
         raise InvalidArgumentError.for_field(
             _RAW_DATA, "raw pixel data is empty (0 bytes)", reason="EMPTY_IMAGE"
@@ -296,6 +283,35 @@ def raw_image(
 def _check_limit(max_pixels: int) -> None:
     if max_pixels < 1:
         raise ValueError(f"expected max_pixels >= 1, got {max_pixels}")
+
+
+def check_pixel_layout(
+    field: str, kind: str, width: int, height: int, order: ChannelOrder | None, *, max_pixels: int
+) -> None:
+    """The checks every uncompressed image shares (raw bytes, shared memory): a channel order, positive
+    dimensions, at most `max_pixels`. `field` is the image's message ("raw", "shared_memory"), `kind` the word
+    for it in the message ("raw", "shared-memory").
+
+    Raises:
+        InvalidArgumentError: INVALID_CHANNEL_ORDER (`field`.channel_order), INVALID_DIMENSIONS
+            (`field`.width, `field`.height), IMAGE_TOO_LARGE (`field`).
+    """
+    if order is None:
+        choices = ", ".join(o.value for o in ChannelOrder)
+        raise InvalidArgumentError.for_field(
+            f"{field}.channel_order",
+            f"expected a channel order ({choices}), got none",
+            reason="INVALID_CHANNEL_ORDER",
+        )
+    for dimension, value in (("width", width), ("height", height)):
+        if value <= 0:
+            raise InvalidArgumentError.for_field(
+                f"{field}.{dimension}",
+                f"expected a positive {dimension}, got {value}",
+                reason="INVALID_DIMENSIONS",
+            )
+    if width * height > max_pixels:
+        raise _too_large(field, kind, width, height, max_pixels)
 
 
 def _too_large(field_name: str, kind: str, width: int, height: int, max_pixels: int) -> InvalidArgumentError:

@@ -47,7 +47,7 @@ from .errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from .imaging import DecodedImage
+from .imaging import DecodedImage, check_pixel_layout
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -69,9 +69,6 @@ _NAME = "region.name"
 _BYTE_SIZE = "region.byte_size"
 _IMAGE_REGION = "shared_memory.region"
 _IMAGE_OFFSET = "shared_memory.offset"
-_IMAGE_WIDTH = "shared_memory.width"
-_IMAGE_HEIGHT = "shared_memory.height"
-_IMAGE_ORDER = "shared_memory.channel_order"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +244,8 @@ class SharedMemoryRegistry:
         """
         started = time.perf_counter()
         self.check_enabled()
-        _check_image(width, height, order, max_pixels)
-        assert order is not None  # _check_image refused None
+        check_pixel_layout("shared_memory", "shared-memory", width, height, order, max_pixels=max_pixels)
+        assert order is not None  # check_pixel_layout refused None
         length = width * height * order.channels
         with self._lock:  # held while the view is made, so the mapping cannot be closed under it
             registration = self._regions.get(name)
@@ -349,22 +346,3 @@ class SharedMemoryRegistry:
             registration.on_end()
         except Exception:  # a caller's callback must not keep other regions from ending
             logger.exception("on_end of shared-memory region %s failed", registration.name)
-
-
-def _check_image(width: int, height: int, order: ChannelOrder | None, max_pixels: int) -> None:
-    if order is None:
-        choices = ", ".join(o.value for o in ChannelOrder)
-        raise InvalidArgumentError.for_field(
-            _IMAGE_ORDER, f"expected a channel order ({choices}), got none", reason="INVALID_CHANNEL_ORDER"
-        )
-    for field_name, value in ((_IMAGE_WIDTH, width), (_IMAGE_HEIGHT, height)):
-        if value <= 0:
-            raise InvalidArgumentError.for_field(
-                field_name, f"expected a positive {field_name[14:]}, got {value}", reason="INVALID_DIMENSIONS"
-            )
-    if width * height > max_pixels:
-        raise InvalidArgumentError.for_field(
-            "shared_memory",
-            f"expected at most {max_pixels} pixels, got {width}x{height}",
-            reason="IMAGE_TOO_LARGE",
-        )
