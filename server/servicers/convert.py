@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from visionrpc.engines import EngineInfo
 from visionrpc.v1 import inference_pb2, models_pb2, types_pb2
 
-from ..domain import ChannelOrder, InferOptions, Mask, Prediction, Task
+from ..domain import ChannelOrder, ImageSize, InferOptions, Mask, Prediction, Task
 from ..errors import FieldViolation, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from ..imaging import DecodedImage, decode_image, encoded_pixels, raw_image
 from ..models.builds import BuildState, BuildStatus
@@ -61,16 +61,18 @@ def decode_request_image(
     *,
     max_pixels: int,
     shared_memory: SharedMemoryRegistry | None = None,
+    min_size: ImageSize | None = None,
 ) -> DecodedImage:
     """Decodes `images[index]` of a request; errors name the field inside the request.
 
     `shared_memory`: the server's registry, for images in shared memory (None: refused as disabled).
+    `min_size`: a JPEG at least twice as large may be decoded at 1/2, 1/4 or 1/8 (`decode_image`).
     """
     prefix = f"images[{index}]"
     try:
         source = image.WhichOneof("source")
         if source == "encoded":
-            return decode_image(image.encoded, max_pixels=max_pixels)
+            return decode_image(image.encoded, max_pixels=max_pixels, min_size=min_size)
         if source == "raw":
             raw = image.raw
             order = _CHANNEL_ORDERS.get(

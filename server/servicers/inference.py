@@ -37,7 +37,7 @@ from ..errors import (
     NotFoundError,
     UnavailableError,
 )
-from ..imaging import DecodedImage, decode_image, read_image_header
+from ..imaging import read_image_header
 from ..manifest import ModelManifest
 from ..models.manager import ModelLease, ModelManager
 from ..models.repository import ModelId
@@ -168,12 +168,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         not map back exactly, get the image as it is."""
         max_pixels = self._config.max_image_pixels
         needed = _reduced_size(image, manifest)
-        if needed is None or manifest is None:
-            decoded = decode_request_image(
-                image, index, max_pixels=max_pixels, shared_memory=self._shared_memory
-            )
-        else:
-            decoded = _decode_jpeg(image.encoded, index, max_pixels, needed)
+        decoded = decode_request_image(
+            image, index, max_pixels=max_pixels, shared_memory=self._shared_memory, min_size=needed
+        )
+        if needed is not None and manifest is not None:
             # The header's size is the stored one; an EXIF orientation that transposes the image (5-8) may
             # leave the reduced pixels short of what a non-square input needs: decode those in full. (Pixels
             # decoded in full are all there is: a small image is enlarged by the preprocessing as before.)
@@ -356,14 +354,6 @@ def _reduced_size(image: types_pb2.Image, manifest: ModelManifest | None) -> Ima
     if header.format != "JPEG":
         return None
     return decode_size(manifest, header.width, header.height)
-
-
-def _decode_jpeg(data: bytes, index: int, max_pixels: int, min_size: ImageSize) -> DecodedImage:
-    """`decode_image` with `min_size`; errors name the request's field, as `decode_request_image`'s do."""
-    try:
-        return decode_image(data, max_pixels=max_pixels, min_size=min_size)
-    except InvalidArgumentError as exc:
-        raise exc.with_field_prefix(f"images[{index}]") from None
 
 
 def _covers(size: ImageSize, needed: ImageSize) -> bool:
