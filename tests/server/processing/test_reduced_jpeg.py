@@ -18,6 +18,11 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from detection_match import (
+    UPSCALE,
+    Found,
+    unmatched,
+)
 from media import media
 from model_exports import builtin_tiny
 from visionrpc.server.domain import ImageSize, InferOptions
@@ -25,10 +30,6 @@ from visionrpc.server.imaging import DecodedImage, decode_image
 from visionrpc.server.manifest import ModelManifest, ResizeMode
 from visionrpc.server.processing import Transform, decode_batch, preprocess, resolve_options
 
-UPSCALE = 4
-BOX_TOLERANCE = 12.0  # px at the photo's own size, as the conformance cases state it
-CONFIDENCE_TOLERANCE = 0.1
-COMPARED = 0.3  # detections at least this confident must have a counterpart
 REPORTED = 0.1  # counterparts are looked for down to this confidence
 PHOTOS = [
     "coffee.png",
@@ -38,8 +39,6 @@ PHOTOS = [
     "rocket.jpg",
     "chelsea.png",
 ]
-
-Found = list[tuple[str, float, list[float]]]
 
 
 @functools.cache
@@ -76,20 +75,6 @@ def detect(image: DecodedImage, manifest: ModelManifest) -> tuple[Found, Transfo
         (d.class_name, d.confidence, [v / UPSCALE for v in d.box.as_tuple()]) for d in decoded.detections
     ]
     return found, transform
-
-
-def unmatched(these: Found, others: Found) -> list[tuple[str, float, list[float]]]:
-    return [
-        (name, confidence, box)
-        for name, confidence, box in these
-        if confidence >= COMPARED
-        and not any(
-            other_name == name
-            and abs(other_confidence - confidence) <= CONFIDENCE_TOLERANCE
-            and max(abs(a - b) for a, b in zip(box, other_box, strict=True)) <= BOX_TOLERANCE
-            for other_name, other_confidence, other_box in others
-        )
-    ]
 
 
 @pytest.mark.parametrize("mode", list(ResizeMode), ids=[m.value for m in ResizeMode])

@@ -25,6 +25,12 @@ import grpc
 import numpy as np
 import pytest
 from conftest import RunningServer
+from detection_match import (
+    COMPARED,
+    UPSCALE,
+    Found,
+    unmatched,
+)
 from media import media
 from visionrpc.server.domain import ImageSize
 from visionrpc.server.imaging import jpeg_scale, read_image_header
@@ -33,13 +39,7 @@ from visionrpc.server.models.repository import ModelId, ModelRepository
 from visionrpc.server.predictor import decode_size
 from visionrpc.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
-UPSCALE = 4
-BOX_TOLERANCE = 12.0  # px at the photo's own size, as the conformance cases state it
-CONFIDENCE_TOLERANCE = 0.1
-COMPARED = 0.3  # detections at least this confident must have a counterpart
 REPORTED = 0.1  # counterparts are looked for down to this confidence
-
-Found = list[tuple[str, float, list[float]]]
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +100,6 @@ def detect(stub: inference_pb2_grpc.InferenceServiceStub, data: bytes) -> tuple[
         for d in prediction.detections
     ]
     return (prediction.image_size.width, prediction.image_size.height), found
-
-
-def unmatched(these: Found, others: Found) -> Found:
-    return [
-        (name, confidence, box)
-        for name, confidence, box in these
-        if confidence >= COMPARED
-        and not any(
-            other_name == name
-            and abs(other_confidence - confidence) <= CONFIDENCE_TOLERANCE
-            and max(abs(a - b) for a, b in zip(box, other_box, strict=True)) <= BOX_TOLERANCE
-            for other_name, other_confidence, other_box in others
-        )
-    ]
 
 
 @pytest.mark.parametrize(
