@@ -38,7 +38,7 @@ class Point:
 
 @dataclass(frozen=True, slots=True)
 class Tracking:
-    """ByteTrack's settings; `enabled` is implied by any zone or line (StreamAnalytics.tracks)."""
+    """ByteTrack's settings; `enabled` is implied by any zone or line (StreamAnalytics.active)."""
 
     enabled: bool = False
     activation_threshold: float = 0.25
@@ -113,13 +113,9 @@ class StreamAnalytics:
     lines: tuple[Line, ...] = ()
 
     @property
-    def tracks(self) -> bool:
-        """Zones and lines follow objects, so they turn tracking on."""
-        return self.tracking.enabled or bool(self.zones) or bool(self.lines)
-
-    @property
     def active(self) -> bool:
-        return self.tracks
+        """Whether the stream tracks at all: zones and lines follow objects, so they turn tracking on."""
+        return self.tracking.enabled or bool(self.zones) or bool(self.lines)
 
 
 class AnalyticsEventKind(enum.Enum):
